@@ -1,0 +1,82 @@
+"""Precomputed per-frame detections in the generic format.
+
+Per frame ``<name>``: ``<name>.png`` holds the segment ids (palette PNG when all ids are
+<= 255, otherwise an RGB-encoded id PNG) and ``<name>.json`` holds a list of
+``{"id", "category_id", "score", "isthing"}`` objects, one per non-zero id in the PNG.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from deva.inference.segmentation import Segment, Segmentation
+from deva.io.masks import decode_rgb_ids, write_id_png, write_index_png
+
+
+def write_frame_segmentation(directory: str | Path, name: str, seg: Segmentation) -> None:
+    """Write one frame's segmentation as ``<name>.png`` + ``<name>.json`` in ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    mask = seg.mask.cpu().numpy() if isinstance(seg.mask, torch.Tensor) else np.asarray(seg.mask)
+    if mask.size and mask.max() > 255:
+        write_id_png(directory / f"{name}.png", mask)
+    else:
+        write_index_png(directory / f"{name}.png", mask)
+    infos = [
+        {
+            "id": int(s.id),
+            "category_id": None if s.category_id is None else int(s.category_id),
+            "score": None if s.score is None else float(s.score),
+            "isthing": None if s.isthing is None else bool(s.isthing),
+        }
+        for s in seg.segments
+    ]
+    (directory / f"{name}.json").write_text(json.dumps(infos))
+
+
+def read_frame_segmentation(directory: str | Path, name: str) -> Segmentation:
+    """Read ``<name>.png`` + ``<name>.json``; ids in the PNG missing from the JSON are an error."""
+    directory = Path(directory)
+    png, meta = directory / f"{name}.png", directory / f"{name}.json"
+    for path in (png, meta):
+        if not path.is_file():
+            raise FileNotFoundError(f"detection file not found: {path}")
+    try:
+        with Image.open(png) as image:
+            if image.mode in ("RGB", "RGBA"):
+                ids = decode_rgb_ids(np.asarray(image.convert("RGB")))
+            else:
+                ids = np.asarray(image).astype(np.int64)
+    except OSError as error:
+        raise ValueError(f"cannot read detection mask {png}: {error}") from error
+    try:
+        infos = json.loads(meta.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{meta}: invalid JSON ({error})") from error
+    if not isinstance(infos, list):
+        raise ValueError(f"{meta}: expected a list of segments, got {type(infos).__name__}")
+    segments = []
+    for info in infos:
+        if "id" not in info:
+            raise ValueError(f"{meta}: segment without an 'id': {info}")
+        segments.append(
+            Segment(
+                id=int(info["id"]),
+                category_id=info.get("category_id"),
+                score=info.get("score"),
+                isthing=info.get("isthing"),
+            )
+        )
+    listed = {s.id for s in segments}
+    present = set(np.unique(ids).tolist()) - {0}
+    if present - listed:
+        missing = sorted(present - listed)[:5]
+        raise ValueError(f"{png}: ids {missing} are in the mask but not listed in {meta.name}")
+    # Listed segments absent from the mask (fully occluded) are dropped: they carry no pixels.
+    segments = [s for s in segments if s.id in present]
+    return Segmentation(mask=torch.from_numpy(ids.astype(np.int64)), segments=segments)

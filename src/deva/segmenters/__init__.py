@@ -1,0 +1,1 @@
+"""deva.segmenters"""
