@@ -1,0 +1,197 @@
+"""Building blocks of the propagation network.
+
+"Grouped" layers take per-object tensors of shape (B, N, C, H, W) and apply an ordinary 2-D
+layer to the B·N images by folding the object axis into the batch axis.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GroupedConv2d(nn.Conv2d):
+    """A Conv2d over (B, N, C, H, W) tensors, shared across the N objects."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        b, n = x.shape[:2]
+        out = super().forward(x.flatten(0, 1))
+        return out.view(b, n, *out.shape[1:])
+
+
+def resize_grouped(x: torch.Tensor, scale: float, mode: str) -> torch.Tensor:
+    """Resize a (B, N, C, H, W) tensor spatially by ``scale`` with ``F.interpolate``."""
+    b, n = x.shape[:2]
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    out = F.interpolate(x.flatten(0, 1), scale_factor=scale, mode=mode, **kwargs)
+    return out.view(b, n, *out.shape[1:])
+
+
+class GroupedResBlock(nn.Module):
+    """out = conv(ReLU(conv(ReLU(x)))) + skip(x); skip is a 1×1 conv when widths differ."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        # Registration order follows the published checkpoint (shortcut first).
+        self.downsample = None if in_dim == out_dim else GroupedConv2d(in_dim, out_dim, 1)
+        self.conv1 = GroupedConv2d(in_dim, out_dim, 3, padding=1)
+        self.conv2 = GroupedConv2d(out_dim, out_dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(F.relu(self.conv1(F.relu(x))))
+        return out + (x if self.downsample is None else self.downsample(x))
+
+
+class ChannelGate(nn.Module):
+    """CBAM channel attention: a shared MLP on average- and max-pooled features."""
+
+    def __init__(self, dim: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(dim // reduction, 1)
+        # Index layout (Flatten, Linear, ReLU, Linear) matches the published parameter names.
+        self.mlp = nn.Sequential(
+            nn.Flatten(), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = self.mlp(x.mean(dim=(2, 3)))
+        peak = self.mlp(x.amax(dim=(2, 3)))
+        return x * torch.sigmoid(avg + peak)[:, :, None, None]
+
+
+class _SpatialConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class SpatialGate(nn.Module):
+    """CBAM spatial attention: 7×7 conv on the per-pixel channel max and mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spatial = _SpatialConv()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial(pooled))
+
+
+class CBAM(nn.Module):
+    """Channel gate followed by spatial gate, on (B, C, H, W) tensors."""
+
+    def __init__(self, dim: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.ChannelGate = ChannelGate(dim, reduction)
+        self.SpatialGate = SpatialGate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.SpatialGate(self.ChannelGate(x))
+
+
+class FeatureFusion(nn.Module):
+    """Fuse a shared image feature (B, C_x, H, W) into per-object features (B, N, C_g, H, W).
+
+    [image, object] → grouped residual block → + CBAM(·) → grouped residual block.
+    """
+
+    def __init__(self, image_dim: int, object_dim: int, mid_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.block1 = GroupedResBlock(image_dim + object_dim, mid_dim)
+        self.attention = CBAM(mid_dim)
+        self.block2 = GroupedResBlock(mid_dim, out_dim)
+
+    def forward(self, image_feature: torch.Tensor, object_feature: torch.Tensor) -> torch.Tensor:
+        n = object_feature.shape[1]
+        shared = image_feature.unsqueeze(1).expand(-1, n, -1, -1, -1)
+        g = self.block1(torch.cat([shared, object_feature], dim=2))
+        attended = self.attention(g.flatten(0, 1)).view(g.shape)
+        return self.block2(g + attended)
+
+
+def gated_update(gates: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """Apply forget / update / candidate gates (B, N, 3C, H, W) to the hidden state (B, N, C, H, W).
+
+    new h = f · h · (1 − u) + u · c, with f, u sigmoid and c tanh. This deliberately differs
+    from a textbook GRU (the forget gate scales the kept state), as in the published model.
+    """
+    dim = hidden.shape[2]
+    forget = torch.sigmoid(gates[:, :, :dim])
+    update = torch.sigmoid(gates[:, :, dim : 2 * dim])
+    candidate = torch.tanh(gates[:, :, 2 * dim :])
+    return forget * hidden * (1 - update) + update * candidate
+
+
+class SensoryDeepUpdate(nn.Module):
+    """Refresh the sensory memory from a memory value (the mask encoder's "deep update")."""
+
+    def __init__(self, input_dim: int, sensory_dim: int) -> None:
+        super().__init__()
+        self.transform = GroupedConv2d(input_dim + sensory_dim, sensory_dim * 3, 3, padding=1)
+
+    def forward(self, g: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return gated_update(self.transform(torch.cat([g, hidden], dim=2)), hidden)
+
+
+class SensoryUpdater(nn.Module):
+    """Update the sensory memory from the decoder's stride-16, -8 and -4 features."""
+
+    def __init__(self, dims: tuple[int, int, int], sensory_dim: int) -> None:
+        super().__init__()
+        self.g16_conv = GroupedConv2d(dims[0], sensory_dim, 1)
+        self.g8_conv = GroupedConv2d(dims[1], sensory_dim, 1)
+        self.g4_conv = GroupedConv2d(dims[2], sensory_dim, 1)
+        self.transform = GroupedConv2d(sensory_dim * 2, sensory_dim * 3, 3, padding=1)
+
+    def forward(
+        self, g16: torch.Tensor, g8: torch.Tensor, g4: torch.Tensor, hidden: torch.Tensor
+    ) -> torch.Tensor:
+        g = (
+            self.g16_conv(g16)
+            + self.g8_conv(resize_grouped(g8, 0.5, "area"))
+            + self.g4_conv(resize_grouped(g4, 0.25, "area"))
+        )
+        return gated_update(self.transform(torch.cat([g, hidden], dim=2)), hidden)
+
+
+class UpsampleBlock(nn.Module):
+    """×2 bilinear upsampling of object features, plus a shared skip feature, then a res block."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.out_conv = GroupedResBlock(in_dim, out_dim)
+
+    def forward(self, skip: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        g = resize_grouped(g, 2.0, "bilinear")
+        return self.out_conv(g + skip.unsqueeze(1))
+
+
+class SkipProcessor(nn.Module):
+    """1×1 convs applied to the stride-8 and stride-4 image features before the decoder."""
+
+    def __init__(self, in_dims: tuple[int, int], out_dims: tuple[int, int]) -> None:
+        super().__init__()
+        self.transforms = nn.ModuleList(
+            nn.Conv2d(i, o, 1) for i, o in zip(in_dims, out_dims, strict=True)
+        )
+
+    def forward(self, f8: torch.Tensor, f4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transforms[0](f8), self.transforms[1](f4)
+
+
+class SensoryLinearPredictor(nn.Module):
+    """Auxiliary head: per pixel, the sensory state gives the weights and bias of a linear
+    classifier applied to the image feature, producing stride-16 logits per object."""
+
+    def __init__(self, image_dim: int, sensory_dim: int) -> None:
+        super().__init__()
+        self.projection = GroupedConv2d(sensory_dim, image_dim + 1, 1)
+
+    def forward(self, image_feature: torch.Tensor, sensory: torch.Tensor) -> torch.Tensor:
+        params = self.projection(sensory)
+        weights, bias = params[:, :, :-1], params[:, :, -1]
+        return (weights * image_feature.unsqueeze(1)).sum(dim=2) + bias
