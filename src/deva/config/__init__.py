@@ -1,1 +1,52 @@
-"""deva.config"""
+"""Configuration: YAML groups in ``configs/`` composed by Hydra, with ``key=value`` overrides.
+
+Tools call :func:`compose` with their primary config name and the command-line arguments;
+the result is a read-only OmegaConf ``DictConfig``. Library code never receives the whole
+config: tools pass explicit arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A bad override or a config that cannot be composed."""
+
+
+def config_dir() -> Path:
+    """``$DEVA_CONFIG_DIR`` or the repository's ``configs/`` folder."""
+    env = os.environ.get("DEVA_CONFIG_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[3] / "configs"
+    if not path.is_dir():
+        raise ConfigError(f"config folder not found: {path} (set DEVA_CONFIG_DIR)")
+    return path
+
+
+def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``configs/<name>.yaml`` with its defaults list and ``key=value`` overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides or [])
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"expected key=value, got {item!r}")
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            cfg = hydra_compose(config_name=name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ConfigError(f"bad configuration: {first}") from None
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (saved next to outputs and checkpoints)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)

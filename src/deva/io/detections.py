@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from deva.inference.segmentation import Segment, Segmentation
-from deva.io.masks import decode_rgb_ids, write_id_png, write_index_png
+from deva.io.masks import read_mask_png, write_mask_png
 
 
 def write_frame_segmentation(directory: str | Path, name: str, seg: Segmentation) -> None:
@@ -23,10 +22,7 @@ def write_frame_segmentation(directory: str | Path, name: str, seg: Segmentation
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     mask = seg.mask.cpu().numpy() if isinstance(seg.mask, torch.Tensor) else np.asarray(seg.mask)
-    if mask.size and mask.max() > 255:
-        write_id_png(directory / f"{name}.png", mask)
-    else:
-        write_index_png(directory / f"{name}.png", mask)
+    write_mask_png(directory / f"{name}.png", mask)
     infos = [
         {
             "id": int(s.id),
@@ -46,14 +42,7 @@ def read_frame_segmentation(directory: str | Path, name: str) -> Segmentation:
     for path in (png, meta):
         if not path.is_file():
             raise FileNotFoundError(f"detection file not found: {path}")
-    try:
-        with Image.open(png) as image:
-            if image.mode in ("RGB", "RGBA"):
-                ids = decode_rgb_ids(np.asarray(image.convert("RGB")))
-            else:
-                ids = np.asarray(image).astype(np.int64)
-    except OSError as error:
-        raise ValueError(f"cannot read detection mask {png}: {error}") from error
+    ids = read_mask_png(png).astype(np.int64)
     try:
         infos = json.loads(meta.read_text())
     except json.JSONDecodeError as error:

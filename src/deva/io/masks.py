@@ -92,3 +92,41 @@ def read_id_png(path: str | Path) -> np.ndarray:
             return decode_rgb_ids(np.asarray(image.convert("RGB")))
     except OSError as error:
         raise ValueError(f"cannot read id mask {path}: {error}") from error
+
+
+def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
+    """Write an id mask as a palette PNG when all ids fit in 0..255, else as an RGB id PNG."""
+    mask = np.asarray(mask)
+    if mask.size and mask.max() > 255:
+        write_id_png(path, mask)
+    else:
+        write_index_png(path, mask)
+
+
+def read_mask_png(path: str | Path) -> np.ndarray:
+    """Read either kind of mask PNG: palette / grey as indices, RGB as encoded ids (int64)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("RGB", "RGBA"):
+                return decode_rgb_ids(np.asarray(image.convert("RGB")))
+    except OSError as error:
+        raise ValueError(f"cannot read mask {path}: {error}") from error
+    return read_index_png(path)
+
+
+def id_colours(ids: np.ndarray) -> np.ndarray:
+    """RGB colours (..., 3) uint8 for integer ids: the DAVIS palette up to 255, hashed beyond.
+
+    Ids above 255 get a deterministic bright colour so overlays of panoptic ids stay stable.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    colours = davis_palette()[np.clip(ids, 0, 255)]
+    large = ids > 255
+    if np.any(large):
+        hashed = (ids[large].astype(np.uint64) * np.uint64(2654435761)) % np.uint64(2**24)
+        rgb = np.stack([(hashed >> np.uint64(s)) & np.uint64(255) for s in (0, 8, 16)], -1)
+        colours[large] = (rgb.astype(np.uint16) // 2 + 96).astype(np.uint8)
+    return colours

@@ -304,3 +304,28 @@ def _copy_trunk(module: nn.Module, source: Mapping[str, torch.Tensor], what: str
             f"ImageNet weights do not fit the {what}: missing {missing[:3]}, shapes {shapes[:3]}"
         )
     module.load_state_dict({k: source[k] for k in trunk_keys}, strict=False)
+
+
+def build_model(preset: str = "published", weights: str | Path | None = None) -> PropagationModel:
+    """The model tools use: loaded from ``weights`` (architecture from the file), or a
+    randomly initialised ``preset`` with a loud warning when no weights are given."""
+    if weights:
+        return build_from_checkpoint(weights)
+    log.warning(
+        "NO WEIGHTS GIVEN: using a RANDOMLY INITIALISED %r propagation model; its masks are "
+        "meaningless (pass model.weights=FILE, e.g. DEVA-propagation.pth)",
+        preset,
+    )
+    return PropagationModel(PropagationConfig.preset(preset))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; otherwise the named device."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

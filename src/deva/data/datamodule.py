@@ -1,0 +1,205 @@
+"""Lightning data module for propagation training (static and video stages).
+
+Training data come from folders (:mod:`deva.data.static`, :mod:`deva.data.vos`), from
+webdataset shards (:mod:`deva.data.shards`), or from any ready-made dataset (e.g. the
+synthetic videos). The curriculum's maximum frame gap reaches the datasets through
+:meth:`VOSDataModule.set_max_skip`; the training code calls it with
+:func:`deva.data.vos.max_skip_at`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from deva.data.shards import ShardClipDataset
+from deva.data.static import PseudoVideoSampler, StaticPseudoVideoDataset
+from deva.data.vos import DEFAULT_SKIP_DIVISORS, ClipSampler, build_video_mix
+
+logger = logging.getLogger(__name__)
+
+Stage = Literal["static", "video"]
+DEFAULT_FRAMES: dict[str, int] = {"static": 3, "video": 8}
+
+
+class VOSDataModule(LightningDataModule):
+    """Training loaders for the static or video stage.
+
+    Exactly one source is used, in this order: ``dataset`` (a ready-made dataset),
+    ``shard_urls`` (webdataset shards, streamed and split over ranks and workers), or
+    ``roots`` (folders: for ``static`` every value is an image-pair folder; for ``video`` the
+    keys ``davis`` / ``ytvos`` / ``ovis`` name the dataset roots).
+
+    Args:
+        stage: ``static`` (3-frame pseudo-videos) or ``video`` (8-frame clips).
+        batch_size: samples per device and step (global batch = this × devices).
+        num_frames: clip length; default 3 (static) or 8 (video).
+        max_skip: initial maximum frame gap (video stage).
+        repeats: dataset repeats of the video mix (default DAVIS ×5, YouTube-VOS ×1, OVIS ×3).
+        samples_per_epoch: per rank, for shards (required with shards: it keeps DDP ranks in
+            step); rounded up so every worker yields whole batches.
+        skip_divisors: frame-gap divisor per dataset name (default DAVIS 1, YouTube-VOS and
+            OVIS 5: one annotated step ≈ 5 raw frames); shards carry the dataset name.
+        augment: ``False`` gives deterministic resize + centre crop (debugging).
+        fixed_seed: every video always yields the same sample (tests); ``None`` to train.
+    """
+
+    def __init__(
+        self,
+        *,
+        stage: Stage = "video",
+        roots: Mapping[str, str | Path] | None = None,
+        shard_urls: str | Sequence[str] | None = None,
+        dataset: Dataset | None = None,
+        batch_size: int = 4,
+        num_workers: int = 4,
+        crop_size: int = 384,
+        num_frames: int | None = None,
+        max_objects: int = 3,
+        max_skip: int = 5,
+        repeats: Mapping[str, int] | None = None,
+        samples_per_epoch: int | None = None,
+        skip_divisors: Mapping[str, int] | None = None,
+        shuffle_buffer: int = 8,
+        min_object_pixels: int = 100,
+        augment: bool = True,
+        fixed_seed: int | None = None,
+        pin_memory: bool = True,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        if stage not in DEFAULT_FRAMES:
+            raise ValueError(f"stage must be 'static' or 'video', got {stage!r}")
+        if dataset is None and shard_urls is None and not roots:
+            raise ValueError("give training data: roots=..., shard_urls=... or dataset=...")
+        if shard_urls is not None and dataset is None and samples_per_epoch is None:
+            raise ValueError("shards need samples_per_epoch (per rank) so DDP ranks stay in step")
+        self.stage = stage
+        self.roots = dict(roots or {})
+        self.shard_urls = shard_urls
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.crop_size = crop_size
+        self.num_frames = num_frames or DEFAULT_FRAMES[stage]
+        self.max_objects = max_objects
+        self.repeats = repeats
+        self.samples_per_epoch = samples_per_epoch
+        self.skip_divisors = dict(DEFAULT_SKIP_DIVISORS if skip_divisors is None else skip_divisors)
+        self.shuffle_buffer = shuffle_buffer
+        self.min_object_pixels = min_object_pixels
+        self.augment = augment
+        self.fixed_seed = fixed_seed
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self._max_skip = max_skip
+        self.train_dataset: Dataset | None = dataset
+
+    # -- curriculum -------------------------------------------------------------------------
+
+    @property
+    def max_skip(self) -> int:
+        """The maximum frame gap currently asked for."""
+        return self._max_skip
+
+    def set_max_skip(self, max_skip: int) -> None:
+        """Set the curriculum's maximum frame gap; reaches running workers (shared memory)."""
+        self._max_skip = int(max_skip)
+        setter = getattr(self.train_dataset, "set_max_skip", None)
+        if setter is not None:
+            setter(self._max_skip)
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _rank_world(self) -> tuple[int | None, int | None]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None, None
+        return trainer.global_rank, trainer.world_size
+
+    def _samples_per_rank(self) -> int:
+        assert self.samples_per_epoch is not None
+        workers = max(1, self.num_workers)
+        per_worker = math.ceil(self.samples_per_epoch / (workers * self.batch_size))
+        return per_worker * self.batch_size * workers
+
+    def _build(self) -> Dataset:
+        if self.shard_urls is not None:
+            if self.stage == "static":
+                sampler = PseudoVideoSampler(
+                    num_frames=self.num_frames,
+                    crop_size=self.crop_size,
+                    augment=self.augment,
+                    min_object_pixels=self.min_object_pixels,
+                )
+            else:
+                sampler = ClipSampler(
+                    num_frames=self.num_frames,
+                    max_objects=self.max_objects,
+                    max_skip=self._max_skip,
+                    skip_divisor=self.skip_divisors,
+                    augment=self.augment,
+                    crop_size=self.crop_size,
+                    min_object_pixels=self.min_object_pixels,
+                )
+            rank, world = self._rank_world()
+            return ShardClipDataset(
+                self.shard_urls,
+                sampler,
+                samples_per_epoch=self._samples_per_rank(),
+                rank=rank,
+                world_size=world,
+                shuffle_buffer=self.shuffle_buffer,
+                fixed_seed=self.fixed_seed,
+            )
+        if self.stage == "static":
+            return StaticPseudoVideoDataset(
+                list(self.roots.values()),
+                num_frames=self.num_frames,
+                crop_size=self.crop_size,
+                augment=self.augment,
+                min_object_pixels=self.min_object_pixels,
+                fixed_seed=self.fixed_seed,
+            )
+        unknown = set(self.roots) - set(DEFAULT_SKIP_DIVISORS)
+        if unknown:
+            raise ValueError(f"unknown video dataset(s) {sorted(unknown)}; use davis, ytvos, ovis")
+        return build_video_mix(
+            self.roots,
+            repeats=self.repeats,
+            num_frames=self.num_frames,
+            crop_size=self.crop_size,
+            max_objects=self.max_objects,
+            max_skip=self._max_skip,
+            skip_divisors=self.skip_divisors,
+            augment=self.augment,
+            min_object_pixels=self.min_object_pixels,
+            fixed_seed=self.fixed_seed,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the training dataset once (folders are scanned here, on every rank)."""
+        if self.train_dataset is None:
+            self.train_dataset = self._build()
+            self.set_max_skip(self._max_skip)
+
+    def train_dataloader(self) -> DataLoader:
+        """The training loader; map-style data are shuffled (Lightning adds the DDP sampler)."""
+        if self.train_dataset is None:
+            self.setup("fit")
+        assert self.train_dataset is not None
+        iterable = isinstance(self.train_dataset, IterableDataset)
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=not iterable,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=True,
+        )

@@ -1,0 +1,415 @@
+"""Video-stage training data: DAVIS-2017, YouTube-VOS-2019 and OVIS-VOS clips.
+
+Layouts (see ``datasets/README.md``):
+
+- DAVIS-2017: ``<root>/JPEGImages/480p/<seq>/*.jpg``, ``<root>/Annotations/480p/<seq>/*.png``,
+  sequence list ``<root>/ImageSets/2017/train.txt``;
+- YouTube-VOS-2019 train and OVIS-VOS: ``<root>/JPEGImages/<vid>/*.jpg``,
+  ``<root>/Annotations/<vid>/*.png``.
+
+Frames and masks are paired by file name; only annotated frames are used (YouTube-VOS
+annotates every 5th frame, so frame gaps there are measured in annotated frames, see
+``skip_divisor``). A clip is ``num_frames`` frames with consecutive gaps of at most the
+current maximum skip, which follows the curriculum :func:`max_skip_at` during training.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from deva.data.augment import ResizeCrop, VideoAugment
+from deva.data.sample import (
+    Sample,
+    VideoRecord,
+    load_image,
+    load_mask,
+    make_sample,
+    sample_rng,
+    select_objects,
+)
+
+logger = logging.getLogger(__name__)
+
+ClipTransform = Callable[
+    [Sequence[np.ndarray], Sequence[np.ndarray], np.random.Generator],
+    tuple[list[np.ndarray], list[np.ndarray]],
+]
+
+#: Published mix of the video stage: how many times each dataset is repeated.
+DEFAULT_REPEATS: dict[str, int] = {"davis": 5, "ytvos": 1, "ovis": 3}
+#: Annotated frames are every 5th raw frame in YouTube-VOS and (at a similar rate) OVIS.
+DEFAULT_SKIP_DIVISORS: dict[str, int] = {"davis": 1, "ytvos": 5, "ovis": 5}
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg")
+
+
+def max_skip_at(
+    progress: float,
+    *,
+    values: Sequence[int] = (5, 10, 15, 5),
+    boundaries: Sequence[float] = (0.1, 0.3, 0.8),
+) -> int:
+    """Maximum frame gap of the curriculum at a fraction ``progress`` ∈ [0, 1] of training.
+
+    Default schedule: 5 until 10 %, 10 until 30 %, 15 until 80 %, then 5 again. Values
+    outside [0, 1] are clamped (a resumed run may overshoot by a step).
+    """
+    if len(values) != len(boundaries) + 1:
+        raise ValueError(
+            f"need one more value than boundaries, got {len(values)} and {len(boundaries)}"
+        )
+    if not np.isfinite(progress):
+        raise ValueError(f"progress must be a finite fraction, got {progress}")
+    progress = min(max(float(progress), 0.0), 1.0)
+    for value, boundary in zip(values, boundaries):
+        if progress < boundary:
+            return int(value)
+    return int(values[-1])
+
+
+def sample_frame_indices(
+    length: int,
+    num_frames: int,
+    max_gap: int,
+    rng: np.random.Generator,
+    *,
+    reverse_p: float = 0.0,
+) -> list[int]:
+    """Pick ``num_frames`` increasing frame indices in ``[0, length)`` with gaps ≤ ``max_gap``.
+
+    Gaps are drawn uniformly in ``[1, max_gap]`` and shrunk at random until the clip fits.
+    Videos shorter than the clip repeat frames (sorted draws with replacement). With
+    probability ``reverse_p`` the clip is played backwards.
+    """
+    if length < 1:
+        raise ValueError("cannot sample a clip from a video without frames")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be ≥ 1, got {num_frames}")
+    if length < num_frames:
+        indices = np.sort(rng.integers(0, length, size=num_frames))
+    else:
+        gaps = rng.integers(1, max(1, max_gap) + 1, size=num_frames - 1)
+        excess = int(gaps.sum()) - (length - 1)
+        while excess > 0:
+            shrinkable = np.flatnonzero(gaps > 1)
+            j = int(rng.choice(shrinkable))
+            cut = min(excess, int(gaps[j]) - 1, int(rng.integers(1, gaps[j])))
+            gaps[j] -= cut
+            excess -= cut
+        start = int(rng.integers(0, length - int(gaps.sum())))
+        indices = start + np.concatenate([[0], np.cumsum(gaps)])
+    result = [int(i) for i in indices]
+    if reverse_p > 0 and rng.random() < reverse_p:
+        result.reverse()
+    return result
+
+
+class ClipSampler:
+    """Draws one training clip from a video record (frames, augmentation, object choice).
+
+    Used by the folder datasets and the shard reader alike. ``max_skip`` is kept in a
+    shared-memory tensor so :meth:`set_max_skip` reaches DataLoader workers that are already
+    running; the gap used is ``max(1, max_skip // divisor)`` annotated frames, where the
+    divisor is ``skip_divisor`` or, if that is a mapping, looked up by the record's dataset.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_frames: int = 8,
+        max_objects: int = 3,
+        max_skip: int = 5,
+        skip_divisor: int | Mapping[str, int] = 1,
+        augment: bool | ClipTransform = True,
+        crop_size: int = 384,
+        min_object_pixels: int = 100,
+        clip_tries: int = 5,
+        reverse_p: float = 0.5,
+    ) -> None:
+        divisors = (
+            dict(skip_divisor) if isinstance(skip_divisor, Mapping) else {"": int(skip_divisor)}
+        )
+        if any(d < 1 for d in divisors.values()):
+            raise ValueError(f"skip divisors must be ≥ 1, got {skip_divisor}")
+        self.num_frames = num_frames
+        self.max_objects = max_objects
+        self.skip_divisors = divisors
+        self.min_object_pixels = min_object_pixels
+        self.clip_tries = clip_tries
+        self.reverse_p = reverse_p
+        if augment is True:
+            self.augment: ClipTransform = VideoAugment(crop_size)
+        elif augment is False:
+            self.augment = ResizeCrop(crop_size)
+        else:
+            self.augment = augment
+        self._max_skip = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.set_max_skip(max_skip)
+
+    @property
+    def max_skip(self) -> int:
+        """The current maximum frame gap, in raw frames."""
+        return int(self._max_skip.item())
+
+    def set_max_skip(self, max_skip: int) -> None:
+        """Change the maximum frame gap (seen by workers from their next sample on)."""
+        if max_skip < 1:
+            raise ValueError(f"max_skip must be ≥ 1, got {max_skip}")
+        self._max_skip.fill_(int(max_skip))
+
+    def max_gap(self, dataset: str | None = None) -> int:
+        """The current maximum gap between sampled frames, in annotated frames.
+
+        The divisor is looked up by the record's dataset (``record.meta["dataset"]``) when
+        ``skip_divisor`` is a mapping (mixed shards), else the single divisor applies.
+        """
+        divisor = self.skip_divisors.get(dataset or "", self.skip_divisors.get("", 1))
+        return max(1, self.max_skip // divisor)
+
+    def sample(self, record: VideoRecord, rng: np.random.Generator) -> Sample | None:
+        """A clip sample from ``record``, or ``None`` after ``clip_tries`` clips without objects."""
+        if len(record) == 0:
+            return None
+        cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for _ in range(self.clip_tries):
+            indices = sample_frame_indices(
+                len(record),
+                self.num_frames,
+                self.max_gap(record.meta.get("dataset")),
+                rng,
+                reverse_p=self.reverse_p,
+            )
+            for i in indices:
+                if i not in cache:
+                    cache[i] = (
+                        load_image(record.images[i]),
+                        load_mask(record.masks[i], binary=record.binary_masks),
+                    )
+            frames, masks = self.augment(
+                [cache[i][0] for i in indices], [cache[i][1] for i in indices], rng
+            )
+            labels, count = select_objects(
+                masks, rng, max_objects=self.max_objects, min_pixels=self.min_object_pixels
+            )
+            if count > 0:
+                return make_sample(frames, labels, count, record.name, indices)
+        logger.debug(
+            "no object of ≥ %d px in %d clips of %s",
+            self.min_object_pixels,
+            self.clip_tries,
+            record.name,
+        )
+        return None
+
+
+class VOSVideoDataset(Dataset):
+    """Map-style dataset: item ``i`` is a clip sample drawn from video ``i``.
+
+    When the video yields no clip with a large-enough object, other videos are tried at
+    random (up to ``max_tries``) so a sample is always returned. ``fixed_seed`` (tests,
+    debugging) makes every video always yield the same sample; leave it ``None`` to train.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[VideoRecord],
+        sampler: ClipSampler,
+        *,
+        fixed_seed: int | None = None,
+        max_tries: int = 50,
+        name: str = "vos",
+    ) -> None:
+        if not records:
+            raise ValueError(f"{name}: no videos to sample from")
+        self.records = list(records)
+        self.sampler = sampler
+        self.fixed_seed = fixed_seed
+        self.max_tries = max_tries
+        self.name = name
+        short = sum(1 for r in self.records if len(r) < sampler.num_frames)
+        if short:
+            logger.warning(
+                "%s: %d of %d videos have fewer than %d annotated frames; their clips repeat "
+                "frames",
+                name,
+                short,
+                len(self.records),
+                sampler.num_frames,
+            )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_max_skip(self, max_skip: int) -> None:
+        """Set the maximum frame gap of the curriculum (raw frames)."""
+        self.sampler.set_max_skip(max_skip)
+
+    def __getitem__(self, index: int) -> Sample:
+        record = self.records[index]
+        rng = sample_rng(self.fixed_seed, record.name)
+        for _ in range(self.max_tries):
+            sample = self.sampler.sample(record, rng)
+            if sample is not None:
+                return sample
+            record = self.records[int(rng.integers(len(self.records)))]
+        raise RuntimeError(
+            f"{self.name}: no clip with an object of ≥ {self.sampler.min_object_pixels} px in "
+            f"{self.max_tries} videos; lower min_object_pixels or check the masks"
+        )
+
+
+class VideoMix(ConcatDataset):
+    """Concatenation of VOS datasets with repeats; forwards :meth:`set_max_skip` to all."""
+
+    def __init__(self, parts: Mapping[str, VOSVideoDataset], repeats: Mapping[str, int]) -> None:
+        datasets: list[Dataset] = []
+        for key, dataset in parts.items():
+            datasets += [dataset] * int(repeats.get(key, 1))
+        if not datasets:
+            raise ValueError("the video mix is empty: give at least one root with repeats ≥ 1")
+        super().__init__(datasets)
+        self.parts = dict(parts)
+
+    def set_max_skip(self, max_skip: int) -> None:
+        """Set the maximum frame gap (raw frames) of every dataset in the mix."""
+        for dataset in self.parts.values():
+            dataset.set_max_skip(max_skip)
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} folder not found: {path}")
+    return path
+
+
+def scan_vos_folder(
+    image_root: str | Path,
+    mask_root: str | Path,
+    *,
+    videos: Sequence[str] | None = None,
+    dataset: str = "vos",
+) -> list[VideoRecord]:
+    """Records of ``<image_root>/<video>/*.jpg`` paired by name with ``<mask_root>/<video>/*.png``.
+
+    ``videos`` restricts (and orders) the videos read; otherwise every sub-folder of
+    ``mask_root`` is used. Videos with no frame that has both a jpg and a png are skipped
+    with a warning.
+    """
+    image_root = _require_dir(Path(image_root), f"{dataset} image")
+    mask_root = _require_dir(Path(mask_root), f"{dataset} annotation")
+    if videos is None:
+        names = sorted(p.name for p in mask_root.iterdir() if p.is_dir())
+    else:
+        names = list(videos)
+        for name in names:
+            _require_dir(image_root / name, f"{dataset} video")
+            _require_dir(mask_root / name, f"{dataset} annotation")
+    records = []
+    skipped = []
+    for name in names:
+        image_dir = image_root / name
+        if not image_dir.is_dir():
+            skipped.append(name)
+            continue
+        images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        masks = {p.stem: p for p in (mask_root / name).iterdir() if p.suffix.lower() == ".png"}
+        stems = sorted(images.keys() & masks.keys())
+        if not stems:
+            skipped.append(name)
+            continue
+        records.append(
+            VideoRecord(
+                name=name,
+                frame_names=tuple(stems),
+                images=tuple(images[s] for s in stems),
+                masks=tuple(masks[s] for s in stems),
+                meta={"dataset": dataset},
+            )
+        )
+    if skipped:
+        logger.warning(
+            "%s: skipped %d videos without paired jpg/png frames (e.g. %s)",
+            dataset,
+            len(skipped),
+            skipped[0],
+        )
+    if not records:
+        raise FileNotFoundError(f"{dataset}: no annotated videos found under {mask_root}")
+    return records
+
+
+def davis_records(root: str | Path, *, split: str | None = "train") -> list[VideoRecord]:
+    """DAVIS-2017 videos of ``split`` (``ImageSets/2017/<split>.txt``; ``None`` = all)."""
+    root = _require_dir(Path(root), "DAVIS")
+    videos = None
+    if split is not None:
+        listing = root / "ImageSets" / "2017" / f"{split}.txt"
+        if not listing.is_file():
+            raise FileNotFoundError(f"DAVIS split list not found: {listing}")
+        videos = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    return scan_vos_folder(
+        root / "JPEGImages" / "480p",
+        root / "Annotations" / "480p",
+        videos=videos,
+        dataset="davis",
+    )
+
+
+def youtube_records(root: str | Path, *, dataset: str = "ytvos") -> list[VideoRecord]:
+    """YouTube-VOS-2019 train (or OVIS-VOS) videos: ``<root>/{JPEGImages,Annotations}/<vid>``."""
+    root = _require_dir(Path(root), dataset)
+    return scan_vos_folder(root / "JPEGImages", root / "Annotations", dataset=dataset)
+
+
+def records_for(key: str, root: str | Path) -> list[VideoRecord]:
+    """Records of a named video dataset: ``davis``, ``ytvos`` or ``ovis``."""
+    if key == "davis":
+        return davis_records(root)
+    if key in ("ytvos", "ovis"):
+        return youtube_records(root, dataset=key)
+    raise ValueError(f"unknown video dataset {key!r}; expected one of davis, ytvos, ovis")
+
+
+def build_video_mix(
+    roots: Mapping[str, str | Path],
+    *,
+    repeats: Mapping[str, int] | None = None,
+    num_frames: int = 8,
+    crop_size: int = 384,
+    max_objects: int = 3,
+    max_skip: int = 5,
+    skip_divisors: Mapping[str, int] | None = None,
+    augment: bool = True,
+    min_object_pixels: int = 100,
+    fixed_seed: int | None = None,
+) -> VideoMix:
+    """The video-stage training set: DAVIS ×5, YouTube-VOS ×1, OVIS ×3 by default.
+
+    ``roots`` maps ``davis`` / ``ytvos`` / ``ovis`` to dataset roots; absent keys are left
+    out of the mix. Each dataset gets its own :class:`ClipSampler` (skip divisor per dataset).
+    """
+    repeats = dict(DEFAULT_REPEATS if repeats is None else repeats)
+    divisors = dict(DEFAULT_SKIP_DIVISORS if skip_divisors is None else skip_divisors)
+    parts = {}
+    for key, root in roots.items():
+        records = records_for(key, root)
+        sampler = ClipSampler(
+            num_frames=num_frames,
+            max_objects=max_objects,
+            max_skip=max_skip,
+            skip_divisor=divisors.get(key, 1),
+            augment=augment,
+            crop_size=crop_size,
+            min_object_pixels=min_object_pixels,
+        )
+        parts[key] = VOSVideoDataset(records, sampler, fixed_seed=fixed_seed, name=key)
+        logger.info(
+            "%s: %d videos from %s, repeated ×%d", key, len(records), root, repeats.get(key, 1)
+        )
+    return VideoMix(parts, repeats)

@@ -1,0 +1,276 @@
+"""Semi-supervised propagation of object masks through a video, one frame at a time.
+
+>>> propagator = Propagator(model)
+>>> for t, image in enumerate(frames):            # image: (3, H, W) normalised
+...     result = propagator.step(image, first_mask if t == 0 else None)
+...     ids = result.index_mask()                 # (H, W) object ids, 0 = background
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from deva.inference.memory import InferenceMemory, MemoryConfig
+from deva.io.padding import Padding, pad_to_multiple, unpad
+from deva.modeling.propagation import (
+    KeyProjection,
+    PixelFeatures,
+    PropagationModel,
+    aggregate_probabilities,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameFeatures:
+    """Everything the network computes from an image alone; compute once, reuse freely.
+
+    image: (1, 3, H', W') padded normalised image; padding: what was added to reach H'×W'.
+    """
+
+    image: torch.Tensor
+    padding: Padding
+    pixel: PixelFeatures
+    key: KeyProjection
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the image before padding."""
+        h, w = self.image.shape[-2:]
+        p = self.padding
+        return h - p.top - p.bottom, w - p.left - p.right
+
+
+@dataclass
+class PropagationResult:
+    """Per-frame output: probabilities (N + 1, H, W), channel 0 = background, channel i =
+    ``object_ids[i - 1]``, at the processing resolution (before any resize to the original)."""
+
+    prob: torch.Tensor
+    object_ids: list[int]
+
+    def index_mask(self) -> torch.Tensor:
+        """(H, W) int64 map of object ids (0 = background) by arg-max."""
+        lut = torch.tensor([0, *self.object_ids], dtype=torch.int64, device=self.prob.device)
+        return lut[self.prob.argmax(dim=0)]
+
+
+class Propagator:
+    """Streams frames through the propagation model with XMem-style memory.
+
+    A frame becomes a memory frame every ``mem_every`` frames and whenever masks are given.
+    Objects given mid-video are merged with the prediction of existing objects (given masks
+    win where they are foreground). ``chunk_size`` bounds how many objects go through the
+    network at once. ``autocast_dtype`` (e.g. ``torch.bfloat16``) enables mixed precision.
+    """
+
+    def __init__(
+        self,
+        model: PropagationModel,
+        memory: MemoryConfig | None = None,
+        *,
+        mem_every: int = 5,
+        chunk_size: int = -1,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        if mem_every < 1:
+            raise ValueError(f"mem_every must be >= 1, got {mem_every}")
+        self.model = model.eval()
+        self.memory_config = memory or MemoryConfig()
+        self.mem_every = mem_every
+        self.chunk_size = chunk_size
+        self.autocast_dtype = autocast_dtype
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: memory, objects, frame counter."""
+        self.memory = InferenceMemory(self.memory_config)
+        self._frame = -1
+        self._last_memory_frame = -(10**9)
+        self._last_prob: torch.Tensor | None = None  # (N, H', W') for memory.object_ids
+
+    @property
+    def object_ids(self) -> list[int]:
+        """Objects currently tracked, in channel order."""
+        return self.memory.object_ids
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @torch.inference_mode()
+    def encode(self, image: torch.Tensor) -> FrameFeatures:
+        """Image features of a normalised frame (3, H, W) or (1, 3, H, W)."""
+        if image.ndim == 3:
+            image = image.unsqueeze(0)
+        if image.ndim != 4 or image.shape[:2] != (1, 3):
+            raise ValueError(f"expected an image (3, H, W), got shape {tuple(image.shape)}")
+        padded, padding = pad_to_multiple(image.to(self.device, torch.float32), 16)
+        with self._autocast():
+            pixel = self.model.encode_image(padded)
+            key = self.model.project_key(pixel)
+        return FrameFeatures(padded, padding, pixel, key)
+
+    def delete_objects(self, object_ids: list[int]) -> None:
+        """Stop tracking objects and drop their memory."""
+        if self._last_prob is not None:
+            keep = [i for i, o in enumerate(self.object_ids) if o not in set(object_ids)]
+            self._last_prob = self._last_prob[keep]
+        self.memory.delete_objects(object_ids)
+
+    @torch.inference_mode()
+    def step(
+        self,
+        image: torch.Tensor | None = None,
+        mask: torch.Tensor | np.ndarray | None = None,
+        objects: list[int] | None = None,
+        *,
+        end: bool = False,
+        features: FrameFeatures | None = None,
+    ) -> PropagationResult:
+        """Process the next frame.
+
+        Args:
+            image: normalised frame (3, H, W); may be omitted when ``features`` is given.
+            mask: optional masks for this frame at (H, W): an integer id map (objects = its
+                non-zero ids unless ``objects`` says which to use) or float probabilities
+                (N, H, W) for ``objects`` (required then).
+            end: the last frame; nothing is written to memory.
+            features: precomputed :meth:`encode` output of this frame.
+        """
+        if features is None:
+            if image is None:
+                raise ValueError("step() needs an image or its precomputed features")
+            features = self.encode(image)
+        self._frame += 1
+        given_ids, given = self._given_masks(mask, objects, features)
+        existing = self.object_ids
+        with self._autocast():
+            predicted = self._predict(features, existing, update_sensory=not end)
+            ids = existing + [o for o in given_ids if o not in existing]
+            prob = self._merge(predicted, given, given_ids, ids, features)
+            is_memory_frame = (
+                bool(given_ids) or self._frame - self._last_memory_frame >= self.mem_every
+            ) and not end
+            if is_memory_frame and ids:
+                self._write_memory(features, prob[1:].unsqueeze(0), ids)
+        if not end:
+            tracked = self.object_ids
+            self._last_prob = prob[1:][[ids.index(o) for o in tracked]].float()
+        return PropagationResult(unpad(prob, features.padding).float(), ids)
+
+    def _given_masks(
+        self,
+        mask: torch.Tensor | np.ndarray | None,
+        objects: list[int] | None,
+        features: FrameFeatures,
+    ) -> tuple[list[int], torch.Tensor | None]:
+        if mask is None:
+            if objects:
+                raise ValueError("objects were given without a mask")
+            return [], None
+        mask = torch.as_tensor(mask, device=self.device)
+        size = features.size
+        if mask.is_floating_point():
+            if mask.ndim != 3 or objects is None or len(objects) != mask.shape[0]:
+                raise ValueError(
+                    "probability masks must be (N, H, W) with N object ids in `objects`; got "
+                    f"shape {tuple(mask.shape)} and objects={objects}"
+                )
+            ids, prob = [int(o) for o in objects], mask.float()
+        else:
+            if mask.ndim != 2:
+                raise ValueError(f"an id mask must be (H, W), got shape {tuple(mask.shape)}")
+            present = [int(v) for v in torch.unique(mask).tolist() if v != 0]
+            ids = present if objects is None else [int(o) for o in objects]
+            prob = torch.stack([(mask == o).float() for o in ids]) if ids else None
+        if prob is not None and tuple(prob.shape[-2:]) != size:
+            raise ValueError(f"mask size {tuple(prob.shape[-2:])} != image size {size}")
+        if prob is None:
+            return [], None
+        if len(set(ids)) != len(ids) or any(o <= 0 for o in ids):
+            raise ValueError(f"object ids must be distinct positive integers, got {ids}")
+        existing = set(self.object_ids)
+        nonempty = [i for i, o in enumerate(ids) if o in existing or prob[i].any()]
+        if len(nonempty) < len(ids):
+            log.debug(
+                "ignoring new objects with empty masks: %s",
+                [o for i, o in enumerate(ids) if i not in nonempty],
+            )
+            ids, prob = [ids[i] for i in nonempty], prob[nonempty]
+        if not ids:
+            return [], None
+        return ids, pad_to_multiple(prob, 16)[0]
+
+    def _predict(
+        self, features: FrameFeatures, existing: list[int], *, update_sensory: bool
+    ) -> torch.Tensor | None:
+        """Probabilities (N + 1, H', W') of background + tracked objects from memory, or None."""
+        if not existing:
+            return None
+        key = features.key
+        readout = self.memory.read(key.key, key.selection, existing)
+        template = readout.new_zeros(self.model.config.sensory_dim, *readout.shape[-2:])
+        sensory = self.memory.get_sensory(existing, template)
+        last = self._last_prob.unsqueeze(0).to(readout.dtype)
+        sensory, logits = self.model.segment(
+            features.pixel,
+            readout,
+            sensory,
+            last,
+            update_sensory=update_sensory,
+            chunk_size=self.chunk_size,
+        )
+        if update_sensory:
+            self.memory.set_sensory(existing, sensory)
+        _, prob = self.model.aggregate(logits)
+        return prob[0]
+
+    @staticmethod
+    def _merge(
+        predicted: torch.Tensor | None,
+        given: torch.Tensor | None,
+        given_ids: list[int],
+        ids: list[int],
+        features: FrameFeatures,
+    ) -> torch.Tensor:
+        """Combine prediction and given masks into (N + 1, H', W') probabilities."""
+        h, w = features.image.shape[-2:]
+        if not ids:
+            return features.image.new_ones(1, h, w)
+        if given is None:
+            return predicted
+        combined = given.new_zeros(len(ids), h, w)
+        if predicted is not None:
+            combined[: predicted.shape[0] - 1] = predicted[1:].to(combined.dtype)
+            combined[:, given.sum(dim=0) > 0.5] = 0
+        for i, obj in enumerate(given_ids):
+            combined[ids.index(obj)] = given[i]
+        return torch.softmax(aggregate_probabilities(combined, dim=0), dim=0)
+
+    def _write_memory(self, features: FrameFeatures, prob: torch.Tensor, ids: list[int]) -> None:
+        key = features.key
+        template = prob.new_zeros(self.model.config.sensory_dim, *key.key.shape[-2:])
+        sensory = self.memory.get_sensory(ids, template.to(key.key.dtype))
+        value, sensory = self.model.encode_mask(
+            features.image,
+            features.pixel,
+            sensory,
+            prob.to(features.image.dtype),
+            deep_update=True,
+            chunk_size=self.chunk_size,
+        )
+        self.memory.add_frame(key.key, key.shrinkage, key.selection, value, ids)
+        self.memory.set_sensory(ids, sensory)
+        self._last_memory_frame = self._frame

@@ -1,0 +1,336 @@
+"""BURST json (ground truth and predictions) with COCO RLE masks, and OWTA inputs from it.
+
+A file is ``{split, categories, sequences[]}``; a sequence has ``id``, ``dataset``, ``seq_name``,
+``width``, ``height``, ``annotated_image_paths``, ``track_category_ids`` (track id string →
+category id), ``neg_category_ids``, ``not_exhaustive_category_ids`` and ``segmentations``
+aligned with ``annotated_image_paths``: per frame a dict track-id string → ``{rle, score, …}``
+(COCO compressed RLE counts of an H×W mask, column-major). Predictions use the same layout.
+
+:func:`owta_inputs` turns a ground-truth and a predicted sequence into what
+:func:`deva.metrics.owta.owta_sequence_stats_from_similarity` needs, following the official
+BURST open-world evaluation: ground-truth tracks of the 45 TAO-OW distractor categories are
+dropped, only annotated frames with at least one remaining ground-truth object are timesteps,
+similarity is the IoU of the masks' integer bounding boxes, at most 300 predictions per frame
+(highest score) are kept, and unmatched predictions are removed in videos whose
+``not_exhaustive_category_ids`` contain the class-agnostic id 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from deva.metrics.owta import box_iou_xywh
+
+log = logging.getLogger(__name__)
+
+#: TAO-OW distractor category ids ("Opening up Open-World Tracking"), removed from the GT.
+DISTRACTOR_CATEGORY_IDS = frozenset(
+    {20, 63, 108, 180, 188, 204, 212, 247, 303, 403, 407, 415, 490, 504, 507, 513, 529, 567,
+     569, 588, 672, 691, 702, 708, 711, 720, 736, 737, 798, 813, 815, 827, 831, 851, 877, 883,
+     912, 971, 976, 1130, 1133, 1134, 1169, 1184, 1220}
+)
+#: The class id the class-agnostic evaluation looks up in ``not_exhaustive_category_ids``.
+AGNOSTIC_CLASS_ID = 1
+MAX_DETECTIONS = 300
+SPLIT_FILES = {"all": "all_classes.json", "common": "common_classes.json",
+               "uncommon": "uncommon_classes.json"}
+
+
+@dataclass
+class BurstSequence:
+    """One sequence of a BURST file (fields as in the json)."""
+
+    id: Any
+    dataset: str
+    seq_name: str
+    width: int | None
+    height: int | None
+    annotated_image_paths: list[str]
+    segmentations: list[dict[str, dict[str, Any]]]
+    track_category_ids: dict[str, int] = field(default_factory=dict)
+    neg_category_ids: list[int] = field(default_factory=list)
+    not_exhaustive_category_ids: list[int] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(dataset, seq_name): how predictions are matched to ground truth."""
+        return (self.dataset, self.seq_name)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.extra)
+        out.update(
+            id=self.id,
+            dataset=self.dataset,
+            seq_name=self.seq_name,
+            width=self.width,
+            height=self.height,
+            annotated_image_paths=self.annotated_image_paths,
+            segmentations=self.segmentations,
+            track_category_ids=self.track_category_ids,
+            neg_category_ids=self.neg_category_ids,
+            not_exhaustive_category_ids=self.not_exhaustive_category_ids,
+        )
+        return out
+
+
+@dataclass
+class BurstFile:
+    """A parsed BURST json."""
+
+    split: str | None
+    sequences: list[BurstSequence]
+    categories: Any = None
+
+
+def parse_burst(data: Mapping[str, Any], *, source: str = "<json>") -> BurstFile:
+    """Parse a loaded BURST json dict, validating the fields the evaluation needs."""
+    try:
+        sequences = []
+        for seq in data["sequences"]:
+            paths = list(seq["annotated_image_paths"])
+            segs = list(seq["segmentations"])
+            if len(paths) != len(segs):
+                raise ValueError(
+                    f"{source}: sequence {seq.get('seq_name')!r} has {len(paths)} annotated "
+                    f"images but {len(segs)} segmentation frames"
+                )
+            known = {
+                "id", "dataset", "seq_name", "width", "height", "annotated_image_paths",
+                "segmentations", "track_category_ids", "neg_category_ids",
+                "not_exhaustive_category_ids",
+            }
+            sequences.append(
+                BurstSequence(
+                    id=seq.get("id"),
+                    dataset=str(seq["dataset"]),
+                    seq_name=str(seq["seq_name"]),
+                    width=seq.get("width"),
+                    height=seq.get("height"),
+                    annotated_image_paths=paths,
+                    segmentations=[dict(s) for s in segs],
+                    track_category_ids={
+                        str(k): int(v) for k, v in (seq.get("track_category_ids") or {}).items()
+                    },
+                    neg_category_ids=list(seq.get("neg_category_ids") or []),
+                    not_exhaustive_category_ids=list(seq.get("not_exhaustive_category_ids") or []),
+                    extra={k: v for k, v in seq.items() if k not in known},
+                )
+            )
+        return BurstFile(data.get("split"), sequences, data.get("categories"))
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{source}: malformed BURST json (missing or bad field {error})") from error
+
+
+def load_burst(path: str | Path) -> BurstFile:
+    """Read and parse a BURST json file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"BURST json not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: invalid JSON ({error})") from error
+    return parse_burst(data, source=str(path))
+
+
+def encode_rle(mask: np.ndarray) -> str:
+    """COCO compressed RLE counts (str) of an H×W binary mask."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    counts = rle["counts"]
+    return counts.decode("ascii") if isinstance(counts, bytes) else counts
+
+
+def decode_rle(counts: str | bytes, height: int, width: int) -> np.ndarray:
+    """H×W uint8 mask from COCO compressed RLE counts."""
+    return mask_utils.decode({"counts": counts, "size": [int(height), int(width)]})
+
+
+def rle_box(counts: str | bytes, height: int, width: int) -> list[int]:
+    """Integer (x, y, w, h) bounding box of an RLE mask ([0, 0, 0, 0] when empty)."""
+    box = mask_utils.toBbox({"counts": counts, "size": [int(height), int(width)]})
+    return [int(v) for v in box]
+
+
+def _frame_index(path: str, fallback: int) -> int:
+    stem = path.replace(".jpg", "").replace(".png", "").replace("frame", "")
+    try:
+        return int(stem.split("_")[-1])
+    except ValueError:
+        return fallback
+
+
+@dataclass
+class OWTAInputs:
+    """Per-timestep ids and similarity matrices of one sequence, ready for OWTA."""
+
+    gt_ids: list[np.ndarray]
+    pred_ids: list[np.ndarray]
+    similarities: list[np.ndarray]
+    remove_unmatched: bool
+    neg_category: bool
+    frames: list[str]
+
+
+def owta_inputs(
+    gt: BurstSequence,
+    pred: BurstSequence | None,
+    *,
+    max_detections: int = MAX_DETECTIONS,
+    similarity: str = "box",
+) -> OWTAInputs:
+    """Build OWTA inputs for one ground-truth sequence and its prediction (or ``None``).
+
+    ``similarity`` is ``"box"`` (official BURST open-world numbers) or ``"mask"`` (mask IoU,
+    documented alternative).
+    """
+    if similarity not in ("box", "mask"):
+        raise ValueError(f"similarity must be 'box' or 'mask', got {similarity!r}")
+    if gt.height is None or gt.width is None:
+        raise ValueError(f"ground-truth sequence {gt.seq_name!r} lacks width / height")
+    height, width = int(gt.height), int(gt.width)
+    if pred is not None and pred.height is not None and pred.width is not None and (
+        int(pred.height), int(pred.width)) != (height, width):
+        raise ValueError(
+            f"sequence {gt.dataset}/{gt.seq_name}: prediction size {pred.width}x{pred.height} "
+            f"differs from the ground truth {width}x{height}"
+        )
+    pred_frames: dict[str, dict[str, Any]] = {}
+    if pred is not None:
+        for path, dets in zip(pred.annotated_image_paths, pred.segmentations):
+            pred_frames[path] = dets
+
+    steps = []
+    for position, (path, objects) in enumerate(zip(gt.annotated_image_paths, gt.segmentations)):
+        kept = []
+        for track, det in objects.items():
+            category = gt.track_category_ids.get(str(track))
+            if category is None:
+                raise ValueError(
+                    f"sequence {gt.seq_name!r}: track {track} has no entry in track_category_ids"
+                )
+            if category in DISTRACTOR_CATEGORY_IDS:
+                continue
+            kept.append((int(track), det["rle"]))
+        if kept:
+            steps.append((_frame_index(path, position), position, path, kept))
+    steps.sort(key=lambda s: (s[0], s[1]))
+
+    gt_ids, pred_ids, sims, frames = [], [], [], []
+    for _, _, path, kept in steps:
+        dets = []
+        for track, det in (pred_frames.get(path) or {}).items():
+            try:
+                track_id = int(track)
+            except ValueError as error:
+                raise ValueError(
+                    f"sequence {gt.seq_name!r}, frame {path}: track id {track!r} is not an integer"
+                ) from error
+            dets.append((track_id, det["rle"], float(det.get("score", 1.0))))
+        if max_detections and len(dets) > max_detections:
+            dets = sorted(dets, key=lambda d: d[2], reverse=True)[:max_detections]
+        g_ids = np.array([k[0] for k in kept], dtype=np.int64)
+        p_ids = np.array([d[0] for d in dets], dtype=np.int64)
+        if len(set(p_ids.tolist())) != len(p_ids):
+            raise ValueError(f"sequence {gt.seq_name!r}, frame {path}: duplicate track ids")
+        if similarity == "box":
+            g_boxes = np.array([rle_box(k[1], height, width) for k in kept], dtype=np.float64)
+            p_boxes = np.array([rle_box(d[1], height, width) for d in dets], dtype=np.float64)
+            sim = box_iou_xywh(g_boxes.reshape(-1, 4), p_boxes.reshape(-1, 4))
+        else:
+            g_rles = [{"counts": k[1], "size": [height, width]} for k in kept]
+            p_rles = [{"counts": d[1], "size": [height, width]} for d in dets]
+            if dets:
+                sim = np.asarray(
+                    mask_utils.iou(g_rles, p_rles, [0] * len(p_rles)), dtype=np.float64
+                ).reshape(len(kept), len(dets))
+            else:
+                sim = np.zeros((len(kept), 0))
+        gt_ids.append(g_ids)
+        pred_ids.append(p_ids)
+        sims.append(sim)
+        frames.append(path)
+    return OWTAInputs(
+        gt_ids=gt_ids,
+        pred_ids=pred_ids,
+        similarities=sims,
+        remove_unmatched=AGNOSTIC_CLASS_ID in gt.not_exhaustive_category_ids,
+        neg_category=AGNOSTIC_CLASS_ID in gt.neg_category_ids,
+        frames=frames,
+    )
+
+
+def match_predictions(
+    gt: BurstFile, pred: BurstFile
+) -> list[tuple[BurstSequence, BurstSequence | None]]:
+    """Pair every ground-truth sequence with its prediction by (dataset, seq_name)."""
+    if gt.split is not None and pred.split is not None and gt.split != pred.split:
+        raise ValueError(f"prediction split {pred.split!r} differs from ground truth {gt.split!r}")
+    by_key: dict[tuple[str, str], BurstSequence] = {}
+    for seq in pred.sequences:
+        if seq.key in by_key:
+            raise ValueError(f"prediction lists sequence {seq.dataset}/{seq.seq_name} twice")
+        by_key[seq.key] = seq
+    missing = [s.key for s in gt.sequences if s.key not in by_key]
+    if missing:
+        log.warning("%d ground-truth sequence(s) have no prediction (all their objects are "
+                    "missed), e.g. %s/%s", len(missing), *missing[0])
+    return [(s, by_key.get(s.key)) for s in gt.sequences]
+
+
+def prediction_sequence(
+    gt: BurstSequence,
+    frames: Sequence[Mapping[int, Mapping[str, Any]]],
+    *,
+    image_paths: Sequence[str] | None = None,
+) -> BurstSequence:
+    """Build a predicted sequence in BURST layout.
+
+    ``frames`` holds, per image path, ``track id → {"mask": H×W array | "rle": counts,
+    "score": float, "category_id": int}``; image paths default to the ground truth's
+    ``annotated_image_paths``.
+    """
+    paths = list(image_paths if image_paths is not None else gt.annotated_image_paths)
+    if len(paths) != len(frames):
+        raise ValueError(f"{len(paths)} image paths but {len(frames)} predicted frames")
+    segmentations: list[dict[str, dict[str, Any]]] = []
+    categories: dict[str, int] = {}
+    for objects in frames:
+        frame: dict[str, dict[str, Any]] = {}
+        for track, det in objects.items():
+            rle = det["rle"] if "rle" in det else encode_rle(det["mask"])
+            entry: dict[str, Any] = {"rle": rle, "score": float(det.get("score", 1.0))}
+            frame[str(int(track))] = entry
+            if det.get("category_id") is not None:
+                categories.setdefault(str(int(track)), int(det["category_id"]))
+        segmentations.append(frame)
+    return BurstSequence(
+        id=gt.id,
+        dataset=gt.dataset,
+        seq_name=gt.seq_name,
+        width=gt.width,
+        height=gt.height,
+        annotated_image_paths=paths,
+        segmentations=segmentations,
+        track_category_ids=categories,
+    )
+
+
+def write_burst(path: str | Path, sequences: Sequence[BurstSequence], *, split: str | None,
+                categories: Any = None) -> Path:
+    """Write sequences as a BURST json file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {"split": split, "sequences": [s.to_json() for s in sequences]}
+    if categories is not None:
+        data["categories"] = categories
+    path.write_text(json.dumps(data))
+    return path

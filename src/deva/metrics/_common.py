@@ -1,0 +1,67 @@
+"""Helpers shared by the metric classes: array conversion and row-table states."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def to_numpy(value: Any, *, dtype: Any = None) -> np.ndarray:
+    """Return ``value`` (tensor, array or nested list) as a NumPy array on the CPU."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    return array.astype(dtype, copy=False) if dtype is not None else array
+
+
+def rows_to_state(rows: np.ndarray) -> Tensor:
+    """Flatten a 2-D table of numbers into a 1-D float64 tensor for a ``"cat"`` state.
+
+    Row tables are flattened so that ranks without data (which torchmetrics pads with an empty
+    1-D tensor of the metric dtype) concatenate cleanly; float64 holds integers up to 2**53
+    exactly, far beyond any pixel count.
+    """
+    return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64).reshape(-1))
+
+
+def state_to_rows(state: Tensor | list[Tensor], width: int) -> np.ndarray:
+    """Undo :func:`rows_to_state` after (possibly distributed) concatenation."""
+    if isinstance(state, list):
+        parts = [t.reshape(-1) for t in state if t.numel()]
+        flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    else:
+        flat = state.reshape(-1)
+    array = flat.detach().cpu().to(torch.float64).numpy()
+    if array.size % width:
+        raise RuntimeError(
+            f"corrupt metric state: {array.size} values is not a multiple of {width}"
+        )
+    return array.reshape(-1, width)
+
+
+def group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum ``values`` over identical rows of ``keys`` (N, K); returns (unique keys, sums)."""
+    if keys.shape[0] == 0:
+        return keys.reshape(0, keys.shape[1] if keys.ndim == 2 else 1), values[:0]
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    sums = np.zeros(unique.shape[0], dtype=values.dtype)
+    np.add.at(sums, inverse.reshape(-1), values)
+    return unique, sums
+
+
+def nan_to_none(value: Any) -> Any:
+    """Replace NaN / inf floats by ``None`` recursively so the result is strict JSON."""
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [nan_to_none(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return nan_to_none(value.item())
+    return value

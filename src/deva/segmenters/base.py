@@ -1,0 +1,55 @@
+"""The image segmenter interface the tracker calls on detection frames."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from deva.inference.segmentation import Segmentation
+
+
+@runtime_checkable
+class ImageSegmenter(Protocol):
+    """Anything that segments one RGB frame into non-overlapping segments.
+
+    Called with an (H, W, 3) uint8 RGB array; returns a ``Segmentation`` at (H, W). The
+    keyword ``frame_name`` (e.g. ``"00005"`` or ``"00005.jpg"``) identifies the frame for
+    segmenters that look results up (precomputed detections); models may ignore it.
+    """
+
+    def __call__(self, image: np.ndarray, *, frame_name: str | None = None) -> Segmentation:
+        """Segment ``image`` (H, W, 3 uint8 RGB)."""
+        ...
+
+
+def check_image(image: np.ndarray) -> tuple[int, int]:
+    """Validate an RGB uint8 (H, W, 3) frame and return its (H, W)."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"expected an RGB frame of shape (H, W, 3), got shape {shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 RGB frame, got dtype {image.dtype}")
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def empty_segmentation(height: int, width: int) -> Segmentation:
+    """A segmentation of (H, W) without segments."""
+    return Segmentation(mask=torch.zeros((height, width), dtype=torch.long), segments=[])
+
+
+def resize_segmentation(seg: Segmentation, height: int, width: int) -> Segmentation:
+    """Nearest-neighbour resize of an id mask to (H, W); segments that vanish are dropped.
+
+    Uses pixel-centre sampling on integer indices, so ids of any size survive exactly.
+    """
+    mask = torch.as_tensor(seg.mask).long()
+    in_h, in_w = mask.shape
+    if (in_h, in_w) == (height, width):
+        return seg
+    rows = ((torch.arange(height, dtype=torch.float64) + 0.5) * in_h / height).long()
+    cols = ((torch.arange(width, dtype=torch.float64) + 0.5) * in_w / width).long()
+    resized = mask[rows.clamp(max=in_h - 1)][:, cols.clamp(max=in_w - 1)]
+    present = set(torch.unique(resized).tolist())
+    return Segmentation(mask=resized, segments=[s for s in seg.segments if s.id in present])

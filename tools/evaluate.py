@@ -1,0 +1,126 @@
+"""Run the propagation model over a benchmark and write its official output format.
+
+    python tools/evaluate.py benchmark=davis|ytvos|generic data.root=DIR output=DIR \
+        model.weights=FILE [size=480] [use_all_masks=true]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch
+from tqdm import tqdm
+
+from deva.config import ConfigError, compose
+from deva.inference.memory import MemoryConfig
+from deva.inference.propagator import Propagator
+from deva.inference.vos import (
+    davis_videos,
+    generic_videos,
+    segment_video,
+    youtube_vos_videos,
+)
+from deva.io.masks import write_mask_png
+from deva.modeling.weights import build_model, pick_device
+
+log = logging.getLogger("evaluate")
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _videos(cfg):
+    root = cfg.data.root
+    if root is None:
+        raise ConfigError("data.root is required (the benchmark folder)")
+    if cfg.benchmark == "davis":
+        return davis_videos(root, cfg.data.split, cfg.data.resolution)
+    if cfg.benchmark == "ytvos":
+        return youtube_vos_videos(root, cfg.data.meta)
+    if cfg.benchmark == "generic":
+        return generic_videos(root, use_all_masks=cfg.use_all_masks)
+    raise ConfigError(f"unknown VOS benchmark {cfg.benchmark!r}; expected davis, ytvos or generic")
+
+
+def _check_output(output: str | None, overwrite: bool) -> Path:
+    if output is None:
+        raise ConfigError("output=DIR is required")
+    out = Path(output)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"output folder {out} is not empty; pass overwrite=true to write into it")
+    return out
+
+
+VOS_BENCHMARKS = ("davis", "ytvos", "generic")
+
+
+def run(cfg) -> int:
+    """Dispatch on ``benchmark``; returns the number of frames written."""
+    if cfg.benchmark in VOS_BENCHMARKS:
+        return run_vos(cfg)
+    raise ConfigError(f"unknown benchmark {cfg.benchmark!r}; expected one of {VOS_BENCHMARKS}")
+
+
+def run_vos(cfg) -> int:
+    """Semi-supervised VOS: propagate the given masks; index PNGs per frame."""
+    videos = _videos(cfg)
+    out = _check_output(cfg.output, cfg.overwrite)
+    if cfg.amp not in AMP:
+        raise ConfigError(f"amp must be one of {sorted(AMP)}, got {cfg.amp!r}")
+    device = pick_device(cfg.device)
+    model = build_model(cfg.model.preset, cfg.model.weights).to(device)
+    memory = MemoryConfig(**cfg.memory)
+    propagator = Propagator(
+        model,
+        memory,
+        mem_every=cfg.mem_every,
+        chunk_size=cfg.chunk_size,
+        autocast_dtype=AMP[cfg.amp] if device.type != "cpu" else None,
+    )
+    log.info(
+        "%s: %d videos from %s -> %s on %s (size %s, weights %s)",
+        cfg.benchmark,
+        len(videos),
+        cfg.data.root,
+        out,
+        device,
+        cfg.size,
+        cfg.model.weights or "RANDOM",
+    )
+    start, frames = time.perf_counter(), 0
+    for video in tqdm(videos, desc="videos", unit="video", position=0):
+        target = out / video.name
+        for name, ids in tqdm(
+            segment_video(propagator, video, shorter_side=cfg.size),
+            desc=video.name,
+            unit="frame",
+            leave=False,
+            position=1,
+        ):
+            write_mask_png(target / f"{name}.png", ids)
+            frames += 1
+    elapsed = time.perf_counter() - start
+    print(
+        f"done: {frames} frames of {len(videos)} videos written to {out} in {elapsed:.1f} s "
+        f"({frames / max(elapsed, 1e-9):.2f} frames/s)"
+    )
+    return frames
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = compose("evaluate", argv)
+        run(cfg)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
