@@ -85,9 +85,10 @@ class _Store:
         for obj, value in values.items():
             self.values[obj] = torch.cat([self.values[obj], value], dim=-1)
         new = key.shape[-1]
-        self.use_count = torch.cat([self.use_count, key.new_zeros(new)])
+        stats = {"device": key.device, "dtype": torch.float32}
+        self.use_count = torch.cat([self.use_count, torch.zeros(new, **stats)])
         # A tiny life count keeps usage = 0 (not NaN) before the first read.
-        self.life_count = torch.cat([self.life_count, key.new_full((new,), 1e-7)])
+        self.life_count = torch.cat([self.life_count, torch.full((new,), 1e-7, **stats)])
 
     @classmethod
     def empty_like(
@@ -100,8 +101,8 @@ class _Store:
             shrinkage=z(1, 0),
             selection=z(c_k, 0) if with_selection else None,
             values={obj: z(value_dim, 0) for obj in objects},
-            use_count=z(0),
-            life_count=z(0),
+            use_count=torch.zeros(0, device=key.device),
+            life_count=torch.zeros(0, device=key.device),
         )
 
 
@@ -237,7 +238,10 @@ class InferenceMemory:
             lt, wm = bucket.long_term, bucket.working
             m_key = torch.cat([lt.key, wm.key], dim=-1).unsqueeze(0)
             m_shrink = torch.cat([lt.shrinkage, wm.shrinkage], dim=-1).unsqueeze(0)
-            sim = memory_ops.similarity(m_key, m_shrink, q_key, q_sel)
+            # Affinities in float32: squared distances overflow fp16 under autocast.
+            sim = memory_ops.similarity(
+                m_key.float(), m_shrink.float(), q_key.float(), q_sel.float()
+            )
             affinity = memory_ops.softmax_affinity(sim, self.config.top_k)
             if self.config.long_term:
                 usage = affinity[0].sum(dim=1)

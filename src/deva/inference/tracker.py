@@ -1,0 +1,458 @@
+"""The decoupled tracker (paper §3): image segmentations + temporal propagation → video.
+
+>>> tracker = DecoupledTracker(model, segmenter, TrackerConfig(mode=TrackingMode.SEMI_ONLINE))
+>>> for result in tracker.stream(frames):        # frames: iterable of (name, RGB uint8 H×W×3)
+...     ids, segments = result.mask, result.segments
+
+Three modes (:class:`TrackingMode`):
+
+- ``ONLINE``: every ``detect_every`` frames the image segmentation of that frame is the
+  consensus (a clip of one frame) and is merged with the propagated masks (§3.2.2).
+- ``SEMI_ONLINE``: on a detection frame t the segmentations of t .. t+n-1 are aligned to t
+  (eq. 1), their in-clip consensus is merged at t, then t+1 .. t+n-1 are propagated. Results
+  come out n−1 frames late (a clip is processed once complete) and the rest is flushed by
+  :meth:`DecoupledTracker.finish`. With ``clip_size=1`` this is exactly ``ONLINE``.
+  Clips never overlap: the next detection frame is ``max(detect_every, clip_size)`` frames
+  after the previous one.
+- ``OFFLINE`` (referring / unsupervised VOS): the whole video is buffered; the key frame is
+  the best-scoring of ``num_key_candidates`` uniformly spaced frames, the consensus of the
+  clip starting there initialises the objects, which are propagated forward and — with a
+  second propagator on the reversed frames — backward. No further detections.
+
+All work happens at the processing resolution (shorter side ``shorter_side``, padded to a
+multiple of 16); results are id masks at the original resolution. On a detection frame the
+propagated segmentation R_t is read with a read-only propagator step (``end=True``: no memory
+write, no sensory update), merged with the consensus, and the merged masks are then given to
+the propagator for the same frame, so that they become a memory frame. Objects deleted by the
+merge (``max_missed`` consecutive misses) leave the registry and the propagator's memory.
+
+Object identity lives in one :class:`~deva.inference.objects.ObjectRegistry`: ids are never
+reused; an object's category is the vote over its merged detections, its score their mean.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from deva.inference.alignment import align_segmentation
+from deva.inference.consensus import in_clip_consensus
+from deva.inference.memory import MemoryConfig
+from deva.inference.merging import MAX_MISSED, MergeResult, merge_with_consensus
+from deva.inference.objects import ObjectRegistry
+from deva.inference.propagator import FrameFeatures, PropagationResult, Propagator
+from deva.inference.segmentation import Segment, Segmentation
+from deva.io.frames import FrameGeometry, preprocess_frame, resize_mask, restore_probabilities
+from deva.io.padding import unpad
+from deva.modeling.propagation import PropagationModel
+from deva.segmenters.base import ImageSegmenter, check_image, resize_segmentation
+
+logger = logging.getLogger(__name__)
+
+
+class TrackingMode(enum.Enum):
+    """How image segmentations are brought in (see the module docstring)."""
+
+    ONLINE = "online"
+    SEMI_ONLINE = "semionline"
+    OFFLINE = "offline"
+
+    @classmethod
+    def parse(cls, value: str | TrackingMode) -> TrackingMode:
+        """``online`` | ``semionline`` (also ``semi-online``, ``semi_online``) | ``offline``."""
+        if isinstance(value, TrackingMode):
+            return value
+        key = str(value).strip().lower().replace("-", "").replace("_", "")
+        for mode in cls:
+            if mode.value == key:
+                return mode
+        raise ValueError(
+            f"unknown tracking mode {value!r}; expected one of {[m.value for m in cls]}"
+        )
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Settings of :class:`DecoupledTracker` (paper defaults).
+
+    Attributes:
+        mode: online, semi-online or offline.
+        detect_every: frames between detection frames (online / semi-online).
+        clip_size: frames in a consensus clip (n); online always uses 1.
+        max_missed: consecutive misses after which an object is deleted (L).
+        max_objects: cap on live objects (new ones beyond it are dropped with a warning).
+        shorter_side: processing size (shorter side; -1 keeps the original size).
+        mem_every: a propagated frame becomes a memory frame every this many frames.
+        memory: sizes of the propagator memory; its ``top_k`` is also used for alignment.
+        chunk_size: objects per network pass (-1: all).
+        autocast_dtype: mixed precision for the network (None: float32).
+        num_key_candidates: offline mode: frames considered for the key frame.
+    """
+
+    mode: TrackingMode = TrackingMode.SEMI_ONLINE
+    detect_every: int = 5
+    clip_size: int = 3
+    max_missed: int = MAX_MISSED
+    max_objects: int | None = None
+    shorter_side: int = 480
+    mem_every: int = 5
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    chunk_size: int = -1
+    autocast_dtype: torch.dtype | None = None
+    num_key_candidates: int = 10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", TrackingMode.parse(self.mode))
+        for name in ("detect_every", "clip_size", "max_missed", "mem_every", "num_key_candidates"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.max_objects is not None and self.max_objects < 0:
+            raise ValueError(f"max_objects must be >= 0 or None, got {self.max_objects}")
+
+    @property
+    def clip_length(self) -> int:
+        """Frames per consensus clip: 1 online, ``clip_size`` otherwise."""
+        return 1 if self.mode is TrackingMode.ONLINE else self.clip_size
+
+
+@dataclass
+class TrackedFrame:
+    """One output frame.
+
+    Attributes:
+        name: the frame name given with the frame.
+        index: position of the frame in the stream (0-based).
+        mask: (H, W) int64 CPU tensor of object ids at the original resolution (0 = none).
+        segments: one ``Segment`` per id present in ``mask`` (id, category, score, isthing).
+        removed_ids: objects deleted from memory at this frame (they may still appear here).
+    """
+
+    name: str
+    index: int
+    mask: torch.Tensor
+    segments: list[Segment]
+    removed_ids: list[int] = field(default_factory=list)
+
+    @property
+    def segmentation(self) -> Segmentation:
+        """The result as a ``Segmentation`` (for the writers in ``deva.io``)."""
+        return Segmentation(mask=self.mask, segments=self.segments)
+
+
+def frame_score(segmentation: Segmentation) -> float:
+    """Confidence of an image segmentation: mean score of its scored segments (0 if none).
+
+    Used by offline mode to pick the key frame; pass another function to the tracker for
+    segmenters whose confidence lives elsewhere.
+    """
+    scores = [float(s.score) for s in segmentation.segments if s.score is not None]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def key_frame_candidates(num_frames: int, count: int) -> list[int]:
+    """``count`` uniformly spaced frame indices over ``num_frames`` (first and last included)."""
+    if num_frames <= 0:
+        return []
+    return sorted(set(np.linspace(0, num_frames - 1, min(count, num_frames)).round().astype(int)))
+
+
+@dataclass
+class _Frame:
+    """A frame on its way through the tracker: pixels, network input and cached features."""
+
+    index: int
+    name: str
+    rgb: np.ndarray
+    geometry: FrameGeometry
+    features: FrameFeatures
+
+
+class DecoupledTracker:
+    """Decoupled video segmentation with an image segmenter and a propagation model.
+
+    The tracker owns all its state: the propagator (memory), the object registry, the frame
+    buffers. Use :meth:`stream` for a whole video, or :meth:`step` per frame followed by
+    :meth:`finish`; call :meth:`reset` (``stream`` does) before the next video.
+    """
+
+    def __init__(
+        self,
+        model: PropagationModel,
+        segmenter: ImageSegmenter,
+        config: TrackerConfig | None = None,
+        *,
+        key_frame_score: Callable[[Segmentation], float] = frame_score,
+    ) -> None:
+        self.model = model.eval()
+        self.segmenter = segmenter
+        self.config = config or TrackerConfig()
+        self.key_frame_score = key_frame_score
+        self.reset()
+
+    # ---- state -------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the current video: memory, objects, buffers, frame counter."""
+        self._propagator = self._new_propagator()
+        self._registry = ObjectRegistry()
+        self._next_index = 0
+        self._next_detection = 0
+        self._clip: list[_Frame] = []
+        self._offline: list[tuple[str, np.ndarray]] = []
+        self._size: tuple[int, int] | None = None
+        self._finished = False
+
+    def _new_propagator(self) -> Propagator:
+        c = self.config
+        return Propagator(
+            self.model,
+            c.memory,
+            mem_every=c.mem_every,
+            chunk_size=c.chunk_size,
+            autocast_dtype=c.autocast_dtype,
+        )
+
+    @property
+    def registry(self) -> ObjectRegistry:
+        """The live objects (read it; the tracker changes it)."""
+        return self._registry
+
+    @property
+    def propagator(self) -> Propagator:
+        """The forward propagator (its memory holds the live objects)."""
+        return self._propagator
+
+    @property
+    def mode(self) -> TrackingMode:
+        return self.config.mode
+
+    # ---- public streaming API ----------------------------------------------------------
+    def stream(self, frames: Iterable[tuple[str, np.ndarray]]) -> Iterator[TrackedFrame]:
+        """Track one video: yields one result per input frame, in order.
+
+        Semi-online results lag up to n−1 frames; offline results all come after the last
+        frame was read. The tracker is reset first.
+        """
+        self.reset()
+        for name, frame in frames:
+            yield from self.step(name, frame)
+        yield from self._finish()
+
+    def step(self, name: str, frame: np.ndarray) -> list[TrackedFrame]:
+        """Feed the next frame (RGB uint8 H×W×3); returns the results that became ready."""
+        if self._finished:
+            raise RuntimeError("this video is finished; call reset() before a new one")
+        size = check_image(frame)
+        if self._size is None:
+            self._size = size
+        elif size != self._size:
+            raise ValueError(f"frame {name!r} is {size}, earlier frames were {self._size}")
+        index = self._next_index
+        self._next_index += 1
+        if self.mode is TrackingMode.OFFLINE:
+            self._offline.append((str(name), frame))
+            return []
+        current = self._prepare(index, str(name), frame)
+        if self._clip:
+            self._clip.append(current)
+        elif index >= self._next_detection:
+            length = self.config.clip_length
+            self._next_detection = index + max(self.config.detect_every, length)
+            self._clip = [current]
+        else:
+            return [self._propagate(current)]
+        if len(self._clip) == self.config.clip_length:
+            clip, self._clip = self._clip, []
+            return self._process_clip(clip)
+        return []
+
+    def finish(self) -> list[TrackedFrame]:
+        """End of the video: process what is buffered and return the remaining results."""
+        return list(self._finish())
+
+    def _finish(self) -> Iterator[TrackedFrame]:
+        if self._finished:
+            return
+        self._finished = True
+        if self.mode is TrackingMode.OFFLINE:
+            frames, self._offline = self._offline, []
+            yield from self._run_offline(frames)
+        elif self._clip:
+            clip, self._clip = self._clip, []
+            yield from self._process_clip(clip)
+
+    # ---- building blocks ---------------------------------------------------------------
+    def _prepare(self, index: int, name: str, rgb: np.ndarray) -> _Frame:
+        image, geometry = preprocess_frame(
+            rgb, self.config.shorter_side, device=self._propagator.device
+        )
+        return _Frame(index, name, rgb, geometry, self._propagator.encode(image))
+
+    def _detect(self, frame: _Frame) -> Segmentation:
+        """The segmenter's output for a frame, at the processing (padded) size, on the CPU."""
+        seg = self.segmenter(frame.rgb, frame_name=frame.name)
+        height, width = frame.geometry.original_size
+        if tuple(seg.mask.shape) != (height, width):
+            seg = resize_segmentation(seg, height, width)
+        mask = torch.as_tensor(seg.mask).long().cpu()
+        geometry = frame.geometry
+        mask = resize_mask(mask, geometry.resized_size)
+        p = geometry.padding
+        mask = torch.nn.functional.pad(mask, (p.left, p.right, p.top, p.bottom))
+        present = set(torch.unique(mask).tolist())
+        segments = [s for s in seg.segments if s.id in present]
+        return Segmentation(mask=mask, segments=segments)
+
+    def _consensus(self, clip: list[_Frame], segs: list[Segmentation]) -> Segmentation:
+        """Align the clip's segmentations to its first frame (eq. 1) and vote (eq. 4)."""
+        key = clip[0]
+        aligned = [segs[0]]
+        for frame, seg in zip(clip[1:], segs[1:]):
+            aligned.append(
+                align_segmentation(
+                    self.model,
+                    frame.features,
+                    seg,
+                    key.features,
+                    top_k=self.config.memory.top_k,
+                    chunk_size=self.config.chunk_size,
+                    autocast_dtype=self.config.autocast_dtype,
+                )
+            )
+        return in_clip_consensus(aligned)
+
+    def _process_clip(self, clip: list[_Frame]) -> list[TrackedFrame]:
+        segs = [self._detect(frame) for frame in clip]
+        consensus = self._consensus(clip, segs)
+        logger.debug(
+            "frame %d: %s proposals -> %d consensus segments",
+            clip[0].index,
+            [len(s.segments) for s in segs],
+            len(consensus.segments),
+        )
+        results = [self._incorporate(clip[0], consensus)]
+        results.extend(self._propagate(frame) for frame in clip[1:])
+        return results
+
+    def _propagate(self, frame: _Frame) -> TrackedFrame:
+        result = self._propagator.step(features=frame.features)
+        return self._from_probabilities(frame, result)
+
+    def _incorporate(self, frame: _Frame, consensus: Segmentation) -> TrackedFrame:
+        """Merge the consensus with the propagation at this frame and commit the result."""
+        propagated = None
+        if self._propagator.object_ids:
+            # Read-only step: R_t without writing memory or touching the sensory state.
+            peek = self._propagator.step(features=frame.features, end=True)
+            propagated = self._as_segmentation(peek.index_mask().cpu())
+        merged = merge_with_consensus(
+            propagated,
+            consensus,
+            self._registry,
+            max_missed=self.config.max_missed,
+            max_objects=self.config.max_objects,
+        )
+        commit = self._apply_removals(merged)
+        self._propagator.step(
+            features=frame.features,
+            mask=commit.to(self._propagator.device),
+            objects=self._registry.ids,
+        )
+        return self._from_ids(frame, merged.segmentation, merged.removed_ids)
+
+    def _apply_removals(self, merged: MergeResult) -> torch.Tensor:
+        """Drop deleted objects from registry and memory; the id mask to commit."""
+        mask = merged.segmentation.mask
+        if not merged.removed_ids:
+            return mask
+        logger.debug("deleting objects %s after %d misses", merged.removed_ids, self.config.max_missed)
+        self._registry.remove(merged.removed_ids)
+        self._propagator.delete_objects(merged.removed_ids)
+        removed = torch.tensor(merged.removed_ids, dtype=mask.dtype)
+        return torch.where(torch.isin(mask, removed), torch.zeros_like(mask), mask)
+
+    def _as_segmentation(self, ids: torch.Tensor) -> Segmentation:
+        present = set(torch.unique(ids).tolist())
+        segments = [self._registry[o].to_segment() for o in self._registry.ids if o in present]
+        return Segmentation(mask=ids, segments=segments)
+
+    def _from_probabilities(self, frame: _Frame, result: PropagationResult) -> TrackedFrame:
+        prob = restore_probabilities(result.prob, frame.geometry)
+        lut = torch.tensor([0, *result.object_ids], dtype=torch.long, device=prob.device)
+        ids = lut[prob.argmax(dim=0)].cpu()
+        seg = self._as_segmentation(ids)
+        return TrackedFrame(frame.name, frame.index, ids, seg.segments)
+
+    def _from_ids(
+        self, frame: _Frame, seg: Segmentation, removed_ids: list[int] | None = None
+    ) -> TrackedFrame:
+        """A result from an id mask at the processing size (nearest resize to the original)."""
+        ids = unpad(seg.mask, frame.geometry.padding)
+        ids = resize_mask(ids, frame.geometry.original_size).cpu()
+        present = set(torch.unique(ids).tolist())
+        segments = [s for s in seg.segments if s.id in present]
+        return TrackedFrame(frame.name, frame.index, ids, segments, list(removed_ids or []))
+
+    # ---- offline -------------------------------------------------------------------------
+    def _run_offline(self, frames: list[tuple[str, np.ndarray]]) -> Iterator[TrackedFrame]:
+        """Key frame by score, consensus there, then backward and forward propagation."""
+        if not frames:
+            return
+        total = len(frames)
+        candidates = key_frame_candidates(total, self.config.num_key_candidates)
+        detections: dict[int, tuple[_Frame, Segmentation]] = {}
+        scores = []
+        for i in candidates:
+            frame = self._prepare(i, *frames[i])
+            seg = self._detect(frame)
+            detections[i] = (frame, seg)
+            scores.append(self.key_frame_score(seg))
+        key = candidates[int(np.argmax(scores))]
+        logger.debug("offline key frame %d (scores %s at %s)", key, scores, candidates)
+        clip, segs = [], []
+        for i in range(key, min(key + self.config.clip_length, total)):
+            frame, seg = detections.get(i) or (None, None)
+            if frame is None:
+                frame = self._prepare(i, *frames[i])
+                seg = self._detect(frame)
+            clip.append(frame)
+            segs.append(seg)
+        detections.clear()
+        consensus = self._consensus(clip, segs)
+        key_frame = clip[0]
+        del clip, segs
+        merged = merge_with_consensus(
+            None,
+            consensus,
+            self._registry,
+            max_missed=self.config.max_missed,
+            max_objects=self.config.max_objects,
+        )
+        key_mask = merged.segmentation.mask.to(self._propagator.device)
+        objects = self._registry.ids
+
+        # Backward: a second propagator over key, key-1, ..., 0.
+        backward = self._new_propagator()
+        backward.step(features=key_frame.features, mask=key_mask, objects=objects)
+        earlier: list[TrackedFrame] = []
+        for i in range(key - 1, -1, -1):
+            frame = self._prepare(i, *frames[i])
+            result = backward.step(features=frame.features, end=i == 0)
+            earlier.append(self._from_probabilities(frame, result))
+        del backward
+        yield from reversed(earlier)
+        earlier.clear()
+
+        # Forward: the tracker's own propagator over key, key+1, ..., T-1.
+        self._propagator.step(features=key_frame.features, mask=key_mask, objects=objects)
+        yield self._from_ids(key_frame, merged.segmentation)
+        del key_frame
+        for i in range(key + 1, total):
+            frame = self._prepare(i, *frames[i])
+            result = self._propagator.step(features=frame.features, end=i == total - 1)
+            yield self._from_probabilities(frame, result)
