@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from deva.metrics import JAndF, jf_sequence
+from deva.metrics import JAndF, jf_sequence, jf_unsupervised_sequence
 from deva.metrics.jf import boundary_map, boundary_tolerance, davis_statistics, disk
 
 # ---------------------------------------------------------------- brute-force reference
@@ -64,9 +64,7 @@ def ref_j(pred: np.ndarray, gt: np.ndarray) -> float:
 def test_boundary_of_square_by_hand() -> None:
     mask = np.zeros((4, 4), dtype=bool)
     mask[1:3, 1:3] = True
-    expected = np.array(
-        [[1, 1, 1, 0], [1, 0, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]], dtype=bool
-    )
+    expected = np.array([[1, 1, 1, 0], [1, 0, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]], dtype=bool)
     np.testing.assert_array_equal(boundary_map(mask), expected)
 
 
@@ -112,9 +110,10 @@ def test_boundary_tolerance_grows_with_image_size(height: int, width: int, radiu
     assert boundary_tolerance(height, width) == radius
 
 
-@pytest.mark.parametrize(("size", "shift", "expected_one"), [(20, 1, True), (20, 2, False),
-                                                             (200, 2, True), (200, 3, True),
-                                                             (200, 4, False)])
+@pytest.mark.parametrize(
+    ("size", "shift", "expected_one"),
+    [(20, 1, True), (20, 2, False), (200, 2, True), (200, 3, True), (200, 4, False)],
+)
 def test_f_tolerance_depends_on_image_size(size: int, shift: int, expected_one: bool) -> None:
     # r = 1 for 20×20, r = 3 for 200×200: a square shifted by ≤ r keeps F = 1.
     gt = np.zeros((3, size, size), dtype=np.int64)
@@ -236,8 +235,15 @@ def test_metric_is_plain_mean_over_objects_and_order_independent() -> None:
     for i, (p, g) in enumerate(seqs):
         metric.update(p, g, sequence_id=i)
     out = metric.compute()
-    assert set(out) == {"J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall",
-                        "F-Decay"}
+    assert set(out) == {
+        "J&F-Mean",
+        "J-Mean",
+        "J-Recall",
+        "J-Decay",
+        "F-Mean",
+        "F-Recall",
+        "F-Decay",
+    }
     assert float(out["J-Mean"]) == pytest.approx(rows[:, 0].mean())
     assert float(out["F-Decay"]) == pytest.approx(rows[:, 5].mean())
     assert float(out["J&F-Mean"]) == pytest.approx((rows[:, 0].mean() + rows[:, 3].mean()) / 2)
@@ -251,3 +257,24 @@ def test_metric_is_plain_mean_over_objects_and_order_independent() -> None:
     metric.reset()
     with pytest.warns(UserWarning, match="before the ``update``"):
         assert math.isnan(float(metric.compute()["J-Mean"]))
+
+
+def test_unsupervised_protocol_matches_proposals_and_ignores_void() -> None:
+    gt = np.zeros((3, 8, 8), dtype=np.int64)
+    gt[:, 0:2, 0:2] = 1
+    gt[:, 5:7, 5:7] = 2
+    gt[:, 3, 3:5] = 255
+    pred = np.zeros_like(gt)
+    pred[1:, 0:2, 0:2] = 2  # proposal 2 is object 1, missed in frame 0 (scored: no skipping)
+    pred[:, 5:7, 5:7] = 1  # proposal 1 is object 2 ...
+    pred[:, 3, 3:5] = 1  # ... and also covers void, which is not counted
+    pred[:, 0, 7] = 3  # a spurious proposal stays unmatched
+    result = jf_unsupervised_sequence(pred, gt)
+    # Rows follow proposal order: (proposal 1 ↔ object 2), (proposal 2 ↔ object 1).
+    np.testing.assert_allclose(result.j, [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+    np.testing.assert_allclose(result.f, [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+    metric = JAndF(mode="unsupervised")
+    metric.update(torch.from_numpy(pred), torch.from_numpy(gt), sequence_id=0)
+    assert float(metric.compute()["J-Mean"]) == pytest.approx((1 + 2 / 3) / 2)
+    with pytest.raises(ValueError, match="21 proposals"):
+        jf_unsupervised_sequence(np.full((1, 2, 2), 21), gt[:1, :2, :2])

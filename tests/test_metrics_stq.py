@@ -13,7 +13,8 @@ from deva.metrics import SegmentationAndTrackingQuality
 from deva.metrics.stq import instance_numbering, vipseg_stq_labels
 
 
-def L(sem: int, inst: int) -> int:  # noqa: N802 - label constructor reads like the paper
+def L(sem: int, inst: int) -> int:
+    """Label ``sem << 16 | inst`` (upper case: reads like the paper's notation)."""
     return (sem << 16) + inst
 
 
@@ -21,10 +22,8 @@ VOID = L(255, 255)
 
 
 def hand_case() -> tuple[np.ndarray, np.ndarray]:
-    gt = np.array([[[L(1, 1), L(1, 1), L(1, 0), VOID]],
-                   [[L(1, 1), L(0, 2), L(0, 2), L(2, 4)]]])
-    pred = np.array([[[L(1, 7), L(1, 7), L(1, 8), L(0, 3)]],
-                     [[L(1, 8), L(0, 3), VOID, L(2, 9)]]])
+    gt = np.array([[[L(1, 1), L(1, 1), L(1, 0), VOID]], [[L(1, 1), L(0, 2), L(0, 2), L(2, 4)]]])
+    pred = np.array([[[L(1, 7), L(1, 7), L(1, 8), L(0, 3)]], [[L(1, 8), L(0, 3), VOID, L(2, 9)]]])
     return gt, pred
 
 
@@ -80,8 +79,10 @@ def test_unknown_semantic_class_is_an_error() -> None:
 
 
 def test_vipseg_labels_and_first_listed_thing_is_crowd() -> None:
-    frames = [[{"id": 10, "category_id": 1}, {"id": 20, "category_id": 0}],
-              [{"id": 30, "category_id": 1}, {"id": 10, "category_id": 1}]]
+    frames = [
+        [{"id": 10, "category_id": 1}, {"id": 20, "category_id": 0}],
+        [{"id": 30, "category_id": 1}, {"id": 10, "category_id": 1}],
+    ]
     numbering = instance_numbering(frames)
     assert numbering == {10: 0, 20: 1, 30: 2}
     ids = np.array([[10, 20], [0, 99]])
@@ -91,8 +92,10 @@ def test_vipseg_labels_and_first_listed_thing_is_crowd() -> None:
     # while thing 30 (instance 2) is one tube.
     metric = SegmentationAndTrackingQuality(num_classes=2, thing_ids=[1])
     gt_ids = np.array([[30, 10]])
-    metric.update(vipseg_stq_labels(gt_ids, frames[1], numbering),
-                  vipseg_stq_labels(gt_ids, frames[1], numbering))
+    metric.update(
+        vipseg_stq_labels(gt_ids, frames[1], numbering),
+        vipseg_stq_labels(gt_ids, frames[1], numbering),
+    )
     assert float(metric.compute()["AQ"]) == pytest.approx(1.0)
     only_first = SegmentationAndTrackingQuality(num_classes=2, thing_ids=[1])
     only = vipseg_stq_labels(np.array([[10, 10]]), frames[0], numbering)
@@ -121,8 +124,11 @@ def reference_stq(gts, preds, num_classes, things):
         aq += sum(n * n / (pred_sizes[p] + gs - n) for (gg, p), n in inter.items() if gg == g) / gs
     aq /= max(len(tubes), 1)
     conf[num_classes, :] = 0
-    ious = [conf[c, c] / (conf[c, :].sum() + conf[:, c].sum() - conf[c, c])
-            for c in range(size) if conf[c, :].sum() + conf[:, c].sum() > 0]
+    ious = [
+        conf[c, c] / (conf[c, :].sum() + conf[:, c].sum() - conf[c, c])
+        for c in range(size)
+        if conf[c, :].sum() + conf[:, c].sum() > 0
+    ]
     sq = sum(ious) / len(ious)
     return aq, sq
 

@@ -29,8 +29,12 @@ def test_single_frame_tp_with_void_subtracted_from_union() -> None:
     gt = np.array([[[10, 10, 10, 10], [20, 20, 0, 0]]])
     pred = np.array([[[5, 5, 5, 0], [7, 7, 7, 7]]])
     stats = vpq_video_stats(
-        gt, pred, [segs((10, 1, 0, 4), (20, 0, 0, 2))], [psegs((5, 1), (7, 0))],
-        num_categories=3, window_sizes=(1,),
+        gt,
+        pred,
+        [segs((10, 1, 0, 4), (20, 0, 0, 2))],
+        [psegs((5, 1), (7, 0))],
+        num_categories=3,
+        window_sizes=(1,),
     )
     # thing: 3 / (3 + 4 - 3) = 0.75; stuff: 2 / (4 + 2 - 2 - 2 on void) = 1.
     assert stats.tp[0].tolist() == [1, 1, 0]
@@ -46,8 +50,7 @@ def test_identity_switch_across_window_sizes() -> None:
     pred = np.array([[[5, 5]], [[5, 5]], [[6, 6]]])
     gt_s = [segs((1, 1, 0, 2))] * 3
     pred_s = [psegs((5, 1)), psegs((5, 1)), psegs((6, 1))]
-    stats = vpq_video_stats(gt, pred, gt_s, pred_s, num_categories=3,
-                            window_sizes=(1, 2, 10, None))
+    stats = vpq_video_stats(gt, pred, gt_s, pred_s, num_categories=3, window_sizes=(1, 2, 10, None))
     # k=1: 3 TPs. k=2: window [0,1] TP; window [1,2] IoU 2/4 = 0.5 (not > 0.5) → 1 FN, 2 FP.
     # k=10 (> T) and k=∞: one window, 5 ↔ 1 IoU 4/6 → TP, 6 → FP.
     assert stats.tp[:, 1].tolist() == [3, 1, 1, 1]
@@ -78,16 +81,23 @@ def test_object_disappearing_and_reappearing_is_one_tube() -> None:
 def test_void_and_crowd_rules_for_false_positives() -> None:
     # Pred 5 lies on void only → ignored; 6 matches GT 1.
     stats = vpq_video_stats(
-        np.array([[[0, 0, 0, 1]]]), np.array([[[5, 5, 5, 6]]]),
-        [segs((1, 1, 0, 1))], [psegs((5, 1), (6, 1))], num_categories=3, window_sizes=(1,),
+        np.array([[[0, 0, 0, 1]]]),
+        np.array([[[5, 5, 5, 6]]]),
+        [segs((1, 1, 0, 1))],
+        [psegs((5, 1), (6, 1))],
+        num_categories=3,
+        window_sizes=(1,),
     )
     assert (stats.tp[0, 1], stats.fp[0, 1], stats.fn[0, 1]) == (1, 0, 0)
     # GT 2 is a crowd of class 1: never FN; pred 7 (class 1) on it is ignored, pred 8
     # (class 2) on it is a FP because the crowd belongs to another class.
     stats = vpq_video_stats(
-        np.array([[[2, 2, 2, 3, 3, 3]]]), np.array([[[7, 7, 8, 9, 9, 9]]]),
-        [segs((2, 1, 1, 3), (3, 2, 0, 3))], [psegs((7, 1), (8, 2), (9, 2))],
-        num_categories=3, window_sizes=(1,),
+        np.array([[[2, 2, 2, 3, 3, 3]]]),
+        np.array([[[7, 7, 8, 9, 9, 9]]]),
+        [segs((2, 1, 1, 3), (3, 2, 0, 3))],
+        [psegs((7, 1), (8, 2), (9, 2))],
+        num_categories=3,
+        window_sizes=(1,),
     )
     assert stats.tp[0].tolist() == [0, 0, 1]
     assert stats.fp[0].tolist() == [0, 0, 1]
@@ -97,8 +107,9 @@ def test_void_and_crowd_rules_for_false_positives() -> None:
 
 def test_ground_truth_area_comes_from_the_json() -> None:
     gt, pred = np.ones((1, 1, 2), dtype=np.int64), np.full((1, 1, 2), 3)
-    stats = vpq_video_stats(gt, pred, [segs((1, 1, 0, 4))], [psegs((3, 1))], num_categories=3,
-                            window_sizes=(1,))
+    stats = vpq_video_stats(
+        gt, pred, [segs((1, 1, 0, 4))], [psegs((3, 1))], num_categories=3, window_sizes=(1,)
+    )
     assert (stats.tp[0, 1], stats.fn[0, 1], stats.fp[0, 1]) == (0, 1, 1)  # IoU 2/4, not > 0.5
     with pytest.raises(ValueError, match="IoU"):
         vpq_video_stats(gt, pred, [segs((1, 1, 0, 1))], [psegs((3, 1))], num_categories=3)
@@ -106,14 +117,21 @@ def test_ground_truth_area_comes_from_the_json() -> None:
 
 @pytest.mark.parametrize(
     ("pred_infos", "message"),
-    [([], "not in segments_info"), ([{"id": 3, "category_id": 1}, {"id": 4, "category_id": 1}],
-                                    "not in the PNG"),
-     ([{"id": 3, "category_id": 9}], "unknown category")],
+    [
+        ([], "not in segments_info"),
+        ([{"id": 3, "category_id": 1}, {"id": 4, "category_id": 1}], "not in the PNG"),
+        ([{"id": 3, "category_id": 9}], "unknown category"),
+    ],
 )
 def test_prediction_sanity_checks(pred_infos: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        vpq_video_stats(np.ones((1, 1, 2)), np.full((1, 1, 2), 3), [segs((1, 1, 0, 2))],
-                        [pred_infos], num_categories=3)
+        vpq_video_stats(
+            np.ones((1, 1, 2)),
+            np.full((1, 1, 2), 3),
+            [segs((1, 1, 0, 2))],
+            [pred_infos],
+            num_categories=3,
+        )
 
 
 # ---------------------------------------------------------------- reference and Metric
@@ -153,10 +171,23 @@ def random_video(rng, frames=5, h=6, w=7):
     pred[pred == 10] = 0
     gt_cat = {1: 0, 2: 1, 3: 2}
     pred_cat = {10 + i: c for i, c in gt_cat.items()} | {1: 1, 2: 2, 3: 0, 4: 1}
-    gt_s = [[{"id": int(i), "category_id": gt_cat[int(i)], "iscrowd": 0,
-              "area": int((gt[t] == i).sum())} for i in np.unique(gt[t]) if i] for t in range(frames)]
-    pred_s = [[{"id": int(i), "category_id": pred_cat[int(i)]} for i in np.unique(pred[t]) if i]
-              for t in range(frames)]
+    gt_s = [
+        [
+            {
+                "id": int(i),
+                "category_id": gt_cat[int(i)],
+                "iscrowd": 0,
+                "area": int((gt[t] == i).sum()),
+            }
+            for i in np.unique(gt[t])
+            if i
+        ]
+        for t in range(frames)
+    ]
+    pred_s = [
+        [{"id": int(i), "category_id": pred_cat[int(i)]} for i in np.unique(pred[t]) if i]
+        for t in range(frames)
+    ]
     return gt, pred, gt_s, pred_s, gt_cat, pred_cat
 
 
@@ -164,8 +195,9 @@ def test_matches_mask_reference_on_random_videos() -> None:
     rng = np.random.default_rng(0)
     for _ in range(3):
         gt, pred, gt_s, pred_s, gt_cat, pred_cat = random_video(rng)
-        stats = vpq_video_stats(gt, pred, gt_s, pred_s, num_categories=3,
-                                window_sizes=(1, 2, 4, None))
+        stats = vpq_video_stats(
+            gt, pred, gt_s, pred_s, num_categories=3, window_sizes=(1, 2, 4, None)
+        )
         for row, k in enumerate((1, 2, 4, 5)):
             tp, fp, fn, iou = reference_vpq_counts(gt, pred, gt_cat, pred_cat, k, 3)
             np.testing.assert_array_equal(stats.tp[row], tp)
@@ -177,8 +209,9 @@ def test_matches_mask_reference_on_random_videos() -> None:
 def test_metric_accumulates_like_summed_stats() -> None:
     rng = np.random.default_rng(3)
     videos = [random_video(rng) for _ in range(3)]
-    metric = VideoPanopticQuality([{"id": 0, "isthing": 0}, {"id": 1, "isthing": 1},
-                                   {"id": 2, "isthing": 1}])
+    metric = VideoPanopticQuality(
+        [{"id": 0, "isthing": 0}, {"id": 1, "isthing": 1}, {"id": 2, "isthing": 1}]
+    )
     total = VPQStats.zeros(metric.window_sizes, 3)
     for gt, pred, gt_s, pred_s, _, _ in videos:
         metric.update(torch.from_numpy(pred), torch.from_numpy(gt), pred_s, gt_s)

@@ -2,6 +2,13 @@
 
     python tools/evaluate.py benchmark=davis|ytvos|generic data.root=DIR output=DIR \
         model.weights=FILE [size=480] [use_all_masks=true]
+
+Decoupled tracking from precomputed detections (online / semi-online / offline):
+
+    python tools/evaluate.py benchmark=detections|vipseg|burst data.images=DIR \
+        data.detections=DIR_OR_JSON mode=online|semionline|offline output=DIR \
+        model.weights=FILE [detect_every=5] [clip_size=3] [max_missed=5] [max_objects=N] \
+        [data.gt=BURST_GT_JSON]
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ import torch
 from tqdm import tqdm
 
 from deva.config import ConfigError, compose
+from deva.inference.detection_eval import run_benchmark
 from deva.inference.memory import MemoryConfig
 from deva.inference.propagator import Propagator
+from deva.inference.tracker import TrackerConfig, TrackingMode
 from deva.inference.vos import (
     davis_videos,
     generic_videos,
@@ -56,13 +65,73 @@ def _check_output(output: str | None, overwrite: bool) -> Path:
 
 
 VOS_BENCHMARKS = ("davis", "ytvos", "generic")
+TRACKING_BENCHMARKS = ("detections", "vipseg", "burst")
 
 
 def run(cfg) -> int:
     """Dispatch on ``benchmark``; returns the number of frames written."""
     if cfg.benchmark in VOS_BENCHMARKS:
         return run_vos(cfg)
-    raise ConfigError(f"unknown benchmark {cfg.benchmark!r}; expected one of {VOS_BENCHMARKS}")
+    if cfg.benchmark in TRACKING_BENCHMARKS:
+        return run_tracking(cfg)
+    raise ConfigError(
+        f"unknown benchmark {cfg.benchmark!r}; expected one of "
+        f"{VOS_BENCHMARKS + TRACKING_BENCHMARKS}"
+    )
+
+
+def tracker_config(cfg, device: torch.device) -> TrackerConfig:
+    """The tracker settings of a composed evaluate / track config."""
+    if cfg.amp not in AMP:
+        raise ConfigError(f"amp must be one of {sorted(AMP)}, got {cfg.amp!r}")
+    return TrackerConfig(
+        mode=TrackingMode.parse(cfg.mode),
+        detect_every=cfg.detect_every,
+        clip_size=cfg.clip_size,
+        max_missed=cfg.max_missed,
+        max_objects=cfg.max_objects,
+        shorter_side=cfg.size,
+        mem_every=cfg.mem_every,
+        memory=MemoryConfig(**cfg.memory),
+        chunk_size=cfg.chunk_size,
+        autocast_dtype=AMP[cfg.amp] if device.type != "cpu" else None,
+    )
+
+
+def run_tracking(cfg) -> int:
+    """Decoupled tracking from precomputed detections; the benchmark's output format."""
+    for key in ("images", "detections"):
+        if cfg.data.get(key) is None:
+            raise ConfigError(f"data.{key}=PATH is required for benchmark={cfg.benchmark}")
+        if not Path(cfg.data[key]).exists():
+            raise FileNotFoundError(f"data.{key} not found: {cfg.data[key]}")
+    out = _check_output(cfg.output, cfg.overwrite)
+    device = pick_device(cfg.device)
+    config = tracker_config(cfg, device)
+    print(
+        f"{cfg.benchmark}: tracking {cfg.data.images} with detections {cfg.data.detections} "
+        f"({config.mode.value}, detect every {config.detect_every}, clip "
+        f"{config.clip_length}, max missed {config.max_missed}) on {device} -> {out} "
+        f"(weights {cfg.model.weights or 'RANDOM'})"
+    )
+    model = build_model(cfg.model.preset, cfg.model.weights).to(device)
+    start = time.perf_counter()
+    frames = run_benchmark(
+        cfg.benchmark,
+        model,
+        config,
+        images=cfg.data.images,
+        detections=cfg.data.detections,
+        output=out,
+        gt=cfg.data.get("gt"),
+        split=cfg.data.split,
+    )
+    elapsed = time.perf_counter() - start
+    print(
+        f"done: {frames} frames tracked, {cfg.benchmark} output in {out} in {elapsed:.1f} s "
+        f"({frames / max(elapsed, 1e-9):.2f} frames/s)"
+    )
+    return frames
 
 
 def run_vos(cfg) -> int:

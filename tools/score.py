@@ -6,11 +6,13 @@ Usage::
 
 - ``jf``: ``gt`` = DAVIS root (``ImageSets/<year>/<split>.txt``, ``Annotations/480p``),
   ``pred`` = folder of ``<seq>/<frame>.png``. Options: ``year=2017|2016``,
-  ``resolution=480p``.
+  ``resolution=480p``, ``task=semi-supervised|unsupervised`` (unsupervised: all frames, void
+  excluded, up to 20 proposals matched to objects).
 - ``vpq`` / ``stq``: ``gt`` = VIPSeg root (``panoptic_gt_VIPSeg_<split>.json`` +
   ``panomasksRGB/``) or the json itself, ``pred`` = folder with ``pred.json`` + ``pan_pred/``.
   Option for vpq: ``windows=[1,2,4,6,8,10,inf]``; for stq: ``num_classes=N`` (default: largest
-  category id + 1).
+  category id + 1) and ``strict=false`` to read predicted ids missing from ``segments_info`` as
+  void, as the official STQ script does, instead of failing.
 - ``owta``: ``gt`` = folder holding ``all_classes.json``, ``common_classes.json`` and
   ``uncommon_classes.json``; ``pred`` = the prediction json (or a folder with exactly one).
   Options: ``splits=[all,common,uncommon]``, ``similarity=box|mask``, ``max_detections=300``.
@@ -35,8 +37,11 @@ from tqdm import tqdm
 from deva.io import burst, davis, vipseg
 from deva.metrics._common import nan_to_none
 from deva.metrics.jf import JAndF
-from deva.metrics.owta import OpenWorldTrackingAccuracy, owta_sequence_stats_from_similarity, \
-    owta_summary
+from deva.metrics.owta import (
+    OpenWorldTrackingAccuracy,
+    owta_sequence_stats_from_similarity,
+    owta_summary,
+)
 from deva.metrics.stq import SegmentationAndTrackingQuality, instance_numbering, vipseg_stq_labels
 from deva.metrics.vpq import VideoPanopticQuality, vpq_summary, vpq_video_stats
 
@@ -65,19 +70,24 @@ def score_jf(cfg: DictConfig) -> dict[str, Any]:
     split, year = str(cfg.get("split", "val")), int(cfg.get("year", 2017))
     resolution = str(cfg.get("resolution", "480p"))
     binary = bool(cfg.get("binary", year == 2016))
+    task = str(cfg.get("task", "semi-supervised"))
+    if task not in ("semi-supervised", "unsupervised"):
+        raise UsageError(f"task must be semi-supervised or unsupervised, got {task!r}")
     if not pred.is_dir():
         raise FileNotFoundError(f"prediction folder not found: {pred}")
     sequences = davis.read_sequence_list(root, split, year)
     log.info("J&F on %d sequences of DAVIS %d %s", len(sequences), year, split)
-    metric = JAndF()
+    metric = JAndF(mode=task)
     names: dict[int, str] = {}
     for index, seq in enumerate(_progress(sequences, "J&F")):
         frames, gt = davis.read_annotations(root, seq, resolution=resolution, binary=binary)
-        evaluated = frames[1:-1]
         preds = np.zeros_like(gt)
-        if evaluated:
-            preds[1:-1] = davis.read_predictions(pred, seq, evaluated, shape=gt.shape[1:],
-                                                 binary=binary)
+        if task == "unsupervised":
+            preds = davis.read_predictions(pred, seq, frames, shape=gt.shape[1:], binary=binary)
+        elif len(frames) > 2:
+            preds[1:-1] = davis.read_predictions(
+                pred, seq, frames[1:-1], shape=gt.shape[1:], binary=binary
+            )
         try:
             metric.update(preds, gt, sequence_id=index)
         except ValueError as error:
@@ -93,8 +103,12 @@ def score_jf(cfg: DictConfig) -> dict[str, Any]:
         rows = [r for n, r in per_object.items() if n.rsplit("_", 1)[0] == seq]
         j = float(np.mean([r["J-Mean"] for r in rows])) if rows else float("nan")
         f = float(np.mean([r["F-Mean"] for r in rows])) if rows else float("nan")
-        per_sequence[seq] = {"J&F-Mean": (j + f) / 2, "J-Mean": j, "F-Mean": f,
-                             "objects": len(rows)}
+        per_sequence[seq] = {
+            "J&F-Mean": (j + f) / 2,
+            "J-Mean": j,
+            "F-Mean": f,
+            "objects": len(rows),
+        }
     result["per_sequence"] = per_sequence
     return result
 
@@ -137,8 +151,12 @@ def score_vpq(cfg: DictConfig) -> dict[str, Any]:
         )
         try:
             stats = vpq_video_stats(
-                gt_ids, pred_ids, gt_segs, pred_segs,
-                num_categories=metric.num_categories, window_sizes=windows,
+                gt_ids,
+                pred_ids,
+                gt_segs,
+                pred_segs,
+                num_categories=metric.num_categories,
+                window_sizes=windows,
                 known_categories=set(gt.isthing),
             )
         except ValueError as error:
@@ -159,7 +177,7 @@ def score_stq(cfg: DictConfig) -> dict[str, Any]:
     ids: dict[int, str] = {}
     for index, video in enumerate(_progress(gt.videos, "STQ")):
         gt_ids, pred_ids, gt_segs, pred_segs = vipseg.read_video(
-            gt, video, pred_dir, preds[video.video_id]
+            gt, video, pred_dir, preds[video.video_id], strict=bool(cfg.get("strict", True))
         )
         gt_inst, pred_inst = instance_numbering(gt_segs), instance_numbering(pred_segs)
         for t in range(gt_ids.shape[0]):
@@ -181,8 +199,9 @@ def _pred_json(path: Path) -> Path:
     if path.is_dir():
         files = sorted(path.glob("*.json"))
         if len(files) != 1:
-            raise FileNotFoundError(f"{path} must contain exactly one prediction json, "
-                                    f"found {len(files)}")
+            raise FileNotFoundError(
+                f"{path} must contain exactly one prediction json, found {len(files)}"
+            )
         return files[0]
     return path
 
@@ -204,11 +223,15 @@ def score_owta(cfg: DictConfig) -> dict[str, Any]:
         gt = burst.load_burst(gt_dir / burst.SPLIT_FILES[split])
         rows: dict[str, Any] = {}
         for gt_seq, pred_seq in _progress(burst.match_predictions(gt, pred), f"OWTA {split}"):
-            inputs = burst.owta_inputs(gt_seq, pred_seq, max_detections=max_dets,
-                                       similarity=similarity)
+            inputs = burst.owta_inputs(
+                gt_seq, pred_seq, max_detections=max_dets, similarity=similarity
+            )
             stats = owta_sequence_stats_from_similarity(
-                inputs.gt_ids, inputs.pred_ids, inputs.similarities,
-                remove_unmatched=inputs.remove_unmatched, neg_category=inputs.neg_category,
+                inputs.gt_ids,
+                inputs.pred_ids,
+                inputs.similarities,
+                remove_unmatched=inputs.remove_unmatched,
+                neg_category=inputs.neg_category,
             )
             metric.update_stats(stats, split=split)
             rows[f"{gt_seq.dataset}/{gt_seq.seq_name}"] = owta_summary(stats)

@@ -131,6 +131,7 @@ class TrackedFrame:
         mask: (H, W) int64 CPU tensor of object ids at the original resolution (0 = none).
         segments: one ``Segment`` per id present in ``mask`` (id, category, score, isthing).
         removed_ids: objects deleted from memory at this frame (they may still appear here).
+        image: the RGB uint8 (H, W, 3) frame as it was given (for overlays); not a copy.
     """
 
     name: str
@@ -138,6 +139,7 @@ class TrackedFrame:
     mask: torch.Tensor
     segments: list[Segment]
     removed_ids: list[int] = field(default_factory=list)
+    image: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def segmentation(self) -> Segmentation:
@@ -159,7 +161,8 @@ def key_frame_candidates(num_frames: int, count: int) -> list[int]:
     """``count`` uniformly spaced frame indices over ``num_frames`` (first and last included)."""
     if num_frames <= 0:
         return []
-    return sorted(set(np.linspace(0, num_frames - 1, min(count, num_frames)).round().astype(int)))
+    spaced = np.linspace(0, num_frames - 1, min(count, num_frames)).round()
+    return sorted({int(i) for i in spaced})
 
 
 @dataclass
@@ -206,6 +209,7 @@ class DecoupledTracker:
         self._offline: list[tuple[str, np.ndarray]] = []
         self._size: tuple[int, int] | None = None
         self._finished = False
+        self.key_frame: int | None = None  # offline: index of the chosen key frame
 
     def _new_propagator(self) -> Propagator:
         c = self.config
@@ -370,7 +374,9 @@ class DecoupledTracker:
         mask = merged.segmentation.mask
         if not merged.removed_ids:
             return mask
-        logger.debug("deleting objects %s after %d misses", merged.removed_ids, self.config.max_missed)
+        logger.debug(
+            "deleting objects %s after %d misses", merged.removed_ids, self.config.max_missed
+        )
         self._registry.remove(merged.removed_ids)
         self._propagator.delete_objects(merged.removed_ids)
         removed = torch.tensor(merged.removed_ids, dtype=mask.dtype)
@@ -386,7 +392,7 @@ class DecoupledTracker:
         lut = torch.tensor([0, *result.object_ids], dtype=torch.long, device=prob.device)
         ids = lut[prob.argmax(dim=0)].cpu()
         seg = self._as_segmentation(ids)
-        return TrackedFrame(frame.name, frame.index, ids, seg.segments)
+        return TrackedFrame(frame.name, frame.index, ids, seg.segments, image=frame.rgb)
 
     def _from_ids(
         self, frame: _Frame, seg: Segmentation, removed_ids: list[int] | None = None
@@ -396,7 +402,9 @@ class DecoupledTracker:
         ids = resize_mask(ids, frame.geometry.original_size).cpu()
         present = set(torch.unique(ids).tolist())
         segments = [s for s in seg.segments if s.id in present]
-        return TrackedFrame(frame.name, frame.index, ids, segments, list(removed_ids or []))
+        return TrackedFrame(
+            frame.name, frame.index, ids, segments, list(removed_ids or []), image=frame.rgb
+        )
 
     # ---- offline -------------------------------------------------------------------------
     def _run_offline(self, frames: list[tuple[str, np.ndarray]]) -> Iterator[TrackedFrame]:
@@ -413,6 +421,7 @@ class DecoupledTracker:
             detections[i] = (frame, seg)
             scores.append(self.key_frame_score(seg))
         key = candidates[int(np.argmax(scores))]
+        self.key_frame = key
         logger.debug("offline key frame %d (scores %s at %s)", key, scores, candidates)
         clip, segs = [], []
         for i in range(key, min(key + self.config.clip_length, total)):

@@ -33,15 +33,62 @@ log = logging.getLogger(__name__)
 
 #: TAO-OW distractor category ids ("Opening up Open-World Tracking"), removed from the GT.
 DISTRACTOR_CATEGORY_IDS = frozenset(
-    {20, 63, 108, 180, 188, 204, 212, 247, 303, 403, 407, 415, 490, 504, 507, 513, 529, 567,
-     569, 588, 672, 691, 702, 708, 711, 720, 736, 737, 798, 813, 815, 827, 831, 851, 877, 883,
-     912, 971, 976, 1130, 1133, 1134, 1169, 1184, 1220}
+    {
+        20,
+        63,
+        108,
+        180,
+        188,
+        204,
+        212,
+        247,
+        303,
+        403,
+        407,
+        415,
+        490,
+        504,
+        507,
+        513,
+        529,
+        567,
+        569,
+        588,
+        672,
+        691,
+        702,
+        708,
+        711,
+        720,
+        736,
+        737,
+        798,
+        813,
+        815,
+        827,
+        831,
+        851,
+        877,
+        883,
+        912,
+        971,
+        976,
+        1130,
+        1133,
+        1134,
+        1169,
+        1184,
+        1220,
+    }
 )
 #: The class id the class-agnostic evaluation looks up in ``not_exhaustive_category_ids``.
 AGNOSTIC_CLASS_ID = 1
 MAX_DETECTIONS = 300
-SPLIT_FILES = {"all": "all_classes.json", "common": "common_classes.json",
-               "uncommon": "uncommon_classes.json"}
+SPLIT_FILES = {
+    "all": "all_classes.json",
+    "common": "common_classes.json",
+    "uncommon": "uncommon_classes.json",
+}
 
 
 @dataclass
@@ -104,8 +151,15 @@ def parse_burst(data: Mapping[str, Any], *, source: str = "<json>") -> BurstFile
                     f"images but {len(segs)} segmentation frames"
                 )
             known = {
-                "id", "dataset", "seq_name", "width", "height", "annotated_image_paths",
-                "segmentations", "track_category_ids", "neg_category_ids",
+                "id",
+                "dataset",
+                "seq_name",
+                "width",
+                "height",
+                "annotated_image_paths",
+                "segmentations",
+                "track_category_ids",
+                "neg_category_ids",
                 "not_exhaustive_category_ids",
             }
             sequences.append(
@@ -127,7 +181,9 @@ def parse_burst(data: Mapping[str, Any], *, source: str = "<json>") -> BurstFile
             )
         return BurstFile(data.get("split"), sequences, data.get("categories"))
     except (KeyError, TypeError) as error:
-        raise ValueError(f"{source}: malformed BURST json (missing or bad field {error})") from error
+        raise ValueError(
+            f"{source}: malformed BURST json (missing or bad field {error})"
+        ) from error
 
 
 def load_burst(path: str | Path) -> BurstFile:
@@ -197,8 +253,12 @@ def owta_inputs(
     if gt.height is None or gt.width is None:
         raise ValueError(f"ground-truth sequence {gt.seq_name!r} lacks width / height")
     height, width = int(gt.height), int(gt.width)
-    if pred is not None and pred.height is not None and pred.width is not None and (
-        int(pred.height), int(pred.width)) != (height, width):
+    if (
+        pred is not None
+        and pred.height is not None
+        and pred.width is not None
+        and (int(pred.height), int(pred.width)) != (height, width)
+    ):
         raise ValueError(
             f"sequence {gt.dataset}/{gt.seq_name}: prediction size {pred.width}x{pred.height} "
             f"differs from the ground truth {width}x{height}"
@@ -281,8 +341,12 @@ def match_predictions(
         by_key[seq.key] = seq
     missing = [s.key for s in gt.sequences if s.key not in by_key]
     if missing:
-        log.warning("%d ground-truth sequence(s) have no prediction (all their objects are "
-                    "missed), e.g. %s/%s", len(missing), *missing[0])
+        log.warning(
+            "%d ground-truth sequence(s) have no prediction (all their objects are "
+            "missed), e.g. %s/%s",
+            len(missing),
+            *missing[0],
+        )
     return [(s, by_key.get(s.key)) for s in gt.sequences]
 
 
@@ -324,8 +388,13 @@ def prediction_sequence(
     )
 
 
-def write_burst(path: str | Path, sequences: Sequence[BurstSequence], *, split: str | None,
-                categories: Any = None) -> Path:
+def write_burst(
+    path: str | Path,
+    sequences: Sequence[BurstSequence],
+    *,
+    split: str | None,
+    categories: Any = None,
+) -> Path:
     """Write sequences as a BURST json file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

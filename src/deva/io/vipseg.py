@@ -86,8 +86,9 @@ def load_ground_truth(path: str | Path, split: str = "val") -> VipsegGroundTruth
                     f"{json_path}: video {vid!r} lists {len(video['images'])} images but "
                     f"{len(frames)} annotated frames"
                 )
-            videos.append(VipsegVideo(vid, list(video["images"]),
-                                      [list(f["segments_info"]) for f in frames]))
+            videos.append(
+                VipsegVideo(vid, list(video["images"]), [list(f["segments_info"]) for f in frames])
+            )
         categories = list(data["categories"])
     except KeyError as error:
         raise ValueError(f"{json_path}: missing field {error}") from error
@@ -100,7 +101,9 @@ def load_predictions(pred_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
     try:
         return {str(a["video_id"]): list(a["annotations"]) for a in data["annotations"]}
     except (KeyError, TypeError) as error:
-        raise ValueError(f"{Path(pred_dir) / PRED_JSON}: malformed annotations ({error})") from error
+        raise ValueError(
+            f"{Path(pred_dir) / PRED_JSON}: malformed annotations ({error})"
+        ) from error
 
 
 def _png_path(folder: Path, file_name: str) -> Path:
@@ -115,11 +118,13 @@ def read_video(
     video: VipsegVideo,
     pred_dir: str | Path,
     pred_frames: Sequence[Mapping[str, Any]],
+    *,
+    strict: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, list[list[dict]], list[list[dict]]]:
     """Read one video: (T, H, W) gt ids, (T, H, W) predicted ids and both segment lists.
 
     Raises FileNotFoundError for a missing PNG and ValueError for a frame-count or size
-    mismatch.
+    mismatch, or (``strict``) a predicted frame whose PNG ids and ``segments_info`` differ.
     """
     n = len(video.images)
     if len(pred_frames) != n:
@@ -147,10 +152,31 @@ def read_video(
         pred_segments = [list(frame["segments_info"]) for frame in pred_frames]
     except KeyError as error:
         raise ValueError(f"video {video.video_id!r}: prediction frame without {error}") from error
+    if strict:
+        for t, (ids, infos) in enumerate(zip(pred_ids, pred_segments)):
+            check_prediction_frame(ids, infos, where=f"video {video.video_id!r}, frame {t}")
     shapes = {g.shape for g in gt_ids}
     if len(shapes) > 1:
         raise ValueError(f"video {video.video_id!r}: frame sizes differ: {sorted(shapes)}")
     return np.stack(gt_ids), np.stack(pred_ids), video.segments, pred_segments
+
+
+def check_prediction_frame(
+    ids: np.ndarray, segments: Sequence[Mapping[str, Any]], *, where: str = "frame"
+) -> None:
+    """Raise ValueError unless the non-zero ids of ``ids`` are exactly the listed segment ids."""
+    present = set(np.unique(ids).tolist()) - {0}
+    listed = {int(s["id"]) for s in segments}
+    if present - listed:
+        raise ValueError(
+            f"{where}: predicted ids {sorted(present - listed)} are in the PNG but "
+            "not in segments_info"
+        )
+    if listed - present:
+        raise ValueError(
+            f"{where}: predicted ids {sorted(listed - present)} are in "
+            "segments_info but not in the PNG"
+        )
 
 
 @dataclass
@@ -159,8 +185,9 @@ class PredictionWriter:
 
     Example:
         >>> writer = PredictionWriter("out")  # doctest: +SKIP
-        >>> writer.add_frame("vid", "00000001.png", ids, [{"id": 5, "category_id": 3, "isthing": 1}])
-        >>> writer.close()
+        >>> segments = [{"id": 5, "category_id": 3, "isthing": 1}]  # doctest: +SKIP
+        >>> writer.add_frame("vid", "00000001.png", ids, segments)  # doctest: +SKIP
+        >>> writer.close()  # doctest: +SKIP
     """
 
     out_dir: str | Path
@@ -181,13 +208,7 @@ class PredictionWriter:
         ``category_id`` and ``isthing``).
         """
         ids = np.asarray(ids)
-        present = set(np.unique(ids).tolist()) - {0}
-        listed = {int(s["id"]) for s in segments}
-        if present != listed:
-            raise ValueError(
-                f"{video_id}/{file_name}: ids in the mask {sorted(present)} differ from the "
-                f"listed segments {sorted(listed)}"
-            )
+        check_prediction_frame(ids, segments, where=f"{video_id}/{file_name}")
         write_id_png(Path(self.out_dir) / PRED_PNG_DIR / video_id / file_name, ids)
         infos = [
             {

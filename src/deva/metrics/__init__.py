@@ -5,7 +5,7 @@ process) backed by functional code in its module: :mod:`deva.metrics.jf`,
 :mod:`deva.metrics.vpq`, :mod:`deva.metrics.stq` and :mod:`deva.metrics.owta`.
 """
 
-from deva.metrics.jf import JAndF, jf_sequence, jf_summary
+from deva.metrics.jf import JAndF, jf_sequence, jf_summary, jf_unsupervised_sequence
 from deva.metrics.owta import (
     OpenWorldTrackingAccuracy,
     OWTAStats,
@@ -26,6 +26,7 @@ __all__ = [
     "box_iou_xywh",
     "jf_sequence",
     "jf_summary",
+    "jf_unsupervised_sequence",
     "owta_sequence_stats",
     "owta_summary",
     "stq_frame_stats",

@@ -43,13 +43,18 @@ def state_to_rows(state: Tensor | list[Tensor], width: int) -> np.ndarray:
 
 
 def group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum ``values`` over identical rows of ``keys`` (N, K); returns (unique keys, sums)."""
+    """Sum ``values`` over identical rows of ``keys`` (N, K); returns (unique rows, sums).
+
+    Unique rows come out in lexicographic order.
+    """
     if keys.shape[0] == 0:
         return keys.reshape(0, keys.shape[1] if keys.ndim == 2 else 1), values[:0]
-    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-    sums = np.zeros(unique.shape[0], dtype=values.dtype)
-    np.add.at(sums, inverse.reshape(-1), values)
-    return unique, sums
+    keys = keys.reshape(keys.shape[0], -1)
+    order = np.lexsort(keys.T[::-1])
+    keys, values = keys[order], values[order]
+    starts = np.concatenate([[True], np.any(keys[1:] != keys[:-1], axis=1)])
+    first = np.flatnonzero(starts)
+    return keys[first], np.add.reduceat(values, first)
 
 
 def nan_to_none(value: Any) -> Any:

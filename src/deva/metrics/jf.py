@@ -232,6 +232,87 @@ def jf_sequence(
     return SequenceJF(j=j, f=f, stats=stats)
 
 
+def jf_unsupervised_sequence(
+    preds: np.ndarray | Tensor,
+    target: np.ndarray | Tensor,
+    *,
+    bound_th: float = 0.008,
+    max_proposals: int = 20,
+) -> SequenceJF:
+    """J and F of one sequence under the unsupervised DAVIS protocol.
+
+    Every frame is scored; ground-truth void (255) is excluded from J and blanked before the
+    boundaries are taken; predicted objects (proposals 1..max label, at most
+    ``max_proposals``) are matched one-to-one to ground-truth objects by a Hungarian
+    assignment maximising (mean J + mean F) / 2. As in the official tool, result rows follow
+    the proposal order of the assignment, so row k is not necessarily ground-truth object k.
+
+    Args:
+        preds: (T, H, W) integer proposal masks (0 = background).
+        target: (T, H, W) integer ground-truth masks (255 = void).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    pred = to_numpy(preds).astype(np.int64, copy=False)
+    gt = to_numpy(target).astype(np.int64, copy=True)
+    if pred.ndim == 2:
+        pred, gt = pred[None], gt[None]
+    if pred.ndim != 3 or pred.shape != gt.shape:
+        raise ValueError(
+            f"preds and target must both be (T, H, W) with equal shapes, got "
+            f"{tuple(pred.shape)} and {tuple(gt.shape)}"
+        )
+    void = gt == VOID_LABEL
+    gt[void] = 0
+    n_gt = int(gt[0].max(initial=0)) if gt.shape[0] else 0
+    gt = np.where(gt > n_gt, 0, gt)
+    n_res = int(pred.max(initial=0))
+    if n_res > max_proposals:
+        raise ValueError(
+            f"prediction holds {n_res} proposals, more than the {max_proposals} allowed"
+        )
+    n_res = max(n_res, n_gt)
+    n_frames = gt.shape[0]
+    j = np.zeros((n_res, n_gt, n_frames))
+    f = np.zeros((n_res, n_gt, n_frames))
+    if n_gt and n_frames:
+        keep = ~void
+        g_size, p_size = n_gt + 1, n_res + 1
+        key = (np.arange(n_frames)[:, None, None] * g_size + gt) * p_size + pred
+        hist = np.bincount(key[keep], minlength=n_frames * g_size * p_size)
+        hist = hist.reshape(n_frames, g_size, p_size)[:, 1:, 1:].astype(np.float64)
+        inter = hist  # (T, G, R) pixels of gt object ii predicted as proposal jj
+        gt_area = np.stack([((gt == k) & keep).sum(axis=(1, 2)) for k in range(1, n_gt + 1)], 1)
+        pr_area = np.stack([((pred == k) & keep).sum(axis=(1, 2)) for k in range(1, n_res + 1)], 1)
+        union = gt_area[:, :, None] + pr_area[:, None, :] - inter
+        with np.errstate(divide="ignore", invalid="ignore"):
+            j_tgr = inter / union
+        j_tgr[union == 0] = 1.0
+        j = j_tgr.transpose(2, 1, 0)
+        height, width = gt.shape[1:]
+        kernel = disk(boundary_tolerance(height, width, bound_th))
+        for t in range(n_frames):
+            gt_edges = boundary_map(
+                (gt[t][None] == np.arange(1, n_gt + 1)[:, None, None]) & keep[t]
+            )
+            pr_edges = boundary_map(
+                (pred[t][None] == np.arange(1, n_res + 1)[:, None, None]) & keep[t]
+            )
+            for jj in range(n_res):
+                for ii in range(n_gt):
+                    f[jj, ii, t] = boundary_f(pr_edges[jj], gt_edges[ii], kernel)
+    if n_gt and n_frames:
+        score = (j.mean(axis=2) + f.mean(axis=2)) / 2
+        rows, cols = linear_sum_assignment(-score)
+        j, f = j[rows, cols], f[rows, cols]
+    else:
+        j, f = np.zeros((n_gt, n_frames)), np.zeros((n_gt, n_frames))
+    stats = np.array(
+        [davis_statistics(j[k]) + davis_statistics(f[k]) for k in range(n_gt)], dtype=np.float64
+    ).reshape(n_gt, 6)
+    return SequenceJF(j=j, f=f, stats=stats)
+
+
 def jf_summary(stats: np.ndarray) -> dict[str, float]:
     """Global J&F numbers from per-object rows (O, 6) (plain means, as the official tool)."""
     stats = np.asarray(stats, dtype=np.float64).reshape(-1, 6)
@@ -259,7 +340,9 @@ class JAndF(Metric):
     sequence is updated on one rank and ``sequence_id`` is unique.
 
     ``compute()`` returns the seven global numbers as scalar float64 tensors (for
-    ``self.log_dict``); :meth:`per_object` gives the ``<seq>_<k>`` rows.
+    ``self.log_dict``); :meth:`per_object` gives the ``<seq>_<k>`` rows. With
+    ``mode="unsupervised"`` every frame is scored and proposals are matched to objects
+    (:func:`jf_unsupervised_sequence`).
     """
 
     is_differentiable = False
@@ -272,9 +355,13 @@ class JAndF(Metric):
         bound_th: float = 0.008,
         skip_first_last: bool = True,
         strict: bool = True,
+        mode: str = "semi-supervised",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if mode not in ("semi-supervised", "unsupervised"):
+            raise ValueError(f"mode must be 'semi-supervised' or 'unsupervised', got {mode!r}")
+        self.mode = mode
         self.bound_th = bound_th
         self.skip_first_last = skip_first_last
         self.strict = strict
@@ -292,13 +379,16 @@ class JAndF(Metric):
         if sequence_id is None:
             sequence_id = self._next_sequence
         self._next_sequence = max(self._next_sequence, int(sequence_id) + 1)
-        result = jf_sequence(
-            preds,
-            target,
-            bound_th=self.bound_th,
-            skip_first_last=self.skip_first_last,
-            strict=self.strict,
-        )
+        if self.mode == "unsupervised":
+            result = jf_unsupervised_sequence(preds, target, bound_th=self.bound_th)
+        else:
+            result = jf_sequence(
+                preds,
+                target,
+                bound_th=self.bound_th,
+                skip_first_last=self.skip_first_last,
+                strict=self.strict,
+            )
         n = result.num_objects
         rows = np.concatenate(
             [
@@ -308,7 +398,7 @@ class JAndF(Metric):
             ],
             axis=1,
         )
-        self.objects.append(rows_to_state(rows))
+        self.objects.append(rows_to_state(rows).to(self.device))
 
     def _rows(self) -> np.ndarray:
         rows = state_to_rows(self.objects, 8)

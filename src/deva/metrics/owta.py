@@ -243,31 +243,30 @@ class OpenWorldTrackingAccuracy(Metric):
         self.splits = tuple(splits)
         shape = (len(self.splits), len(ALPHAS))
         for name in ("tp", "fn", "fp", "assa_tp"):
-            self.add_state(name, default=torch.zeros(shape, dtype=torch.float64),
-                           dist_reduce_fx="sum")
+            self.add_state(
+                name, default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum"
+            )
 
     def update(
         self,
-        gt_ids: Sequence[np.ndarray | Tensor],
-        gt_boxes: Sequence[np.ndarray | Tensor],
-        pred_ids: Sequence[np.ndarray | Tensor],
-        pred_boxes: Sequence[np.ndarray | Tensor],
+        gt_ids: Sequence[np.ndarray | Tensor] | None = None,
+        gt_boxes: Sequence[np.ndarray | Tensor] | None = None,
+        pred_ids: Sequence[np.ndarray | Tensor] | None = None,
+        pred_boxes: Sequence[np.ndarray | Tensor] | None = None,
         *,
         remove_unmatched: bool = False,
         split: str = "all",
+        stats: OWTAStats | None = None,
     ) -> None:
-        """Add one sequence (per-timestep ids and (x, y, w, h) boxes) to ``split``."""
-        self.update_stats(
-            owta_sequence_stats(
-                gt_ids, gt_boxes, pred_ids, pred_boxes, remove_unmatched=remove_unmatched
-            ),
-            split=split,
-        )
-
-    def update_stats(self, stats: OWTAStats, *, split: str = "all") -> None:
-        """Add precomputed sequence statistics to ``split``."""
+        """Add one sequence (per-timestep ids and (x, y, w, h) boxes, or ready ``stats``)."""
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r}; this metric has {list(self.splits)}")
+        if stats is None:
+            if gt_ids is None or gt_boxes is None or pred_ids is None or pred_boxes is None:
+                raise ValueError("update needs gt_ids, gt_boxes, pred_ids and pred_boxes, or stats")
+            stats = owta_sequence_stats(
+                gt_ids, gt_boxes, pred_ids, pred_boxes, remove_unmatched=remove_unmatched
+            )
         i = self.splits.index(split)
         for name in ("tp", "fn", "fp", "assa_tp"):
             state = getattr(self, name)
@@ -275,10 +274,16 @@ class OpenWorldTrackingAccuracy(Metric):
                 state.device
             )
 
+    def update_stats(self, stats: OWTAStats, *, split: str = "all") -> None:
+        """Add precomputed sequence statistics to ``split`` (same as ``update(stats=...)``)."""
+        self.update(stats=stats, split=split)
+
     def split_stats(self, split: str) -> OWTAStats:
         """Accumulated statistics of one split as NumPy arrays."""
         i = self.splits.index(split)
-        return OWTAStats(*(getattr(self, n)[i].cpu().numpy() for n in ("tp", "fn", "fp", "assa_tp")))
+        return OWTAStats(
+            *(getattr(self, n)[i].cpu().numpy() for n in ("tp", "fn", "fp", "assa_tp"))
+        )
 
     def compute(self) -> dict[str, Tensor]:
         """Scalar OWTA / DetRe / AssA (×100), suffixed ``/<split>`` when there are several."""

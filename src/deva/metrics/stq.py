@@ -138,10 +138,14 @@ def stq_frame_stats(
     gt_mask = gt_thing & ~crowd
     pred_mask = pred_thing & ~crowd
     both = gt_mask & pred_mask
-    pairs = np.stack([gt[both], pred[both]], axis=1)
-    if pairs.shape[0]:
-        uniq, counts = np.unique(pairs, axis=0, return_counts=True)
-        intersections = np.concatenate([uniq, counts[:, None]], axis=1).astype(np.int64)
+    gt_both, pred_both = gt[both], pred[both]
+    if gt_both.size:
+        # One 1-D key per (gt, pred) pair: much faster than a row-wise unique.
+        low = int(pred_both.min())
+        span = int(pred_both.max()) - low + 1
+        uniq, counts = np.unique(gt_both * span + (pred_both - low), return_counts=True)
+        intersections = np.stack([uniq // span, uniq % span + low, counts], axis=1)
+        intersections = intersections.astype(np.int64)
     else:
         intersections = np.zeros((0, 3), dtype=np.int64)
     return STQFrameStats(
@@ -289,7 +293,7 @@ class SegmentationAndTrackingQuality(Metric):
         for name in ("confusion", "gt_areas", "pred_areas", "intersections"):
             table = getattr(stats, name)
             tagged = np.concatenate([np.full((table.shape[0], 1), sequence_id), table], axis=1)
-            getattr(self, name).append(rows_to_state(tagged))
+            getattr(self, name).append(rows_to_state(tagged).to(self.device))
 
     def _summary(self) -> dict[str, Any]:
         return stq_summary(

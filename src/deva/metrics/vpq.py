@@ -362,14 +362,19 @@ class VideoPanopticQuality(Metric):
 
     def update(
         self,
-        preds: Tensor | np.ndarray,
-        target: Tensor | np.ndarray,
-        pred_segments: Sequence[Sequence[Mapping[str, Any]]],
-        target_segments: Sequence[Sequence[Mapping[str, Any]]],
+        preds: Tensor | np.ndarray | None = None,
+        target: Tensor | np.ndarray | None = None,
+        pred_segments: Sequence[Sequence[Mapping[str, Any]]] | None = None,
+        target_segments: Sequence[Sequence[Mapping[str, Any]]] | None = None,
+        *,
+        stats: VPQStats | None = None,
     ) -> None:
-        """Add one video: (T, H, W) predicted and ground-truth ids plus per-frame segment infos."""
-        self.update_stats(
-            vpq_video_stats(
+        """Add one video: (T, H, W) predicted and ground-truth ids plus per-frame segment
+        infos, or precomputed ``stats`` from :func:`vpq_video_stats`."""
+        if stats is None:
+            if preds is None or target is None or pred_segments is None or target_segments is None:
+                raise ValueError("update needs preds, target and both segment lists, or stats")
+            stats = vpq_video_stats(
                 target,
                 preds,
                 target_segments,
@@ -378,16 +383,16 @@ class VideoPanopticQuality(Metric):
                 window_sizes=self.window_sizes,
                 known_categories=set(self.categories),
             )
-        )
-
-    def update_stats(self, stats: VPQStats) -> None:
-        """Add precomputed per-video stats (from :func:`vpq_video_stats`)."""
         if stats.window_sizes != self.window_sizes or stats.tp.shape[1] != self.num_categories:
             raise ValueError("stats were computed with other window sizes or categories")
         self.tp += torch.from_numpy(stats.tp).to(self.tp.device)
         self.fp += torch.from_numpy(stats.fp).to(self.fp.device)
         self.fn += torch.from_numpy(stats.fn).to(self.fn.device)
         self.iou += torch.from_numpy(stats.iou).to(self.iou.device)
+
+    def update_stats(self, stats: VPQStats) -> None:
+        """Add precomputed per-video stats (same as ``update(stats=...)``)."""
+        self.update(stats=stats)
 
     def stats(self) -> VPQStats:
         """The accumulated (synchronised) stats as NumPy arrays."""

@@ -174,8 +174,6 @@ def frame_losses(
     ce = bootstrapped_cross_entropy(logits, target, fraction)
     dice = dice_loss(prob[:, 1:], one_hot, valid)
     aux = (
-        F.cross_entropy(aux_logits.float(), target)
-        if aux_logits is not None
-        else ce.new_zeros(())
+        F.cross_entropy(aux_logits.float(), target) if aux_logits is not None else ce.new_zeros(())
     )
     return FrameLosses(ce=ce, dice=dice, aux=aux)

@@ -1,0 +1,460 @@
+"""Lightning module that trains the propagation network on clips.
+
+The clip unroll calls the network's public primitives — the ones the inference
+:class:`~deva.inference.propagator.Propagator` calls — so training and inference cannot
+drift apart:
+
+1. ``encode_image`` + ``project_key`` on all T frames of the batch at once;
+2. frame 0: ``encode_mask`` of the ground-truth masks (deep sensory update) → memory;
+3. frame t ≥ 1: ``read_memory`` (full softmax) from up to ``num_ref_frames`` earlier memory
+   frames (frame 0, the only ground-truth memory, is always among them; the others are drawn
+   at random), ``aux_logits`` from the incoming sensory memory, ``segment``, ``aggregate``;
+   then (except for the last frame) ``encode_mask`` of the predicted probabilities, with a
+   deep sensory update with probability ``deep_update_prob`` (0.2).
+
+Samples of a batch may hold different numbers of objects K ≤ N: the missing objects are
+"padded" — given empty masks, their probabilities forced to 0 before aggregation and their
+channels removed from the softmax and from every loss — so a padded object changes nothing.
+Batch-norm layers stay frozen (running statistics) by default, which also keeps objects
+independent of each other inside the grouped encoders.
+
+Shape legend: B batch, T frames, N objects (padded), H×W crop size, h×w = H/16×W/16.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from deva.modeling.config import PropagationConfig
+from deva.modeling.losses import (
+    BootstrapSchedule,
+    FrameLosses,
+    frame_losses,
+    mask_absent_objects,
+)
+from deva.modeling.propagation import KeyProjection, PixelFeatures, PropagationModel
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("constant", "step", "poly")
+
+
+class LRSchedule:
+    """Learning-rate multiplier per optimizer step (picklable, for ``LambdaLR``).
+
+    ``constant``: 1. ``step``: ``gamma`` ** (number of ``milestones`` passed). ``poly``:
+    ``(1 − step / total_steps) ** power``. An optional linear warm-up over ``warmup_steps``
+    multiplies any of them.
+    """
+
+    def __init__(
+        self,
+        kind: str = "constant",
+        *,
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+        total_steps: int | None = None,
+        power: float = 0.9,
+        warmup_steps: int = 0,
+    ) -> None:
+        if kind not in SCHEDULES:
+            raise ValueError(f"unknown lr schedule {kind!r}; expected one of {SCHEDULES}")
+        if kind == "poly" and not total_steps:
+            raise ValueError("the poly schedule needs total_steps (the number of iterations)")
+        self.kind = kind
+        self.milestones = sorted(int(m) for m in milestones)
+        self.gamma = float(gamma)
+        self.total_steps = int(total_steps) if total_steps else None
+        self.power = float(power)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step: int) -> float:
+        if self.kind == "step":
+            factor = self.gamma ** sum(step >= m for m in self.milestones)
+        elif self.kind == "poly":
+            assert self.total_steps is not None
+            factor = max(0.0, 1.0 - step / self.total_steps) ** self.power
+        else:
+            factor = 1.0
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            factor *= (step + 1) / self.warmup_steps
+        return factor
+
+
+@dataclass
+class ClipOutput:
+    """What one clip unroll produced.
+
+    loss: the total (summed over predicted frames); terms: per-term sums (detached);
+    prob: (B, T-1, 1 + N, H, W) predicted probabilities of frames 1..T-1 (detached);
+    fraction: the bootstrap fraction used.
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    prob: torch.Tensor
+    fraction: float
+
+
+def _pick(x: torch.Tensor, batch: int, t: int) -> torch.Tensor:
+    """Frame ``t`` of a tensor computed on (B·T) stacked frames."""
+    return x.view(batch, -1, *x.shape[1:])[:, t]
+
+
+def _frame(features: PixelFeatures, batch: int, t: int) -> PixelFeatures:
+    """Features of frame ``t`` from features computed on (B·T) stacked frames."""
+    return PixelFeatures(
+        *(_pick(x, batch, t) for x in (features.f16, features.f8, features.f4, features.key_source))
+    )
+
+
+class PropagationTrainingModule(LightningModule):
+    """Trains :class:`PropagationModel` (``self.model``) on clip samples of :mod:`deva.data`.
+
+    Every constructor argument is a plain value saved as a hyper-parameter, so a checkpoint
+    rebuilds the module (``load_from_checkpoint``) and the network
+    (``PropagationModel.from_pretrained("x.ckpt")`` reads ``model_config``).
+
+    Args:
+        model_config: :meth:`PropagationConfig.to_dict` of the network.
+        num_ref_frames: memory frames read per predicted frame (3 video, 2 static).
+        deep_update_prob: probability of a deep sensory update when encoding a prediction.
+        lr, weight_decay: AdamW settings.
+        schedule: ``constant`` | ``step`` | ``poly`` (see :class:`LRSchedule`).
+        milestones, gamma: ``step`` schedule (optimizer steps).
+        total_steps: iterations of the stage (``poly``; default bootstrap warm-up scaling).
+        poly_power, warmup_steps: ``poly`` exponent; linear lr warm-up length.
+        start_warm, end_warm, final_fraction: bootstrapped cross-entropy schedule; ``None``
+            scales the published 10k → 35k of 150k to ``total_steps``.
+        dice_weight, aux_weight: loss weights (1 and 0.1).
+        pad_objects_to: pad every batch to this many objects (stable shapes for
+            ``torch.compile``); ``None`` pads to the largest K of the batch.
+        freeze_batchnorm: keep batch-norm layers in eval mode while training.
+        compile: ``torch.compile`` the encoder and decoder sub-networks.
+        image_log_every: log an image grid (frames, ground truth, prediction) every this many
+            steps (0: never).
+        train_config: the resolved training config, stored in checkpoints as a plain dict.
+    """
+
+    def __init__(
+        self,
+        model_config: Mapping[str, Any] | None = None,
+        *,
+        num_ref_frames: int = 3,
+        deep_update_prob: float = 0.2,
+        lr: float = 1e-5,
+        weight_decay: float = 1e-3,
+        schedule: str = "constant",
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+        total_steps: int | None = None,
+        poly_power: float = 0.9,
+        warmup_steps: int = 0,
+        start_warm: int | None = None,
+        end_warm: int | None = None,
+        final_fraction: float = 0.3,
+        dice_weight: float = 1.0,
+        aux_weight: float = 0.1,
+        pad_objects_to: int | None = None,
+        freeze_batchnorm: bool = True,
+        compile: bool = False,
+        image_log_every: int = 0,
+        train_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_ref_frames < 1:
+            raise ValueError(f"num_ref_frames must be >= 1, got {num_ref_frames}")
+        if not 0 <= deep_update_prob <= 1:
+            raise ValueError(f"deep_update_prob is a probability, got {deep_update_prob}")
+        config = PropagationConfig.from_dict(dict(model_config or {}))
+        self.save_hyperparameters(
+            {
+                "model_config": config.to_dict(),
+                "num_ref_frames": int(num_ref_frames),
+                "deep_update_prob": float(deep_update_prob),
+                "lr": float(lr),
+                "weight_decay": float(weight_decay),
+                "schedule": str(schedule),
+                "milestones": [int(m) for m in milestones],
+                "gamma": float(gamma),
+                "total_steps": None if total_steps is None else int(total_steps),
+                "poly_power": float(poly_power),
+                "warmup_steps": int(warmup_steps),
+                "start_warm": None if start_warm is None else int(start_warm),
+                "end_warm": None if end_warm is None else int(end_warm),
+                "final_fraction": float(final_fraction),
+                "dice_weight": float(dice_weight),
+                "aux_weight": float(aux_weight),
+                "pad_objects_to": None if pad_objects_to is None else int(pad_objects_to),
+                "freeze_batchnorm": bool(freeze_batchnorm),
+                "compile": bool(compile),
+                "image_log_every": int(image_log_every),
+                "train_config": _plain(train_config) if train_config is not None else None,
+            }
+        )
+        self.model = PropagationModel(config)
+        self.lr_schedule = LRSchedule(
+            schedule,
+            milestones=milestones,
+            gamma=gamma,
+            total_steps=total_steps,
+            power=poly_power,
+            warmup_steps=warmup_steps,
+        )
+        if total_steps is None and (start_warm is None or end_warm is None):
+            self.bootstrap = BootstrapSchedule(
+                start_warm if start_warm is not None else BootstrapSchedule.start_warm,
+                end_warm if end_warm is not None else BootstrapSchedule.end_warm,
+                final_fraction,
+            )
+        else:
+            self.bootstrap = BootstrapSchedule.scaled(
+                total_steps or 0,
+                start_warm=start_warm,
+                end_warm=end_warm,
+                final_fraction=final_fraction,
+            )
+        self._compiled = False
+        self._last_step_time: float | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Compile the sub-networks in place (parameter names unchanged) when asked."""
+        if self.hparams.compile and not self._compiled:
+            for module in (
+                self.model.pixel_encoder,
+                self.model.key_proj,
+                self.model.mask_encoder,
+                self.model.mask_decoder,
+            ):
+                module.compile()
+            self._compiled = True
+
+    def train(self, mode: bool = True) -> PropagationTrainingModule:
+        """Switch modes; batch-norm layers stay in eval mode when ``freeze_batchnorm``."""
+        super().train(mode)
+        if mode and self.hparams.freeze_batchnorm:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW (weight decay 1e-3) with a per-step ``LambdaLR`` schedule."""
+        optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # -- the clip unroll --------------------------------------------------------------------
+
+    def unroll(
+        self,
+        frames: torch.Tensor,
+        masks: torch.Tensor,
+        num_objects: torch.Tensor,
+        *,
+        step: int | None = None,
+    ) -> ClipOutput:
+        """Propagate the first frame's masks through the clip and compute the losses.
+
+        Args:
+            frames: (B, T, 3, H, W) normalised frames; masks: (B, T, H, W) int64 labels 0..K;
+            num_objects: (B,) K per sample.
+            step: global step for the bootstrap schedule (default: the trainer's).
+        """
+        model = self.model
+        b, t_len = frames.shape[:2]
+        if t_len < 2:
+            raise ValueError(f"a training clip needs at least 2 frames, got {t_len}")
+        num_objects = torch.as_tensor(num_objects, device=frames.device).view(-1)
+        n = int(self.hparams.pad_objects_to or int(num_objects.max()))
+        if int(num_objects.max()) > n:
+            raise ValueError(f"a sample has {int(num_objects.max())} objects > pad_objects_to={n}")
+        valid = torch.arange(n, device=frames.device).view(1, n) < num_objects.view(b, 1)
+        valid_bg = torch.cat([valid.new_ones(b, 1), valid], dim=1)
+        labels = torch.arange(1, n + 1, device=masks.device).view(1, 1, n, 1, 1)
+        one_hot = (masks.unsqueeze(2) == labels).to(frames.dtype)  # (B, T, N, H, W)
+
+        features = model.encode_image(frames.flatten(0, 1))
+        keys = model.project_key(features)
+        hw = keys.key.shape[-2:]
+        key_all = keys.key.view(b, t_len, -1, hw[0] * hw[1])
+        shrink_all = keys.shrinkage.view(b, t_len, 1, hw[0] * hw[1])
+
+        fraction = self.bootstrap.fraction(self.global_step if step is None else step)
+        first = _frame(features, b, 0)
+        sensory = model.init_sensory(b, n, hw, like=first.f16)
+        value, sensory = model.encode_mask(
+            frames[:, 0], first, sensory, one_hot[:, 0], deep_update=True
+        )
+        values = [value]
+        last_mask = one_hot[:, 0]
+        total = frames.new_zeros(())
+        sums = {"ce": 0.0, "dice": 0.0, "aux": 0.0}
+        probs = []
+        for t in range(1, t_len):
+            refs = self._reference_frames(t)
+            memory_key = key_all[:, refs].permute(0, 2, 1, 3).flatten(2)
+            memory_shrinkage = shrink_all[:, refs].permute(0, 2, 1, 3).flatten(2)
+            memory_value = torch.stack([values[r] for r in refs], dim=3).flatten(3)
+            frame = _frame(features, b, t)
+            query = KeyProjection(
+                _pick(keys.key, b, t), _pick(keys.shrinkage, b, t), _pick(keys.selection, b, t)
+            )
+            readout = model.read_memory(
+                query, memory_key, memory_shrinkage, memory_value, top_k=None
+            )
+            aux = model.aux_logits(frame, sensory)
+            aux_agg, _ = model.aggregate(mask_absent_objects(aux, valid), upsample=16)
+            is_last = t == t_len - 1
+            sensory, logits = model.segment(
+                frame, readout, sensory, last_mask, update_sensory=not is_last
+            )
+            agg, _ = model.aggregate(mask_absent_objects(logits, valid))
+            agg = mask_absent_objects(agg, valid_bg)
+            prob = torch.softmax(agg.float(), dim=1)
+            terms = frame_losses(
+                agg,
+                prob,
+                mask_absent_objects(aux_agg, valid_bg),
+                masks[:, t],
+                valid,
+                fraction=fraction,
+            )
+            total = total + self._weighted(terms)
+            for name in sums:
+                sums[name] = sums[name] + getattr(terms, name).detach()
+            probs.append(prob.detach())
+            last_mask = prob[:, 1:].to(frames.dtype)
+            if not is_last:
+                deep = bool(torch.rand(()) < self.hparams.deep_update_prob)
+                value, sensory = model.encode_mask(
+                    frames[:, t], frame, sensory, last_mask, deep_update=deep
+                )
+                values.append(value)
+        terms_out = {k: torch.as_tensor(v, device=total.device) for k, v in sums.items()}
+        return ClipOutput(total, terms_out, torch.stack(probs, dim=1), fraction)
+
+    def _weighted(self, terms: FrameLosses) -> torch.Tensor:
+        return terms.total(dice_weight=self.hparams.dice_weight, aux_weight=self.hparams.aux_weight)
+
+    def _reference_frames(self, t: int) -> list[int]:
+        """Memory frames read when predicting frame ``t``: all earlier frames if there are at
+        most ``num_ref_frames``, else frame 0 plus a random draw from frames 1..t-1."""
+        k = self.hparams.num_ref_frames
+        if t <= k:
+            return list(range(t))
+        others = (torch.randperm(t - 1)[: k - 1] + 1).sort().values
+        return [0, *others.tolist()]
+
+    # -- Lightning hooks --------------------------------------------------------------------
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        frames, masks = batch["frames"], batch["masks"]
+        out = self.unroll(frames, masks, batch["num_objects"])
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(
+                f"non-finite training loss {float(out.loss)} at step {self.global_step}"
+            )
+        b = frames.shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=b)
+        for name, value in out.terms.items():
+            self.log(f"train/{name}", value, batch_size=b)
+        self.log("train/bootstrap_fraction", out.fraction, batch_size=b)
+        if self.trainer is not None and self.trainer.optimizers:
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self.log("train/lr", lr, batch_size=b)
+        self._log_throughput(b)
+        every = self.hparams.image_log_every
+        if every and self.global_step % every == 0:
+            self._log_images(frames, masks, out.prob)
+        return out.loss
+
+    def _log_throughput(self, batch_size: int) -> None:
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            elapsed = now - self._last_step_time
+            world = self.trainer.world_size if self.trainer is not None else 1
+            if elapsed > 0:
+                self.log("train/throughput", batch_size * world / elapsed, batch_size=batch_size)
+        self._last_step_time = now
+
+    def _log_images(self, frames: torch.Tensor, masks: torch.Tensor, prob: torch.Tensor) -> None:
+        if self.trainer is None or not self.trainer.is_global_zero:
+            return
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                grid = clip_grid(frames[0], masks[0], prob[0].argmax(dim=1))
+                logger.experiment.add_image("train/clip", grid, self.global_step)
+
+    def on_train_epoch_start(self) -> None:
+        self._last_step_time = None
+
+
+# -- visualisation ---------------------------------------------------------------------------
+
+
+def palette(num_colors: int = 256) -> torch.Tensor:
+    """(num_colors, 3) float colours in [0, 1]: black for 0, well separated hues after."""
+    index = torch.arange(num_colors, dtype=torch.float64)
+    hue = (index * 0.618033988749895) % 1.0
+    h6 = hue * 6
+    k = torch.stack([(5 + h6) % 6, (3 + h6) % 6, (1 + h6) % 6], dim=1)
+    rgb = 1 - 0.85 * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+    rgb[0] = 0
+    return rgb.float()
+
+
+def colorize(labels: torch.Tensor) -> torch.Tensor:
+    """Integer label maps (..., H, W) → RGB (..., 3, H, W) in [0, 1]."""
+    colors = palette(int(labels.max().item()) + 1 if labels.numel() else 1).to(labels.device)
+    return colors[labels.long()].movedim(-1, -3)
+
+
+def clip_grid(frames: torch.Tensor, masks: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """One image (3, 3·H, T·W): frames / ground truth / predictions (frame 0: the input).
+
+    Args:
+        frames: (T, 3, H, W) normalised; masks: (T, H, W) labels; predicted: (T-1, H, W).
+    """
+    from deva.data.sample import denormalise_frames
+
+    rgb = denormalise_frames(frames.detach().float().cpu()).clamp(0, 1)
+    gt = masks.detach().cpu().long()
+    pred = torch.cat([gt[:1], predicted.detach().cpu().long()], dim=0)
+    rows = [rgb, 0.5 * rgb + 0.5 * colorize(gt), 0.5 * rgb + 0.5 * colorize(pred)]
+    return torch.cat([torch.cat(list(row), dim=-1) for row in rows], dim=-2)
+
+
+def _plain(value: Any) -> Any:
+    """Convert OmegaConf containers (or anything nested) into dicts / lists / scalars."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, DictConfig | ListConfig):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

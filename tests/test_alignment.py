@@ -1,0 +1,105 @@
+"""Alignment of a clip frame's segmentation to the key frame with a temporary memory (eq. 1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deva.inference.alignment import align_segmentation
+from deva.inference.memory import MemoryConfig
+from deva.inference.propagator import Propagator
+from deva.inference.segmentation import Segment, Segmentation
+from deva.modeling.config import PropagationConfig
+from deva.modeling.propagation import PropagationModel
+
+H, W = 40, 56
+
+
+@pytest.fixture(scope="module")
+def model() -> PropagationModel:
+    torch.manual_seed(0)
+    return PropagationModel(PropagationConfig.preset("tiny")).eval()
+
+
+def _frames(n: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(3, H, W, generator=g) for _ in range(n)]
+
+
+def _segmentation() -> Segmentation:
+    mask = torch.zeros(H, W, dtype=torch.long)
+    mask[4:18, 4:22] = 300
+    mask[20:36, 28:52] = 7
+    mask[0:6, 40:56] = 12
+    segments = [
+        Segment(id=300, category_id=4, score=0.9, isthing=True),
+        Segment(id=7, category_id=0, score=0.5, isthing=False),
+        Segment(id=12, category_id=None, score=None, isthing=None),
+    ]
+    return Segmentation(mask=mask, segments=segments)
+
+
+def test_equals_a_fresh_propagator_on_the_two_frames(model: PropagationModel) -> None:
+    source, target = _frames(2)
+    seg = _segmentation()
+    prop = Propagator(model, MemoryConfig(top_k=30))
+    aligned = align_segmentation(model, prop.encode(source), seg, prop.encode(target), top_k=30)
+    reference = Propagator(model, MemoryConfig(top_k=30))
+    reference.step(source, seg.mask, objects=[300, 7, 12])
+    expected = reference.step(target).index_mask()
+    assert torch.equal(aligned.mask, expected)
+
+
+def test_keeps_ids_and_metadata(model: PropagationModel) -> None:
+    source, target = _frames(2, seed=1)
+    prop = Propagator(model)
+    seg = _segmentation()
+    aligned = align_segmentation(model, prop.encode(source), seg, prop.encode(target))
+    assert aligned.mask.shape == (H, W)
+    assert aligned.mask.dtype == torch.long
+    present = set(torch.unique(aligned.mask).tolist()) - {0}
+    assert present <= {300, 7, 12}
+    assert {s.id for s in aligned.segments} == present
+    original = {s.id: s for s in seg.segments}
+    for s in aligned.segments:
+        assert s == original[s.id]
+        assert s is not original[s.id]  # copies: the caller's records stay untouched
+
+
+def test_never_touches_the_trackers_memory(model: PropagationModel) -> None:
+    frames = _frames(6, seed=2)
+    seg = _segmentation()
+    tracked = Propagator(model, mem_every=1)
+    twin = Propagator(model, mem_every=1)
+    for p in (tracked, twin):
+        p.step(frames[0], seg.mask)
+        p.step(frames[1])
+    before = tracked.memory.stats()
+    ids_before = tracked.object_ids
+    features = [tracked.encode(f) for f in frames[2:5]]
+    align_segmentation(model, features[1], seg, features[0])
+    align_segmentation(model, features[2], seg, features[0])
+    assert tracked.memory.stats() == before
+    assert tracked.object_ids == ids_before
+    # the next propagation step is bit-identical to a propagator that never aligned anything
+    out = tracked.step(features=features[0])
+    ref = twin.step(frames[2])
+    assert torch.equal(out.prob, ref.prob)
+
+
+def test_empty_segmentation_gives_empty_result(model: PropagationModel) -> None:
+    source, target = _frames(2)
+    prop = Propagator(model)
+    empty = Segmentation(mask=torch.zeros(H, W, dtype=torch.long))
+    aligned = align_segmentation(model, prop.encode(source), empty, prop.encode(target))
+    assert aligned.segments == []
+    assert not aligned.mask.any()
+
+
+def test_size_mismatch_is_an_error(model: PropagationModel) -> None:
+    prop = Propagator(model)
+    small = prop.encode(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="source frame"):
+        align_segmentation(model, small, _segmentation(), prop.encode(_frames(1)[0]))
+    with pytest.raises(ValueError, match="segmentation is"):
+        align_segmentation(model, small, _segmentation(), small)
