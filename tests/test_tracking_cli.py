@@ -221,27 +221,37 @@ def test_burst_with_ground_truth_selects_sequences_and_frames(
     assert len(seq["segmentations"]) == 2
 
 
-def test_vipseg_style_detections_are_read(
-    evaluate, synthetic: Path, tmp_path: Path, capsys
+@pytest.mark.parametrize("layout", ["vipseg", "burst"])
+def test_own_outputs_are_valid_detection_inputs(
+    evaluate, synthetic: Path, tmp_path: Path, capsys, layout: str
 ) -> None:
-    # Our own VIPSeg output is valid VIPSeg-style input (pred.json + pan_pred/).
+    # VIPSeg-style (pred.json + pan_pred/) and BURST-style (json) detections are recognised.
     first = tmp_path / "first"
     args = [f"data.images={synthetic / 'JPEGImages'}", "mode=online"]
     code, _, err = _run(
         evaluate,
         capsys,
-        "benchmark=vipseg",
+        f"benchmark={layout}",
         f"data.detections={synthetic / 'Detections'}",
         f"output={first}",
         *args,
     )
     assert code == 0, err
+    detections = first if layout == "vipseg" else first / "burst_predictions.json"
     out = tmp_path / "second"
     code, _, err = _run(
-        evaluate, capsys, "benchmark=detections", f"data.detections={first}", f"output={out}", *args
+        evaluate,
+        capsys,
+        "benchmark=detections",
+        f"data.detections={detections}",
+        f"output={out}",
+        *args,
     )
     assert code == 0, err
-    assert len(list((out / "video_000").glob("*.png"))) == T
+    for video in ("video_000", "video_001"):
+        first_frame = json.loads((out / video / "00000.json").read_text())
+        assert first_frame  # the detections were found
+        assert len(list((out / video).glob("*.png"))) == T
 
 
 def test_track_frame_folder_and_video_file(track, synthetic: Path, tmp_path: Path, capsys) -> None:

@@ -26,7 +26,11 @@ import torch
 from deva.inference.propagator import FrameFeatures
 from deva.inference.segmentation import Segmentation
 from deva.io.padding import pad_to_multiple, unpad
-from deva.modeling.propagation import PropagationModel, aggregate_probabilities
+from deva.modeling.propagation import (
+    KeyProjection,
+    PropagationModel,
+    aggregate_probabilities,
+)
 
 DEFAULT_TOP_K = 30
 
@@ -96,13 +100,20 @@ def align_segmentation(
             deep_update=True,
             chunk_size=chunk_size,
         )
-        readout = model.read_memory(
-            target.key,
-            key.key.flatten(2),
-            key.shrinkage.flatten(2),
-            value.flatten(3),
-            top_k=top_k,
-        )
+        # Affinities in float32 with autocast off: squared distances overflow half precision.
+        with torch.autocast(device.type, enabled=False):
+            query = KeyProjection(
+                key=target.key.key.float(),
+                shrinkage=target.key.shrinkage.float(),
+                selection=target.key.selection.float(),
+            )
+            readout = model.read_memory(
+                query,
+                key.key.flatten(2).float(),
+                key.shrinkage.flatten(2).float(),
+                value.flatten(3).float(),
+                top_k=top_k,
+            )
         _, logits = model.segment(
             target.pixel,
             readout,

@@ -43,7 +43,13 @@ from deva.inference.segmentation import Segment, Segmentation
 from deva.inference.tracker import DecoupledTracker, TrackedFrame, TrackerConfig
 from deva.io.burst import BurstSequence, encode_rle, load_burst, write_burst
 from deva.io.detections import write_frame_segmentation
-from deva.io.frames import IMAGE_EXTENSIONS, FrameReader, list_frame_files, natural_sorted
+from deva.io.frames import (
+    IMAGE_EXTENSIONS,
+    FrameReader,
+    list_frame_files,
+    natural_sorted,
+    read_frame,
+)
 from deva.io.video import Mp4Writer, overlay_mask
 from deva.io.vipseg import PredictionWriter
 from deva.modeling.propagation import PropagationModel
@@ -76,8 +82,6 @@ class VideoSource:
 
     def frames(self) -> Iterator[tuple[str, np.ndarray]]:
         """``(frame stem, RGB uint8 (H, W, 3))`` in natural order, read lazily."""
-        from deva.io.frames import read_frame
-
         for path in self.files:
             yield path.stem, read_frame(path)
 

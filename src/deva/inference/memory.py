@@ -239,10 +239,7 @@ class InferenceMemory:
             m_key = torch.cat([lt.key, wm.key], dim=-1).unsqueeze(0)
             m_shrink = torch.cat([lt.shrinkage, wm.shrinkage], dim=-1).unsqueeze(0)
             # Affinities in float32: squared distances overflow fp16 under autocast.
-            sim = memory_ops.similarity(
-                m_key.float(), m_shrink.float(), q_key.float(), q_sel.float()
-            )
-            affinity = memory_ops.softmax_affinity(sim, self.config.top_k)
+            affinity = _affinity(m_key, m_shrink, q_key, q_sel, self.config.top_k)
             if self.config.long_term:
                 usage = affinity[0].sum(dim=1)
                 lt.use_count += usage[: lt.size]
@@ -276,15 +273,17 @@ class InferenceMemory:
         proto_key = wm.key[:, proto_idx]
         proto_sel = wm.selection[:, proto_idx]
         cand_key, cand_shrink = wm.key[:, start:end], wm.shrinkage[:, start:end]
-        sim = memory_ops.similarity(
+        affinity = _affinity(
             cand_key.unsqueeze(0),
             cand_shrink.unsqueeze(0),
             proto_key.unsqueeze(0),
             proto_sel.unsqueeze(0),
-        )
-        affinity = memory_ops.softmax_affinity(sim, None)[0]  # (candidates, prototypes)
-        proto_values = {o: wm.values[o][:, start:end] @ affinity for o in bucket.objects}
-        proto_shrink = cand_shrink @ affinity
+            None,
+        )[0]  # (candidates, prototypes)
+        proto_values = {
+            o: wm.values[o][:, start:end] @ affinity.to(wm.values[o].dtype) for o in bucket.objects
+        }
+        proto_shrink = cand_shrink @ affinity.to(cand_shrink.dtype)
 
         keep = torch.ones(wm.size, dtype=torch.bool, device=wm.key.device)
         keep[start:end] = False
@@ -295,3 +294,19 @@ class InferenceMemory:
             usage = lt.usage()
             lt.keep(torch.sort(torch.topk(usage, max(room, 0)).indices).values)
         lt.append(proto_key, proto_shrink, None, proto_values)
+
+
+def _affinity(
+    memory_key: torch.Tensor,
+    memory_shrinkage: torch.Tensor,
+    query_key: torch.Tensor,
+    query_selection: torch.Tensor,
+    top_k: int | None,
+) -> torch.Tensor:
+    """(Top-k) softmax affinity in float32 with autocast off: squared distances overflow
+    fp16 and lose too much precision in bf16."""
+    with torch.autocast(memory_key.device.type, enabled=False):
+        sim = memory_ops.similarity(
+            memory_key.float(), memory_shrinkage.float(), query_key.float(), query_selection.float()
+        )
+        return memory_ops.softmax_affinity(sim, top_k)

@@ -49,8 +49,9 @@ class PredictionTask(ABC):
         """Run the model on video ``index`` and update ``metric`` with it."""
 
     @abstractmethod
-    def summarize(self, computed: Any) -> dict[str, float]:
-        """The numbers to log (short keys) from ``metric.compute()``."""
+    def summarize(self, metric: Metric) -> dict[str, float]:
+        """The numbers to log (short keys); calls ``metric.compute()``, which gathers the
+        states of all ranks, so every rank must call it."""
 
 
 # -- VOS (semi-supervised propagation, J&F) -------------------------------------------------
@@ -149,11 +150,16 @@ class VOSTask(PredictionTask):
             pred, target = _propagate_folder(propagator, video, self.shorter_side)
         metric.update(torch.from_numpy(pred), torch.from_numpy(target), sequence_id=index)
 
-    def summarize(self, computed: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    def summarize(self, metric: Metric) -> dict[str, float]:
+        """``jf``, ``j``, ``f`` (means over all objects of all videos) and ``num_objects``."""
+        computed = metric.compute()
+        with metric.sync_context():  # per-object rows of every rank (no-op in one process)
+            rows = metric.per_object()
         return {
             "jf": float(computed["J&F-Mean"]),
             "j": float(computed["J-Mean"]),
             "f": float(computed["F-Mean"]),
+            "num_objects": float(len(rows)),
         }
 
 
@@ -285,8 +291,7 @@ class Predictor(Callback):
                 metric = task.make_metric().to(pl_module.device)
                 for index in rank_indices(len(task), rank, world):
                     task.process(model, index, metric)
-                computed = metric.compute()  # gathers every rank's state
-                for key, value in task.summarize(computed).items():
+                for key, value in task.summarize(metric).items():
                     results[f"val/{task.name}/{key}"] = value
                 metric.reset()
         finally:
