@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -27,7 +28,7 @@ def test_bootstrap_schedule_values() -> None:
     assert schedule.fraction(35_000) == pytest.approx(0.3)
     assert schedule.fraction(150_000) == pytest.approx(0.3)
     fractions = [schedule.fraction(s) for s in range(0, 40_000, 1000)]
-    assert all(a >= b for a, b in zip(fractions, fractions[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(fractions))
 
 
 def test_bootstrap_schedule_scaled_to_stage_length() -> None:

@@ -171,6 +171,6 @@ def test_published_config_parameter_count(published_shapes) -> None:
 
 def test_small_preset_is_small() -> None:
     small = PropagationModel(PropagationConfig.preset("small"))
-    assert sum(p.numel() for p in small.parameters()) < 20_000_000
+    assert sum(p.numel() for p in small.parameters()) < 4_000_000
     with pytest.raises(ValueError, match="unknown model preset"):
         PropagationConfig.preset("huge")

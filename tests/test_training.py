@@ -273,7 +273,7 @@ def test_clip_grid_shape() -> None:
 def test_videos_are_split_over_ranks_without_duplicates() -> None:
     for count in (1, 5, 8):
         parts = [list(rank_indices(count, r, 3)) for r in range(3)]
-        assert sorted(sum(parts, [])) == list(range(count))
+        assert sorted(i for part in parts for i in part) == list(range(count))
 
 
 def test_vos_task_on_memory_and_folder_videos(tmp_path: Path) -> None:
@@ -307,3 +307,16 @@ def test_collated_synthetic_batch_trains_one_step() -> None:
     module = PropagationTrainingModule(TINY, num_ref_frames=2)
     out = module.unroll(batch["frames"], batch["masks"], batch["num_objects"], step=0)
     assert torch.isfinite(out.loss) and out.prob.shape[:2] == (2, 2)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_batchnorm_keeps_running_statistics(tmp_path: Path, freeze: bool) -> None:
+    cfg = shrunk(
+        tmp_path, *steps(2, f"freeze_batchnorm={str(freeze).lower()}", "export.weights=true")
+    )
+    before = PropagationModel(PropagationConfig.preset("tiny")).state_dict()
+    result = train(cfg)
+    after = PropagationModel.from_pretrained(result["weights"]).state_dict()
+    key = "pixel_encoder.bn1.running_mean"
+    assert torch.equal(before[key], torch.zeros_like(before[key]))
+    assert torch.equal(after[key], before[key]) is freeze

@@ -42,8 +42,9 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("train: interrupted", file=sys.stderr)
         return 130
-    for line in summary_lines(result):
-        log.info(line)
+    if result["global_rank"] == 0:  # DDP re-launches this script for the other ranks
+        for line in summary_lines(result):
+            log.info(line)
     return 0
 
 

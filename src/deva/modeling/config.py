@@ -46,8 +46,9 @@ class PropagationConfig:
 
     @classmethod
     def preset(cls, name: str) -> PropagationConfig:
-        """A named size: ``published`` (ResNet-50, 69M parameters), ``small`` (ResNet-18
-        pixel trunk, 256-wide features, trains on CPU) or ``tiny`` (for tests)."""
+        """A named size: ``published`` (ResNet-50, 69 M parameters), ``small`` (half-width
+        ResNet-18 trunks, 128-wide features, 3.2 M parameters: trains on a CPU and fits in the
+        repository) or ``tiny`` (for tests)."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
         return PRESETS[name]
@@ -57,14 +58,14 @@ PRESETS: dict[str, PropagationConfig] = {
     "published": PropagationConfig(),
     "small": PropagationConfig(
         pixel_trunk="resnet18",
-        pixel_trunk_width=64,
+        pixel_trunk_width=32,
         mask_trunk="resnet18",
-        mask_trunk_width=32,
-        pixel_dim=256,
-        key_dim=64,
-        value_dim=256,
-        sensory_dim=256,
-        decoder_dim=128,
+        mask_trunk_width=16,
+        pixel_dim=128,
+        key_dim=32,
+        value_dim=128,
+        sensory_dim=64,
+        decoder_dim=64,
     ),
     "tiny": PropagationConfig(
         pixel_trunk="resnet18",

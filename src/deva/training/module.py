@@ -209,18 +209,16 @@ class PropagationTrainingModule(LightningModule):
             power=poly_power,
             warmup_steps=warmup_steps,
         )
-        if total_steps is None and (start_warm is None or end_warm is None):
+        if total_steps is None:  # no stage length: explicit steps or the published ones
+            published = BootstrapSchedule()
             self.bootstrap = BootstrapSchedule(
-                start_warm if start_warm is not None else BootstrapSchedule.start_warm,
-                end_warm if end_warm is not None else BootstrapSchedule.end_warm,
+                published.start_warm if start_warm is None else int(start_warm),
+                published.end_warm if end_warm is None else int(end_warm),
                 final_fraction,
             )
         else:
             self.bootstrap = BootstrapSchedule.scaled(
-                total_steps or 0,
-                start_warm=start_warm,
-                end_warm=end_warm,
-                final_fraction=final_fraction,
+                total_steps, start_warm=start_warm, end_warm=end_warm, final_fraction=final_fraction
             )
         self._compiled = False
         self._last_step_time: float | None = None
@@ -242,11 +240,20 @@ class PropagationTrainingModule(LightningModule):
     def train(self, mode: bool = True) -> PropagationTrainingModule:
         """Switch modes; batch-norm layers stay in eval mode when ``freeze_batchnorm``."""
         super().train(mode)
-        if mode and self.hparams.freeze_batchnorm:
+        if mode:
+            self._freeze_batchnorm()
+        return self
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning restores each submodule's mode flag directly after validation (not via
+        # train()), so the frozen batch norms are re-asserted before every step.
+        self._freeze_batchnorm()
+
+    def _freeze_batchnorm(self) -> None:
+        if self.hparams.freeze_batchnorm:
             for module in self.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        return self
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (weight decay 1e-3) with a per-step ``LambdaLR`` schedule."""

@@ -172,7 +172,9 @@ def build_trainer(
     all_callbacks += list(callbacks)
     logger: Any = False
     if cfg.get("logger", "tensorboard") == "tensorboard":
-        logger = TensorBoardLogger(save_dir=str(output_dir), name="tensorboard")
+        logger = TensorBoardLogger(
+            save_dir=str(output_dir), name="tensorboard", default_hp_metric=False
+        )
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(kwargs, dict)
     kwargs.setdefault("max_steps", cfg.stage.iterations)
@@ -183,7 +185,7 @@ def build_trainer(
 def train(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train the propagation model as ``cfg`` says; returns a summary.
 
-    Returns ``{"global_step", "output_dir", "checkpoint_dir", "last_checkpoint",
+    Returns ``{"global_rank", "global_step", "output_dir", "checkpoint_dir", "last_checkpoint",
     "weights", "metrics" (last logged values), "validation" (Predictor results)}``.
     ``callbacks`` are added to the configured ones (tests use this).
     """
@@ -240,6 +242,7 @@ def train(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, A
         )
     predictor = next((c for c in trainer.callbacks if isinstance(c, Predictor)), None)
     return {
+        "global_rank": int(trainer.global_rank),
         "global_step": int(trainer.global_step),
         "output_dir": str(output_dir),
         "checkpoint_dir": str(output_dir / "checkpoints"),
