@@ -21,14 +21,12 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import torch
 from tqdm import tqdm
 
 from deva.config import ConfigError, compose
+from deva.config.options import autocast_dtype, memory_config, output_folder, tracker_config
 from deva.inference.detection_eval import run_benchmark
-from deva.inference.memory import MemoryConfig
 from deva.inference.propagator import Propagator
-from deva.inference.tracker import TrackerConfig, TrackingMode
 from deva.inference.vos import (
     davis_videos,
     generic_videos,
@@ -39,7 +37,6 @@ from deva.io.masks import write_mask_png
 from deva.modeling.weights import build_model, pick_device
 
 log = logging.getLogger("evaluate")
-AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _videos(cfg):
@@ -53,15 +50,6 @@ def _videos(cfg):
     if cfg.benchmark == "generic":
         return generic_videos(root, use_all_masks=cfg.use_all_masks)
     raise ConfigError(f"unknown VOS benchmark {cfg.benchmark!r}; expected davis, ytvos or generic")
-
-
-def _check_output(output: str | None, overwrite: bool) -> Path:
-    if output is None:
-        raise ConfigError("output=DIR is required")
-    out = Path(output)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"output folder {out} is not empty; pass overwrite=true to write into it")
-    return out
 
 
 VOS_BENCHMARKS = ("davis", "ytvos", "generic")
@@ -80,24 +68,6 @@ def run(cfg) -> int:
     )
 
 
-def tracker_config(cfg, device: torch.device) -> TrackerConfig:
-    """The tracker settings of a composed evaluate / track config."""
-    if cfg.amp not in AMP:
-        raise ConfigError(f"amp must be one of {sorted(AMP)}, got {cfg.amp!r}")
-    return TrackerConfig(
-        mode=TrackingMode.parse(cfg.mode),
-        detect_every=cfg.detect_every,
-        clip_size=cfg.clip_size,
-        max_missed=cfg.max_missed,
-        max_objects=cfg.max_objects,
-        shorter_side=cfg.size,
-        mem_every=cfg.mem_every,
-        memory=MemoryConfig(**cfg.memory),
-        chunk_size=cfg.chunk_size,
-        autocast_dtype=AMP[cfg.amp] if device.type != "cpu" else None,
-    )
-
-
 def run_tracking(cfg) -> int:
     """Decoupled tracking from precomputed detections; the benchmark's output format."""
     for key in ("images", "detections"):
@@ -105,7 +75,7 @@ def run_tracking(cfg) -> int:
             raise ConfigError(f"data.{key}=PATH is required for benchmark={cfg.benchmark}")
         if not Path(cfg.data[key]).exists():
             raise FileNotFoundError(f"data.{key} not found: {cfg.data[key]}")
-    out = _check_output(cfg.output, cfg.overwrite)
+    out = output_folder(cfg.output, cfg.overwrite)
     device = pick_device(cfg.device)
     config = tracker_config(cfg, device)
     print(
@@ -137,18 +107,16 @@ def run_tracking(cfg) -> int:
 def run_vos(cfg) -> int:
     """Semi-supervised VOS: propagate the given masks; index PNGs per frame."""
     videos = _videos(cfg)
-    out = _check_output(cfg.output, cfg.overwrite)
-    if cfg.amp not in AMP:
-        raise ConfigError(f"amp must be one of {sorted(AMP)}, got {cfg.amp!r}")
+    out = output_folder(cfg.output, cfg.overwrite)
     device = pick_device(cfg.device)
+    amp = autocast_dtype(cfg.amp, device)
     model = build_model(cfg.model.preset, cfg.model.weights).to(device)
-    memory = MemoryConfig(**cfg.memory)
     propagator = Propagator(
         model,
-        memory,
+        memory_config(cfg),
         mem_every=cfg.mem_every,
         chunk_size=cfg.chunk_size,
-        autocast_dtype=AMP[cfg.amp] if device.type != "cpu" else None,
+        autocast_dtype=amp,
     )
     log.info(
         "%s: %d videos from %s -> %s on %s (size %s, weights %s)",

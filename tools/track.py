@@ -19,29 +19,15 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import torch
 
 from deva.config import ConfigError, compose
+from deva.config.options import output_folder, tracker_config
 from deva.inference.detection_eval import track_video
-from deva.inference.memory import MemoryConfig
-from deva.inference.tracker import TrackerConfig, TrackingMode
 from deva.modeling.weights import build_model, pick_device
 from deva.segmenters import PrecomputedSegmenter
 
 log = logging.getLogger("track")
-AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SEGMENTERS = ("precomputed",)
-
-
-def _check_output(output: str | None, overwrite: bool) -> Path:
-    if output is None:
-        raise ConfigError("output=DIR is required")
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"output folder {out} is not empty; pass overwrite=true to write into it")
-    return out
 
 
 def _segmenter(cfg):
@@ -59,22 +45,9 @@ def run(cfg) -> int:
     if not Path(cfg.input).exists():
         raise FileNotFoundError(f"input not found: {cfg.input}")
     segmenter = _segmenter(cfg)
-    out = _check_output(cfg.output, cfg.overwrite)
-    if cfg.amp not in AMP:
-        raise ConfigError(f"amp must be one of {sorted(AMP)}, got {cfg.amp!r}")
+    out = output_folder(cfg.output, cfg.overwrite)
     device = pick_device(cfg.device)
-    config = TrackerConfig(
-        mode=TrackingMode.parse(cfg.mode),
-        detect_every=cfg.detect_every,
-        clip_size=cfg.clip_size,
-        max_missed=cfg.max_missed,
-        max_objects=cfg.max_objects,
-        shorter_side=cfg.size,
-        mem_every=cfg.mem_every,
-        memory=MemoryConfig(**cfg.memory),
-        chunk_size=cfg.chunk_size,
-        autocast_dtype=AMP[cfg.amp] if device.type != "cpu" else None,
-    )
+    config = tracker_config(cfg, device)
     print(
         f"tracking {cfg.input} with {cfg.segmenter} detections {cfg.detections} "
         f"({config.mode.value}, detect every {config.detect_every}, clip {config.clip_length}) "

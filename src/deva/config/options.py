@@ -1,0 +1,62 @@
+"""Turn the option groups shared by the command-line tools into library objects.
+
+The tools' configs (``configs/evaluate.yaml``, ``configs/track.yaml``) share the keys read
+here; library code receives the resulting dataclasses, never the config itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deva.config import ConfigError
+from deva.inference.memory import MemoryConfig
+from deva.inference.tracker import TrackerConfig, TrackingMode
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {
+    "none": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for ``amp=name``; always None on the CPU."""
+    if name not in AMP_DTYPES:
+        raise ConfigError(f"amp must be one of {sorted(AMP_DTYPES)}, got {name!r}")
+    return AMP_DTYPES[name] if device.type != "cpu" else None
+
+
+def memory_config(cfg: Any) -> MemoryConfig:
+    """``memory.*`` keys → :class:`MemoryConfig`."""
+    return MemoryConfig(**cfg.memory)
+
+
+def tracker_config(cfg: Any, device: torch.device) -> TrackerConfig:
+    """The tracker keys (mode, detect_every, clip_size, ...) → :class:`TrackerConfig`."""
+    return TrackerConfig(
+        mode=TrackingMode.parse(cfg.mode),
+        detect_every=cfg.detect_every,
+        clip_size=cfg.clip_size,
+        max_missed=cfg.max_missed,
+        max_objects=cfg.max_objects,
+        shorter_side=cfg.size,
+        mem_every=cfg.mem_every,
+        memory=memory_config(cfg),
+        chunk_size=cfg.chunk_size,
+        autocast_dtype=autocast_dtype(cfg.amp, device),
+    )
+
+
+def output_folder(output: str | None, overwrite: bool) -> Path:
+    """The output folder; refuses a non-empty one unless ``overwrite`` (never loses files)."""
+    if output is None:
+        raise ConfigError("output=DIR is required")
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"output folder {out} is not empty; pass overwrite=true to write into it")
+    return out
