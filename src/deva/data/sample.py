@@ -206,6 +206,32 @@ def sample_rng(fixed_seed: int | None, key: str) -> np.random.Generator:
 class RecordSampler(Protocol):
     """Turns one raw record into a clip sample, or ``None`` when no usable clip was found."""
 
+    min_object_pixels: int
+
     def sample(self, record: VideoRecord, rng: np.random.Generator) -> Sample | None:
         """Draw one clip sample from ``record`` using ``rng`` for every random choice."""
         ...
+
+
+def draw_sample(
+    records: Sequence[VideoRecord],
+    sampler: RecordSampler,
+    index: int,
+    *,
+    fixed_seed: int | None,
+    max_tries: int,
+    what: str,
+) -> Sample:
+    """A sample from ``records[index]``, trying random other records when the sampler gives
+    up on one (no object large enough); ``what`` names the dataset in the error."""
+    record = records[index]
+    rng = sample_rng(fixed_seed, record.name)
+    for _ in range(max_tries):
+        sample = sampler.sample(record, rng)
+        if sample is not None:
+            return sample
+        record = records[int(rng.integers(len(records)))]
+    raise RuntimeError(
+        f"{what}: no sample kept an object of ≥ {sampler.min_object_pixels} px in {max_tries} "
+        "tries; lower min_object_pixels or check the masks"
+    )

@@ -22,10 +22,10 @@ from deva.data.augment import ResizeCrop, StaticAugment
 from deva.data.sample import (
     Sample,
     VideoRecord,
+    draw_sample,
     load_image,
     load_mask,
     make_sample,
-    sample_rng,
     select_objects,
 )
 
@@ -178,14 +178,11 @@ class StaticPseudoVideoDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> Sample:
-        record = self.records[index]
-        rng = sample_rng(self.fixed_seed, record.name)
-        for _ in range(self.max_tries):
-            sample = self.sampler.sample(record, rng)
-            if sample is not None:
-                return sample
-            record = self.records[int(rng.integers(len(self.records)))]
-        raise RuntimeError(
-            f"static: no pseudo-video kept an object of ≥ {self.sampler.min_object_pixels} px "
-            f"in {self.max_tries} images; lower min_object_pixels or check the masks"
+        return draw_sample(
+            self.records,
+            self.sampler,
+            index,
+            fixed_seed=self.fixed_seed,
+            max_tries=self.max_tries,
+            what="static",
         )

@@ -27,10 +27,10 @@ from deva.data.augment import ResizeCrop, VideoAugment
 from deva.data.sample import (
     Sample,
     VideoRecord,
+    draw_sample,
     load_image,
     load_mask,
     make_sample,
-    sample_rng,
     select_objects,
 )
 
@@ -251,16 +251,13 @@ class VOSVideoDataset(Dataset):
         self.sampler.set_max_skip(max_skip)
 
     def __getitem__(self, index: int) -> Sample:
-        record = self.records[index]
-        rng = sample_rng(self.fixed_seed, record.name)
-        for _ in range(self.max_tries):
-            sample = self.sampler.sample(record, rng)
-            if sample is not None:
-                return sample
-            record = self.records[int(rng.integers(len(self.records)))]
-        raise RuntimeError(
-            f"{self.name}: no clip with an object of ≥ {self.sampler.min_object_pixels} px in "
-            f"{self.max_tries} videos; lower min_object_pixels or check the masks"
+        return draw_sample(
+            self.records,
+            self.sampler,
+            index,
+            fixed_seed=self.fixed_seed,
+            max_tries=self.max_tries,
+            what=self.name,
         )
 
 
