@@ -179,6 +179,11 @@ def test_config_groups_compose() -> None:
     assert video.stage.loss.start_warm == 10_000 and video.stage.milestones == [120_000, 140_000]
     assert compose("train", ["stage=video", "data=shards"]).data.source == "shards"
     assert compose("train", ["stage=static"]).stage.num_ref_frames == 2
+    # the documented cluster command: stage=video trainer.devices=8 -> GPU DDP, published model
+    cluster = compose("train", ["stage=video", "trainer.devices=8"])
+    assert (cluster.trainer.accelerator, cluster.trainer.strategy) == ("gpu", "ddp")
+    assert cluster.trainer.devices == 8 and cluster.model.preset == "published"
+    assert compose("train", ["stage=video", "trainer=cpu"]).trainer.accelerator == "cpu"
     default = compose("train", [])
     assert default.model.preset == "small" and default.data.source == "synthetic"
     assert default.trainer.gradient_clip_val == 3.0
