@@ -194,3 +194,25 @@ def test_bf16_autocast_runs_and_agrees(model: PropagationModel) -> None:
         assert b.dtype == torch.float32 and torch.isfinite(b).all()
         # a random model's probabilities are near-uniform, so compare values, not arg-max
         assert (a - b).abs().max() < 0.02
+
+
+def test_predict_then_commit_equals_step_and_survives_deletion(model: PropagationModel) -> None:
+    frames = _frames(5)
+    a, b = Propagator(model, mem_every=2), Propagator(model, mem_every=2)
+    for t, frame in enumerate(frames):
+        mask = _first_mask() if t == 0 else None
+        expected = a.step(frame, mask)
+        b.predict(frame)
+        got = b.commit(mask)
+        assert torch.equal(expected.prob, got.prob) and expected.object_ids == got.object_ids
+    with pytest.raises(RuntimeError, match="without a pending"):
+        b.commit()
+    peek = b.predict(frames[0])
+    assert peek.object_ids == [3, 7]
+    with pytest.raises(RuntimeError, match="twice"):
+        b.predict(frames[0])
+    b.delete_objects([3])  # between predict and commit: object 3's probability -> background
+    result = b.commit()
+    assert result.object_ids == [7]
+    torch.testing.assert_close(result.prob[0], peek.prob[0] + peek.prob[1])
+    torch.testing.assert_close(result.prob[1], peek.prob[2])

@@ -94,6 +94,7 @@ class Propagator:
         self._frame = -1
         self._last_memory_frame = -(10**9)
         self._last_prob: torch.Tensor | None = None  # (N, H', W') for memory.object_ids
+        self._pending: _Pending | None = None
 
     @property
     def object_ids(self) -> list[int]:
@@ -139,7 +140,7 @@ class Propagator:
         end: bool = False,
         features: FrameFeatures | None = None,
     ) -> PropagationResult:
-        """Process the next frame.
+        """Process the next frame: :meth:`predict` then :meth:`commit`.
 
         Args:
             image: normalised frame (3, H, W); may be omitted when ``features`` is given.
@@ -149,23 +150,58 @@ class Propagator:
             end: the last frame; nothing is written to memory.
             features: precomputed :meth:`encode` output of this frame.
         """
+        self.predict(image, features=features, end=end)
+        return self.commit(mask, objects)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        image: torch.Tensor | None = None,
+        *,
+        features: FrameFeatures | None = None,
+        end: bool = False,
+    ) -> PropagationResult:
+        """First half of a step: segment the next frame from memory (the sensory memory is
+        updated unless ``end``). Nothing is written to memory until :meth:`commit`, so a caller
+        can look at the prediction, decide on masks (e.g. merge it with detections, delete
+        objects) and commit those."""
         if features is None:
             if image is None:
-                raise ValueError("step() needs an image or its precomputed features")
+                raise ValueError("predict() needs an image or its precomputed features")
             features = self.encode(image)
+        if self._pending is not None:
+            raise RuntimeError("predict() called twice without commit()")
         self._frame += 1
-        given_ids, given = self._given_masks(mask, objects, features)
         existing = self.object_ids
         with self._autocast():
-            predicted = self._predict(features, existing, update_sensory=not end)
-            ids = existing + [o for o in given_ids if o not in existing]
-            prob = self._merge(predicted, given, given_ids, ids, features)
+            prob = self._predict(features, existing, update_sensory=not end)
+        if prob is None:
+            prob = features.image.new_ones(1, *features.image.shape[-2:])
+        self._pending = _Pending(features, prob, existing, end)
+        return PropagationResult(unpad(prob, features.padding).float(), existing)
+
+    @torch.inference_mode()
+    def commit(
+        self, mask: torch.Tensor | np.ndarray | None = None, objects: list[int] | None = None
+    ) -> PropagationResult:
+        """Second half of a step: merge given masks (see :meth:`step`) with the pending
+        prediction, write a memory frame when due, and return the frame's result."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise RuntimeError("commit() without a pending predict()")
+        features = pending.features
+        given_ids, given = self._given_masks(mask, objects, features)
+        existing = self.object_ids
+        predicted = _drop_channels(pending.prob, pending.object_ids, existing)
+        ids = existing + [o for o in given_ids if o not in existing]
+        with self._autocast():
+            prob = self._merge(predicted if existing else None, given, given_ids, ids, features)
             is_memory_frame = (
                 bool(given_ids) or self._frame - self._last_memory_frame >= self.mem_every
-            ) and not end
+            ) and not pending.end
             if is_memory_frame and ids:
                 self._write_memory(features, prob[1:].unsqueeze(0), ids)
-        if not end:
+        if not pending.end:
             tracked = self.object_ids
             self._last_prob = prob[1:][[ids.index(o) for o in tracked]].float()
         return PropagationResult(unpad(prob, features.padding).float(), ids)
@@ -274,3 +310,24 @@ class Propagator:
         self.memory.add_frame(key.key, key.shrinkage, key.selection, value, ids)
         self.memory.set_sensory(ids, sensory)
         self._last_memory_frame = self._frame
+
+
+@dataclass
+class _Pending:
+    """A prediction waiting for :meth:`Propagator.commit`."""
+
+    features: FrameFeatures
+    prob: torch.Tensor  # (N + 1, H', W') for object_ids
+    object_ids: list[int]
+    end: bool
+
+
+def _drop_channels(prob: torch.Tensor, ids: list[int], keep: list[int]) -> torch.Tensor:
+    """Keep the channels of ``keep`` (a subset of ``ids``, same order); the probability of
+    dropped (deleted) objects goes to the background."""
+    if ids == keep:
+        return prob
+    rows = [1 + ids.index(o) for o in keep]
+    dropped = [1 + i for i, o in enumerate(ids) if o not in set(keep)]
+    background = prob[:1] + prob[dropped].sum(dim=0, keepdim=True)
+    return torch.cat([background, prob[rows]], dim=0)

@@ -349,11 +349,9 @@ class DecoupledTracker:
 
     def _incorporate(self, frame: _Frame, consensus: Segmentation) -> TrackedFrame:
         """Merge the consensus with the propagation at this frame and commit the result."""
-        propagated = None
-        if self._propagator.object_ids:
-            # Read-only step: R_t without writing memory or touching the sensory state.
-            peek = self._propagator.step(features=frame.features, end=True)
-            propagated = self._as_segmentation(peek.index_mask().cpu())
+        # R_t: the propagation of this frame; memory is written by the commit below.
+        peek = self._propagator.predict(features=frame.features)
+        propagated = self._as_segmentation(peek.index_mask().cpu()) if peek.object_ids else None
         merged = merge_with_consensus(
             propagated,
             consensus,
@@ -362,11 +360,7 @@ class DecoupledTracker:
             max_objects=self.config.max_objects,
         )
         commit = self._apply_removals(merged)
-        self._propagator.step(
-            features=frame.features,
-            mask=commit.to(self._propagator.device),
-            objects=self._registry.ids,
-        )
+        self._propagator.commit(commit.to(self._propagator.device), objects=self._registry.ids)
         return self._from_ids(frame, merged.segmentation, merged.removed_ids)
 
     def _apply_removals(self, merged: MergeResult) -> torch.Tensor:
