@@ -29,10 +29,13 @@ from deva.metrics import jf_sequence, jf_summary
 from deva.modeling.weights import build_model, pick_device
 
 log = logging.getLogger("demo")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(cfg) -> dict[str, float]:
     weights = cfg.model.weights
+    if weights and not Path(weights).is_file() and (REPO / weights).is_file():
+        weights = str(REPO / weights)  # the embedded checkpoint, from any working directory
     if weights and not Path(weights).is_file():
         raise FileNotFoundError(f"weights file not found: {weights} (model.weights=null: random)")
     out = Path(cfg.output)
