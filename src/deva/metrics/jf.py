@@ -157,6 +157,22 @@ class SequenceJF:
         return int(self.j.shape[0])
 
 
+def _as_sequences(
+    preds: np.ndarray | Tensor, target: np.ndarray | Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """int64 (T, H, W) copies of prediction and ground truth (a single frame gets T = 1)."""
+    pred = to_numpy(preds).astype(np.int64, copy=False)
+    gt = to_numpy(target).astype(np.int64, copy=True)
+    if pred.ndim == 2:
+        pred, gt = pred[None], gt[None]
+    if pred.ndim != 3 or pred.shape != gt.shape:
+        raise ValueError(
+            f"preds and target must both be (T, H, W) with equal shapes, got "
+            f"{tuple(pred.shape)} and {tuple(gt.shape)}"
+        )
+    return pred, gt
+
+
 def jf_sequence(
     preds: np.ndarray | Tensor,
     target: np.ndarray | Tensor,
@@ -177,15 +193,7 @@ def jf_sequence(
             silently stops there); otherwise such labels are ignored.
         num_objects: override the object count (default: max label of the first GT frame).
     """
-    pred = to_numpy(preds).astype(np.int64, copy=False)
-    gt = to_numpy(target).astype(np.int64, copy=True)
-    if pred.ndim == 2:
-        pred, gt = pred[None], gt[None]
-    if pred.ndim != 3 or pred.shape != gt.shape:
-        raise ValueError(
-            f"preds and target must both be (T, H, W) with equal shapes, got "
-            f"{tuple(pred.shape)} and {tuple(gt.shape)}"
-        )
+    pred, gt = _as_sequences(preds, target)
     gt[gt == VOID_LABEL] = 0
     if (gt.size and gt.min() < 0) or (pred.size and pred.min() < 0):
         raise ValueError("masks must hold non-negative labels")
@@ -253,15 +261,7 @@ def jf_unsupervised_sequence(
     """
     from scipy.optimize import linear_sum_assignment
 
-    pred = to_numpy(preds).astype(np.int64, copy=False)
-    gt = to_numpy(target).astype(np.int64, copy=True)
-    if pred.ndim == 2:
-        pred, gt = pred[None], gt[None]
-    if pred.ndim != 3 or pred.shape != gt.shape:
-        raise ValueError(
-            f"preds and target must both be (T, H, W) with equal shapes, got "
-            f"{tuple(pred.shape)} and {tuple(gt.shape)}"
-        )
+    pred, gt = _as_sequences(preds, target)
     void = gt == VOID_LABEL
     gt[void] = 0
     n_gt = int(gt[0].max(initial=0)) if gt.shape[0] else 0
