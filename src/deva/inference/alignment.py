@@ -10,27 +10,21 @@ return; it never touches a :class:`~deva.inference.propagator.Propagator`'s memo
 state or frame counter. Image features are taken from the frames' cached
 :class:`~deva.inference.propagator.FrameFeatures`, so no image is encoded twice.
 
-The computation is what a fresh propagator would do on the two frames: the source masks are
-softened exactly like given masks, encoded with a zero sensory memory (deep update on), read
-at the target with top-k, decoded with the source masks as the "previous mask", aggregated,
-and turned back into ids by arg-max.
+The computation is a fresh, throw-away :class:`Propagator` run on the two frames: the source
+masks are given masks (memory frame, zero sensory memory, deep update), the target is read
+with top-k without any update, and the probabilities are turned back into ids by arg-max.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import torch
 
-from deva.inference.propagator import FrameFeatures
+from deva.inference.memory import MemoryConfig
+from deva.inference.propagator import FrameFeatures, Propagator
 from deva.inference.segmentation import Segmentation
-from deva.io.padding import pad_to_multiple, unpad
-from deva.modeling.propagation import (
-    KeyProjection,
-    PropagationModel,
-    aggregate_probabilities,
-)
+from deva.modeling.propagation import PropagationModel
 
 DEFAULT_TOP_K = 30
 
@@ -80,52 +74,16 @@ def align_segmentation(
     ids, masks = _one_hot(segmentation, source.size)
     if not ids:
         return Segmentation(mask=torch.zeros(target.size, dtype=torch.long), segments=[])
-    device = source.image.device
-    # Given masks are softened the way the propagator softens them (aggregation + softmax).
-    padded = pad_to_multiple(masks.to(device), 16)[0]
-    prob = torch.softmax(aggregate_probabilities(padded, dim=0), dim=0)[1:].unsqueeze(0)
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
+    # A throw-away propagator is the temporary one-frame memory: the source frame with its
+    # masks as given masks, then a read-only (end) step at the target.
+    temporary = Propagator(
+        model,
+        MemoryConfig(top_k=top_k, long_term=False),
+        chunk_size=chunk_size,
+        autocast_dtype=autocast_dtype,
     )
-    with autocast:
-        key = source.key
-        sensory = model.init_sensory(1, len(ids), tuple(key.key.shape[-2:]), like=key.key)
-        value, sensory = model.encode_mask(
-            source.image,
-            source.pixel,
-            sensory,
-            prob.to(source.image.dtype),
-            deep_update=True,
-            chunk_size=chunk_size,
-        )
-        # Affinities in float32 with autocast off: squared distances overflow half precision.
-        with torch.autocast(device.type, enabled=False):
-            query = KeyProjection(
-                key=target.key.key.float(),
-                shrinkage=target.key.shrinkage.float(),
-                selection=target.key.selection.float(),
-            )
-            readout = model.read_memory(
-                query,
-                key.key.flatten(2).float(),
-                key.shrinkage.flatten(2).float(),
-                value.flatten(3).float(),
-                top_k=top_k,
-            )
-        _, logits = model.segment(
-            target.pixel,
-            readout,
-            sensory,
-            prob.to(readout.dtype),
-            update_sensory=False,
-            chunk_size=chunk_size,
-        )
-        _, aligned = model.aggregate(logits)
-    channels = unpad(aligned[0].float(), target.padding).argmax(dim=0).cpu()
-    lut = torch.tensor([0, *ids], dtype=torch.long)
-    out = lut[channels]
+    temporary.step(features=source, mask=masks.to(source.image.device), objects=ids)
+    out = temporary.step(features=target, end=True).index_mask().cpu()
     present = set(torch.unique(out).tolist())
     segments = [dataclasses.replace(s) for s in segmentation.segments if s.id in present]
     return Segmentation(mask=out, segments=segments)

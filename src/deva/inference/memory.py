@@ -28,7 +28,7 @@ from deva.modeling import memory_ops
 class MemoryConfig:
     """Sizes of the inference memory (published defaults)."""
 
-    top_k: int = 30
+    top_k: int | None = 30  # None: full softmax
     long_term: bool = True
     max_working_frames: int = 10
     min_working_frames: int = 5
