@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from deva.io.masks import davis_palette
 from deva.modeling.config import PropagationConfig
 from deva.modeling.losses import (
     BootstrapSchedule,
@@ -419,20 +420,9 @@ class PropagationTrainingModule(LightningModule):
 # -- visualisation ---------------------------------------------------------------------------
 
 
-def palette(num_colors: int = 256) -> torch.Tensor:
-    """(num_colors, 3) float colours in [0, 1]: black for 0, well separated hues after."""
-    index = torch.arange(num_colors, dtype=torch.float64)
-    hue = (index * 0.618033988749895) % 1.0
-    h6 = hue * 6
-    k = torch.stack([(5 + h6) % 6, (3 + h6) % 6, (1 + h6) % 6], dim=1)
-    rgb = 1 - 0.85 * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
-    rgb[0] = 0
-    return rgb.float()
-
-
 def colorize(labels: torch.Tensor) -> torch.Tensor:
     """Integer label maps (..., H, W) → RGB (..., 3, H, W) in [0, 1]."""
-    colors = palette(int(labels.max().item()) + 1 if labels.numel() else 1).to(labels.device)
+    colors = torch.from_numpy(davis_palette()).float().div(255).to(labels.device)
     return colors[labels.long()].movedim(-1, -3)
 
 
