@@ -111,6 +111,8 @@ def test_three_agreeing_proposals_yield_one_with_merged_metadata() -> None:
     assert out.category_id == 7
     assert out.score == pytest.approx((0.9 + 0.6 + 0.3) / 3)
     assert out.isthing is True
+    # every supporting proposal's detection is kept for the tracker's vote
+    assert sorted(out.detections) == [(3, 0.6), (7, 0.3), (7, 0.9)]
     source = result.sources[1]
     expected = frames[result.proposals.frames[source]].mask == 1
     assert torch.equal(seg.mask == 1, expected)
@@ -124,13 +126,13 @@ def test_three_agreeing_proposals_yield_one_with_merged_metadata() -> None:
 def test_tie_prefers_the_key_frame_proposal() -> None:
     # Two identical proposals support each other equally: the key frame's one is chosen.
     frames = [
-        boxes((0, 20, 0, 20, {"category_id": 1}), (25, 35, 25, 35, {"category_id": 4})),
-        boxes((25, 35, 25, 35, {"category_id": 4}), (0, 20, 0, 20, {"category_id": 2})),
+        boxes((0, 20, 0, 20, {"category_id": 2}), (25, 35, 25, 35, {"category_id": 4})),
+        boxes((25, 35, 25, 35, {"category_id": 4}), (0, 20, 0, 20, {"category_id": 1})),
     ]
     result = build_consensus(frames)
     assert sorted(result.sources.values()) == [0, 1]
     assert all(result.proposals.frames[i] == 0 for i in result.sources.values())
-    # Category vote tie (1 vs 2) goes to the selected proposal's own category.
+    # Category vote tie (2 vs 1) goes to the smallest category id, as in the published code.
     by_source = {result.sources[s.id]: s for s in result.segmentation.segments}
     assert by_source[0].category_id == 1
 
@@ -147,6 +149,20 @@ def test_stuff_and_things_never_support_each_other() -> None:
     assert [s.isthing for s in seg.segments] == [False]
     support = support_matrix(np.ones((3, 3)), [True, False, None])
     assert not support.any()
+
+
+def test_isthing_is_ignored_without_separate_things() -> None:
+    frames = [
+        boxes((0, 20, 0, 20, {"isthing": True, "category_id": 1})),
+        boxes((0, 20, 0, 20, {"isthing": False, "category_id": 2})),
+        boxes((0, 20, 0, 20, {"isthing": None, "category_id": 2})),
+    ]
+    seg = in_clip_consensus(frames, separate_things=False)
+    assert len(seg.segments) == 1
+    assert seg.segments[0].category_id == 2
+    assert seg.segments[0].isthing is True  # the selected (key frame) proposal's status
+    support = support_matrix(np.ones((3, 3)), [True, False, None], separate_things=False)
+    assert support.sum() == 6
 
 
 def test_painting_puts_smaller_segments_on_top() -> None:

@@ -136,3 +136,37 @@ def test_youtube_vos_objects_enter_late_and_only_listed_frames(tmp_path: Path) -
     assert 2 not in np.unique(read_index_png(out / "v1" / "00005.png"))
     entered = read_index_png(out / "v1" / "00010.png")
     assert (entered[25:45, 30:60] == 2).mean() > 0.9
+
+
+def test_first_frame_mask_is_resized_with_pixel_centre_nearest() -> None:
+    import torch
+
+    from deva.inference.propagator import Propagator
+    from deva.inference.vos import segment_frames
+    from deva.io.frames import preprocess_frame, restore_probabilities
+    from deva.modeling.config import PropagationConfig
+    from deva.modeling.propagation import PropagationModel, aggregate_probabilities
+
+    torch.manual_seed(0)
+    model = PropagationModel(PropagationConfig.preset("tiny")).eval()
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    given = np.zeros((37, 53), np.int64)
+    given[3:20, 4:30] = 1
+    given[22:25, 10:50] = 2  # thin: its rows move with the sampling rule
+    ((name, out),) = segment_frames(
+        Propagator(model), [("a", frame)], {"a": given}, shorter_side=60
+    )
+    # Expected: pixel-centre nearest to the processing size, soft aggregation, bilinear back.
+    _, geometry = preprocess_frame(frame, shorter_side=60)
+    h, w = geometry.resized_size
+    rows = ((torch.arange(h) + 0.5) * 37 / h).long()
+    cols = ((torch.arange(w) + 0.5) * 53 / w).long()
+    resized = torch.from_numpy(given)[rows][:, cols]
+    p = geometry.padding
+    padded = torch.nn.functional.pad(resized, (p.left, p.right, p.top, p.bottom))
+    one_hot = torch.stack([padded == 1, padded == 2]).float()
+    prob = torch.softmax(aggregate_probabilities(one_hot, dim=0), dim=0)
+    expected = restore_probabilities(prob, geometry).argmax(dim=0).numpy()
+    assert name == "a"
+    np.testing.assert_array_equal(out, expected)

@@ -100,7 +100,8 @@ def _owta_data() -> list[tuple]:
 
 
 def _run_all(rank: int, world: int) -> dict[str, dict[str, float]]:
-    jf, lonely = JAndF(), JAndF()
+    # .to() as a Lightning module or the Predictor does (it used to reset float64 states)
+    jf, lonely = JAndF(), JAndF().to("cpu")
     for i, (p, g) in enumerate(_jf_data()):
         if i % world == rank:
             jf.update(torch.from_numpy(p), torch.from_numpy(g), sequence_id=i)
@@ -115,6 +116,14 @@ def _run_all(rank: int, world: int) -> dict[str, dict[str, float]]:
     for i, (p, g, seq) in enumerate(_stq_data()):
         if (i // 2) % world == rank:
             stq.update(p, g, sequence_id=seq)
+    # Nothing predicted and nothing of the things class anywhere: some STQ tables are empty
+    # on every rank (gloo cannot gather tensors that are empty everywhere).
+    blank = SegmentationAndTrackingQuality(num_classes=3, thing_ids=[1, 2]).to("cpu")
+    if rank == 0:  # rank 1 sees nothing at all
+        gt = np.zeros((4, 5), dtype=np.int64)
+        gt[1:3, 1:4] = (1 << 16) + 1  # one thing (class 1, instance 1), never predicted
+        for _ in range(3):
+            blank.update(np.zeros_like(gt), gt, sequence_id=0)
     owta = OpenWorldTrackingAccuracy(splits=("all", "common"))
     for i, item in enumerate(_owta_data()):
         if i % world == rank:
@@ -126,6 +135,7 @@ def _run_all(rank: int, world: int) -> dict[str, dict[str, float]]:
             ("lonely", lonely),
             ("vpq", vpq),
             ("stq", stq),
+            ("blank", blank),
             ("owta", owta),
         )
     }

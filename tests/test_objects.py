@@ -51,13 +51,12 @@ def test_category_vote_score_mean_and_segment() -> None:
     assert obj.category_id is None and obj.score is None
     obj.add_detection(5, 0.9)
     obj.add_detection(2, None)
-    assert obj.category_id == 5  # tie: first voted wins
-    obj.add_detection(2, 0.3)
-    obj.add_detection(None, 0.3)
-    assert obj.category_id == 2
+    assert obj.category_id == 2  # tie: the smallest category id wins, not the first voted
+    obj.add_detections([(5, 0.3), (None, 0.3)])
+    assert obj.category_id == 5
     assert obj.score == pytest.approx(0.5)
     seg = obj.to_segment()
-    assert (seg.id, seg.category_id, seg.isthing) == (3, 2, True)
+    assert (seg.id, seg.category_id, seg.isthing) == (3, 5, True)
     assert seg.score == pytest.approx(0.5)
 
 
@@ -71,3 +70,17 @@ def test_miss_counter_and_association() -> None:
     assert registry[obj.id].missed == 0
     assert registry[obj.id].score == pytest.approx(0.5)
     assert [o.id for o in registry] == [obj.id]
+
+
+def test_create_and_associate_with_several_detections() -> None:
+    registry = ObjectRegistry()
+    obj = registry.create(category_id=9, score=0.1, detections=[(4, 0.2), (7, 0.4), (7, None)])
+    assert obj.category_id == 7  # the given list replaces category_id / score
+    assert obj.score == pytest.approx(0.3)
+    obj.missed = 2
+    registry.mark_associated(obj.id, detections=[(4, 0.6), (4, None)])
+    assert obj.category_id == 4 and obj.missed == 0
+    assert obj.score == pytest.approx(0.4)
+    obj.missed = 2
+    registry.reset_missed(obj.id)
+    assert obj.missed == 0 and obj.category_id == 4

@@ -148,9 +148,9 @@ def test_semi_online_outputs_are_delayed_and_flushed(model, video) -> None:
     tracker = DecoupledTracker(model, segmenter, config)
     ready = [[r.index for r in tracker.step(n, f)] for n, f in _frames(video, 7)]
     assert ready == [[], [], [0, 1, 2], [3], [4], [], []]
+    # the clip 5..7 does not fit in the 7 frames: 5 and 6 are only propagated
     assert [r.index for r in tracker.finish()] == [5, 6]
-    # the whole clip is segmented, and only the clips
-    assert segmenter.calls == ["00000", "00001", "00002", "00005", "00006"]
+    assert segmenter.calls == ["00000", "00001", "00002"]
     with pytest.raises(RuntimeError, match="reset"):
         tracker.step(*_frames(video, 1)[0])
 
@@ -163,18 +163,20 @@ def test_online_detects_every_n_frames(model, video) -> None:
     assert segmenter.calls == ["00000", "00005", "00010"]
 
 
-def test_deletion_after_exactly_max_missed_detections(model, video) -> None:
+def test_deletion_when_misses_exceed_max_missed(model, video) -> None:
     dets = [_box_segmentation((20, 60, 30, 90))] + [_empty()] * (T - 1)
     config = _config(TrackingMode.ONLINE, detect_every=2, max_missed=3)
     tracker = DecoupledTracker(model, ListSegmenter(dets), config)
     results = list(tracker.stream(_frames(video)))
     removal = [r.index for r in results if r.removed_ids]
-    # misses at frames 2, 4, 6: deleted at the third
-    assert removal == [6]
-    assert results[6].removed_ids == [1]
+    # misses at frames 2, 4, 6, 8: deleted at the fourth (L + 1 = 4), as published
+    assert removal == [8]
+    assert results[8].removed_ids == [1]
     assert tracker.registry.ids == []
     assert tracker.propagator.object_ids == []
-    assert all(not r.mask.any() for r in results[7:])
+    # the deletion frame itself no longer shows the object
+    assert results[7].mask.any()
+    assert all(not r.mask.any() and r.segments == [] for r in results[8:])
 
 
 def test_empty_detections_everywhere(model, video) -> None:
@@ -241,8 +243,9 @@ def test_max_objects_cap_warns(model, video, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         results = list(tracker.stream(_frames(video)))
     assert "max_objects" in caplog.text
-    assert max(len(r.segments) for r in results) <= 2
-    assert len(tracker.registry) <= 2
+    # 0 live objects + 4 detections > 2 on every merge: all detections are discarded
+    assert all(r.segments == [] for r in results)
+    assert tracker.registry.next_id == 1
 
 
 def test_detection_frames_become_memory_frames(model, video) -> None:
@@ -270,3 +273,7 @@ def test_config_validation() -> None:
         TrackerConfig(mode="sometimes")
     with pytest.raises(ValueError, match="clip_size"):
         TrackerConfig(clip_size=0)
+    assert TrackerConfig(max_missed=0).max_missed == 0  # delete at the first miss
+    with pytest.raises(ValueError, match="max_missed"):
+        TrackerConfig(max_missed=-1)
+    assert not TrackerConfig().incremental and not TrackerConfig().panoptic

@@ -342,7 +342,11 @@ def test_track_bad_input(track, synthetic: Path, tmp_path: Path, capsys) -> None
         ([f"input={tmp_path / 'missing'}", "output=/tmp/x"], "not found"),
         ([f"input={synthetic / 'JPEGImages' / 'video_000'}", "output=/tmp/x"], "detections="),
         (
-            [f"input={synthetic / 'JPEGImages' / 'video_000'}", "segmenter=sam", "output=/tmp/x"],
+            [
+                f"input={synthetic / 'JPEGImages' / 'video_000'}",
+                "segmenter=nonsense",
+                "output=/tmp/x",
+            ],
             "not available",
         ),
     ]

@@ -62,6 +62,7 @@ def test_two_process_ddp_keeps_ranks_in_sync(tmp_path: Path) -> None:
             "stage.lr=1e-3",
             "checkpoint.every_n_steps=0",
             "export.weights=false",
+            "validation.at_start=false",
             "validation.at_end=true",
             "validation.every_n_steps=0",
         ],

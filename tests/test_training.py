@@ -42,6 +42,7 @@ def steps(n: int, *extra: str) -> list[str]:
     return [
         "trainer.fast_dev_run=false",
         f"stage.iterations={n}",
+        "validation.at_start=false",
         "validation.at_end=false",
         "validation.every_n_steps=0",
         *extra,
@@ -132,7 +133,7 @@ def test_checkpoint_alone_rebuilds_the_model(tmp_path: Path) -> None:
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)  # plain containers only
     hparams = raw["hyper_parameters"]
     assert hparams["model_config"] == TINY
-    assert hparams["train_config"]["stage"]["name"] == "synthetic"
+    assert hparams["train_config"]["stage"]["name"] == "quick"
     assert (ckpt.parent / "config.yaml").is_file() and (tmp_path / "config.yaml").is_file()
     model = PropagationModel.from_pretrained(ckpt)
     module = PropagationTrainingModule.load_from_checkpoint(ckpt, map_location="cpu")

@@ -34,16 +34,12 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from deva import scoring
 from deva.io import burst, davis, vipseg
 from deva.metrics._common import nan_to_none
 from deva.metrics.jf import JAndF
-from deva.metrics.owta import (
-    OpenWorldTrackingAccuracy,
-    owta_sequence_stats_from_similarity,
-    owta_summary,
-)
-from deva.metrics.stq import SegmentationAndTrackingQuality, instance_numbering, vipseg_stq_labels
-from deva.metrics.vpq import VideoPanopticQuality, vpq_summary, vpq_video_stats
+from deva.metrics.owta import OpenWorldTrackingAccuracy, owta_summary
+from deva.metrics.vpq import VideoPanopticQuality, vpq_summary
 
 log = logging.getLogger("score")
 METRICS = ("jf", "vpq", "stq", "owta")
@@ -150,15 +146,7 @@ def score_vpq(cfg: DictConfig) -> dict[str, Any]:
             gt, video, pred_dir, preds[video.video_id]
         )
         try:
-            stats = vpq_video_stats(
-                gt_ids,
-                pred_ids,
-                gt_segs,
-                pred_segs,
-                num_categories=metric.num_categories,
-                window_sizes=windows,
-                known_categories=set(gt.isthing),
-            )
+            stats = scoring.vpq_stats(metric, gt_ids, pred_ids, gt_segs, pred_segs)
         except ValueError as error:
             raise ValueError(f"video {video.video_id!r}: {error}") from error
         metric.update_stats(stats)
@@ -171,24 +159,16 @@ def score_vpq(cfg: DictConfig) -> dict[str, Any]:
 def score_stq(cfg: DictConfig) -> dict[str, Any]:
     """STQ / AQ / SQ of VIPSeg-format predictions (deeplab2 definition)."""
     gt, pred_dir, preds = _vipseg_videos(cfg)
-    num_classes = int(cfg.get("num_classes", max(gt.isthing) + 1))
-    things = [c for c, isthing in gt.isthing.items() if isthing]
-    metric = SegmentationAndTrackingQuality(num_classes, things)
+    metric = scoring.stq_metric(gt.isthing, cfg.get("num_classes"))
     ids: dict[int, str] = {}
     for index, video in enumerate(_progress(gt.videos, "STQ")):
         gt_ids, pred_ids, gt_segs, pred_segs = vipseg.read_video(
             gt, video, pred_dir, preds[video.video_id], strict=bool(cfg.get("strict", True))
         )
-        gt_inst, pred_inst = instance_numbering(gt_segs), instance_numbering(pred_segs)
-        for t in range(gt_ids.shape[0]):
-            try:
-                metric.update(
-                    vipseg_stq_labels(pred_ids[t], pred_segs[t], pred_inst),
-                    vipseg_stq_labels(gt_ids[t], gt_segs[t], gt_inst),
-                    sequence_id=index,
-                )
-            except ValueError as error:
-                raise ValueError(f"video {video.video_id!r}, frame {t}: {error}") from error
+        try:
+            scoring.update_stq(metric, gt_ids, pred_ids, gt_segs, pred_segs, index)
+        except ValueError as error:
+            raise ValueError(f"video {video.video_id!r}, {error}") from error
         ids[index] = video.video_id
     result: dict[str, Any] = {k: float(v) for k, v in metric.compute().items()}
     result["per_sequence"] = {ids[s]: v for s, v in metric.per_sequence().items()}
@@ -223,15 +203,8 @@ def score_owta(cfg: DictConfig) -> dict[str, Any]:
         gt = burst.load_burst(gt_dir / burst.SPLIT_FILES[split])
         rows: dict[str, Any] = {}
         for gt_seq, pred_seq in _progress(burst.match_predictions(gt, pred), f"OWTA {split}"):
-            inputs = burst.owta_inputs(
+            stats = scoring.owta_stats(
                 gt_seq, pred_seq, max_detections=max_dets, similarity=similarity
-            )
-            stats = owta_sequence_stats_from_similarity(
-                inputs.gt_ids,
-                inputs.pred_ids,
-                inputs.similarities,
-                remove_unmatched=inputs.remove_unmatched,
-                neg_category=inputs.neg_category,
             )
             metric.update_stats(stats, split=split)
             rows[f"{gt_seq.dataset}/{gt_seq.seq_name}"] = owta_summary(stats)

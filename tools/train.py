@@ -17,7 +17,7 @@ import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from deva.config import ConfigError, compose
+from deva.config import ConfigError, compose, quote_paths
 
 log = logging.getLogger("train")
 
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0
     try:
-        cfg = compose("train", argv)
+        cfg = compose("train", quote_paths(argv, ("ckpt_path", "output_dir", "model.weights")))
         from deva.training.train import summary_lines, train
 
         result = train(cfg)

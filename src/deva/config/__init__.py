@@ -47,6 +47,18 @@ def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
     return cfg
 
 
+def quote_paths(overrides: list[str], keys: tuple[str, ...]) -> list[str]:
+    """Quote the values of path-valued ``keys`` so that characters the override grammar
+    reserves (``=``, spaces, brackets, as in ``ckpt=run/step=100.ckpt``) survive."""
+    out = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key in keys and value and value[0] not in "'\"" and "'" not in value:
+            item = f"{key}='{value}'"
+        out.append(item)
+    return out
+
+
 def to_yaml(cfg: DictConfig) -> str:
     """The resolved config as YAML (saved next to outputs and checkpoints)."""
     return OmegaConf.to_yaml(cfg, resolve=True)

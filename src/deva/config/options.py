@@ -35,7 +35,11 @@ def memory_config(cfg: Any) -> MemoryConfig:
 
 
 def tracker_config(cfg: Any, device: torch.device) -> TrackerConfig:
-    """The tracker keys (mode, detect_every, clip_size, ...) → :class:`TrackerConfig`."""
+    """The tracker keys (mode, detect_every, clip_size, ...) → :class:`TrackerConfig`.
+
+    ``benchmark=vipseg`` (panoptic input) matches things and stuff separately; every other
+    input (generic detections, BURST, segmenters) is matched in one group.
+    """
     return TrackerConfig(
         mode=TrackingMode.parse(cfg.mode),
         detect_every=cfg.detect_every,
@@ -47,6 +51,8 @@ def tracker_config(cfg: Any, device: torch.device) -> TrackerConfig:
         memory=memory_config(cfg),
         chunk_size=cfg.chunk_size,
         autocast_dtype=autocast_dtype(cfg.amp, device),
+        panoptic=cfg.get("benchmark") == "vipseg",
+        incremental=bool(cfg.get("incremental", False)),
     )
 
 

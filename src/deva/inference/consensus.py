@@ -10,8 +10,14 @@ node weights
     w_i = Σ_{j ≠ i, IoU_ij > 0.5} IoU_ij − α,
 
 which we solve exactly: per connected component, by branch and bound when it is small and
-with scipy's HiGHS ``milp`` otherwise. Proposals of different ``isthing`` status (True, False,
-None = unknown) never support, and therefore never conflict with, each other.
+with scipy's HiGHS ``milp`` otherwise. With ``separate_things`` (panoptic input, the default
+here) proposals of different ``isthing`` status (True, False, None = unknown) never support,
+and therefore never conflict with, each other; the tracker turns this off for generic and BURST
+input, where all proposals form one group.
+
+Each output segment lists in ``Segment.detections`` the (category, score) of its selected
+proposal and of all its supporters, so that the tracker's category vote and mean score run over
+every detection behind an object, as in the published implementation.
 
 Notation: F frames in the clip, P proposals over all frames, H×W the key frame's size.
 """
@@ -175,15 +181,19 @@ def support_matrix(
     isthing: Sequence[bool | None],
     *,
     iou_threshold: float = IOU_THRESHOLD,
+    separate_things: bool = True,
 ) -> np.ndarray:
     """(P, P) bool: j supports i (IoU > threshold, i ≠ j, same ``isthing`` status).
 
     The same relation is the conflict graph of eq. 7: supporting proposals cannot both be
-    selected. ``None`` (unknown status) is a group of its own.
+    selected. ``None`` (unknown status) is a group of its own. Without ``separate_things``
+    the status is ignored (one group).
     """
-    status = np.array([{True: 1, False: 2, None: 0}[_as_status(s)] for s in isthing], dtype=int)
-    same = status[:, None] == status[None, :]
-    support = (iou > iou_threshold) & same
+    support = iou > iou_threshold
+    if separate_things:
+        groups = [{True: 1, False: 2, None: 0}[_as_status(s)] for s in isthing]
+        status = np.array(groups, dtype=int)
+        support &= status[:, None] == status[None, :]
     np.fill_diagonal(support, False)
     return support
 
@@ -310,18 +320,25 @@ def _milp(weights: np.ndarray, conflict: np.ndarray) -> np.ndarray:
 def merge_metadata(segments: Sequence[Segment], *, new_id: int) -> Segment:
     """One segment record from several: majority category, mean score, shared ``isthing``.
 
-    Category ties go to the category seen first (callers list the selected proposal first);
-    missing values (None) do not vote; ``isthing`` is the first non-None value.
+    The vote and the mean run over all detections behind the segments (their
+    ``merged_detections``), which the result keeps in ``detections``. Category ties go to
+    the smallest category id; missing values (None) do not vote; ``isthing`` is the first
+    non-None value (callers list the selected proposal first).
     """
-    votes = Counter(s.category_id for s in segments if s.category_id is not None)
-    category = votes.most_common(1)[0][0] if votes else None
-    scores = [float(s.score) for s in segments if s.score is not None]
+    detections = tuple(d for s in segments for d in s.merged_detections())
+    votes = Counter(int(c) for c, _ in detections if c is not None)
+    category = None
+    if votes:
+        top = max(votes.values())
+        category = min(c for c, n in votes.items() if n == top)
+    scores = [float(score) for _, score in detections if score is not None]
     isthing = next((s.isthing for s in segments if s.isthing is not None), None)
     return Segment(
         id=new_id,
         category_id=category,
         score=sum(scores) / len(scores) if scores else None,
         isthing=None if isthing is None else bool(isthing),
+        detections=detections,
     )
 
 
@@ -329,6 +346,8 @@ def paint_by_area(
     index_maps: torch.Tensor,
     groups: Sequence[Sequence[int]],
     areas: Sequence[int],
+    *,
+    later_on_top: bool = False,
 ) -> torch.Tensor:
     """Render output segments in descending area, so smaller segments end up on top.
 
@@ -336,18 +355,22 @@ def paint_by_area(
         index_maps: (F, H, W) maps of 1 + flat proposal index (0 = none), as in ProposalSet.
         groups: per output segment, the flat indices of the proposals it is the union of; a
             proposal belongs to at most one group.
-        areas: per output segment, its area (of the union), which sets the painting order;
-            equal areas put the earlier group on top.
+        areas: per output segment, its area (of the union), which sets the painting order.
+        later_on_top: among equal areas, the later group ends on top (a stable sort by
+            descending area, painted in that order); otherwise the earlier one does.
 
     Returns:
         (H, W) int64 map of 1 + group index (0 = background).
     """
-    num_props = int(index_maps.max()) if index_maps.numel() else 0
-    if len(groups) == 0 or num_props == 0:
+    painted_max = int(index_maps.max()) if index_maps.numel() else 0
+    if len(groups) == 0 or painted_max == 0:
         return torch.zeros(index_maps.shape[1:], dtype=torch.long)
-    # Painting order: descending area, later group first among equal areas, so that after
-    # painting (later wins) equal areas leave the earlier group on top.
-    order = sorted(range(len(groups)), key=lambda g: (-int(areas[g]), -g))
+    # Proposals without pixels may have indices beyond the largest one in the maps.
+    num_props = max([painted_max, *(p + 1 for members in groups for p in members)])
+    # Painting order: descending area; among equal areas the group that must end on top is
+    # painted last (later paint wins).
+    tie = 1 if later_on_top else -1
+    order = sorted(range(len(groups)), key=lambda g: (-int(areas[g]), tie * g))
     priority = np.zeros(len(groups), dtype=np.int64)
     priority[order] = np.arange(1, len(groups) + 1)
     prop_priority = np.zeros(num_props + 1, dtype=np.int64)
@@ -366,17 +389,22 @@ def build_consensus(
     alpha: float = ALPHA,
     iou_threshold: float = IOU_THRESHOLD,
     max_search_size: int = MAX_SEARCH_SIZE,
+    separate_things: bool = True,
 ) -> ConsensusResult:
     """In-clip consensus with its intermediate results (see ``in_clip_consensus``)."""
     props = build_proposals(proposals)
     if len(proposals) == 1:
-        # Online setting (n = 1): the consensus is the segmentation itself (§3.2.1).
-        selected = props.areas > 0
+        # Online setting (n = 1): the consensus is the segmentation itself (§3.2.1), segments
+        # without pixels included (no minimum area: they still become objects).
+        selected = np.ones(len(props), dtype=bool)
         weights = np.zeros(len(props))
         supporters = {i: [i] for i in np.flatnonzero(selected).tolist()}
     else:
         support = support_matrix(
-            props.iou, [s.isthing for s in props.segments], iou_threshold=iou_threshold
+            props.iou,
+            [s.isthing for s in props.segments],
+            iou_threshold=iou_threshold,
+            separate_things=separate_things,
         )
         weights = proposal_weights(props.iou, support, alpha=alpha)
         selected = max_weight_independent_set(weights, support, max_search_size=max_search_size)
@@ -393,7 +421,7 @@ def build_consensus(
     relabel = np.zeros(len(chosen) + 1, dtype=np.int64)
     segments, sources, merged_from = [], {}, {}
     for g, index in enumerate(chosen):
-        if not bool(present[g]):
+        if not bool(present[g]) and len(proposals) > 1:
             continue
         new_id = len(segments) + 1
         relabel[g + 1] = new_id
@@ -424,23 +452,31 @@ def in_clip_consensus(
     alpha: float = ALPHA,
     iou_threshold: float = IOU_THRESHOLD,
     max_search_size: int = MAX_SEARCH_SIZE,
+    separate_things: bool = True,
 ) -> Segmentation:
     """The consensus C_t of a clip's segmentations, all aligned to the key frame t.
 
     Args:
         proposals: per clip frame a Segmentation at the key frame's (H, W), key frame first
             (already aligned by the caller, eq. 1). With a single frame the result is that
-            frame's segmentation (online setting).
+            frame's segmentation (online setting), segments without pixels included.
         alpha: penalty per selected proposal (eq. 8).
         iou_threshold: IoU above which proposals support / conflict with each other.
         max_search_size: largest conflict component solved by branch and bound.
+        separate_things: proposals of different ``isthing`` never support each other
+            (panoptic input); False puts all proposals in one group.
 
     Returns:
         The selected proposals painted in descending area (smaller on top), with fresh ids
-        1..K; each segment's category is the vote of the selected proposal and its supporters,
-        its score their mean score. Selected proposals fully covered by smaller ones are left
-        out.
+        1..K; each segment's category is the vote of the selected proposal and its supporters
+        (ties: smallest id), its score their mean score, and ``detections`` lists all their
+        (category, score) pairs. With several frames, selected proposals fully covered by
+        smaller ones are left out.
     """
     return build_consensus(
-        proposals, alpha=alpha, iou_threshold=iou_threshold, max_search_size=max_search_size
+        proposals,
+        alpha=alpha,
+        iou_threshold=iou_threshold,
+        max_search_size=max_search_size,
+        separate_things=separate_things,
     ).segmentation

@@ -1,20 +1,40 @@
 """Merging propagation and consensus, and deleting inactive objects (paper §3.2.2).
 
-Propagated segments R_t (ids = registry object ids) and consensus segments C_t are associated
-when their IoU exceeds 0.5 and they have the same ``isthing`` status (things, stuff and
-unknown are matched separately). Both sides are non-overlapping segmentations, so each segment
-has at most one partner above 0.5 and the greedy matching is the optimal one (eq. 10).
+We follow the published implementation where it is more specific than (or differs from) the
+paper's wording, because the paper's numbers were produced by that code and users compare our
+scores with those tables. One merge, in order:
 
-The output follows eq. 9: associated pairs become r_i ∪ c_j under the object's id, unassociated
-propagated segments and unassociated consensus segments pass through, the latter as new
-objects. Where these segments overlap (a union's consensus part reaching into another object,
-say), the paper's rule from §3.2.1 applies: segments are painted in descending area — the
-area of the union for associated pairs — so the smaller segment keeps the contested pixels.
+1. **Associate.** Propagated segments R_t (ids = registry object ids) and consensus segments
+   C_t are associated when their IoU exceeds 0.5 (eq. 10). Both sides are non-overlapping
+   segmentations, so each segment has at most one partner above 0.5 and the greedy matching
+   is the optimal one. ``isthing`` splits the matching into groups (things, stuff, unknown)
+   only with ``separate_things`` (panoptic, VIPSeg-style input); for generic and BURST input
+   all segments are matched in one group.
+2. **Paint** (eq. 9) on an empty canvas: one entry per consensus segment in its order (an
+   associated pair as r_i ∪ c_j under the object's id, an unassociated segment as a new
+   object), then one per unassociated live object in channel order (its propagated mask).
+   Entries are painted in descending area (of the union for pairs), later paint on top, so
+   smaller segments win (§3.2.1) and among equal areas the later entry ends on top. New
+   objects are created in this painting order and without a minimum area: a new object that
+   ends up with no visible pixel is still an object (with an empty mask).
+3. **Count misses.** An associated object's counter is reset to 0; every other live object's
+   counter grows by one, also when the propagation lost it entirely. In ``incremental``
+   mode (automatic segmentation) an unassociated object whose propagated mask is non-empty
+   is reset instead.
+4. **Delete** objects whose counter *exceeds* ``max_missed`` (L), i.e. at the (L+1)-th
+   consecutive miss; ``max_missed=0`` deletes at the first miss. The paper says an object is
+   deleted when its counter *reaches* L; the published code (whose results are the paper's
+   results) deletes one merge later, and so do we. A deleted object's pixels become
+   background (they are not handed to the segment painted below it) and it is not in the
+   output's segments. ``MergeResult.removed_ids`` tells the caller to drop it from the
+   registry and the memory.
 
-Every live object's miss counter is reset when it associates and incremented otherwise
-(including objects that the propagation lost entirely); an object whose counter reaches
-``max_missed`` is reported in ``MergeResult.removed_ids``. It still appears in this frame's
-output (eq. 9 passes it through); the caller removes it from the memory and the registry.
+``max_objects``: when the live objects plus this merge's consensus segments would exceed the
+cap, all consensus segments are discarded (nothing associates; every live object misses).
+
+Categories and scores: an object's category is the most frequent one over all detections
+merged into it (``Segment.merged_detections``: a consensus segment brings every supporting
+proposal), ties to the smallest id; its score is their mean (see ``ObjectRegistry``).
 """
 
 from __future__ import annotations
@@ -39,9 +59,12 @@ class MergeResult:
     """Outcome of one merge.
 
     Attributes:
-        segmentation: M_t, ids = registry object ids, metadata from the registry.
-        added_ids: objects created from unassociated consensus segments, in creation order.
-        removed_ids: objects that reached ``max_missed`` consecutive misses, in channel order;
+        segmentation: M_t, ids = registry object ids, metadata from the registry; removed
+            objects have no pixel and no segment in it. Objects without pixels (lost by the
+            propagation, or new and covered by smaller segments) are not listed either.
+        added_ids: objects created from unassociated consensus segments, in creation (=
+            painting) order; some may have no pixel in ``segmentation``.
+        removed_ids: objects whose consecutive misses exceed ``max_missed``, in channel order;
             they are still in the registry: call ``registry.remove(removed_ids)`` to get the
             memory channels to drop.
         associations: object id -> id of the consensus segment merged into it.
@@ -99,98 +122,113 @@ def merge_with_consensus(
     iou_threshold: float = IOU_THRESHOLD,
     max_missed: int = MAX_MISSED,
     max_objects: int | None = None,
+    separate_things: bool = True,
+    incremental: bool = False,
 ) -> MergeResult:
     """Merge the propagated segmentation R_t with the consensus C_t into M_t (eq. 9).
 
     Args:
-        propagated: R_t with registry object ids (None or empty on the first frame).
+        propagated: R_t with registry object ids (None or empty on the first frame); live
+            objects absent from it have an empty propagated mask.
         consensus: C_t at the same (H, W); its ids are arbitrary.
         registry: the live objects; updated in place (votes, miss counters, new objects).
         iou_threshold: association threshold (0.5 in the paper).
-        max_missed: consecutive misses after which an object is reported for deletion (L).
-        max_objects: cap on live objects; new objects beyond it are dropped with a warning.
-            Objects reported for deletion in this call do not count towards the cap.
+        max_missed: an object is deleted when its consecutive misses exceed this (L >= 0).
+        max_objects: cap on live objects; when ``len(registry) + len(consensus.segments)``
+            exceeds it, the consensus is discarded (with a warning).
+        separate_things: match things, stuff and unknown separately (panoptic input).
+        incremental: an unassociated object with a non-empty propagated mask is reset
+            instead of counting a miss.
 
     Returns:
-        A ``MergeResult``. Each object's category is the vote over the consensus segments
-        merged into it (its creating segment included), its score their mean.
+        A ``MergeResult`` whose segmentation has no pixel of the removed objects.
     """
-    if max_missed < 1:
-        raise ValueError(f"max_missed must be >= 1, got {max_missed}")
+    if max_missed < 0:
+        raise ValueError(f"max_missed must be >= 0, got {max_missed}")
+    shape = tuple(torch.as_tensor(consensus.mask).shape)
     if propagated is None:
-        propagated = Segmentation(mask=torch.zeros_like(torch.as_tensor(consensus.mask)))
+        propagated = Segmentation(mask=torch.zeros(shape, dtype=torch.long))
     unknown = [s.id for s in propagated.segments if s.id not in registry]
     if unknown:
         raise ValueError(f"propagated ids {unknown} are not live objects; live: {registry.ids}")
+    cons = list(consensus.segments)
+    if max_objects is not None and cons and len(registry) + len(cons) > max_objects:
+        logger.warning(
+            "max_objects=%d: %d live objects + %d detections exceed it; discarding the detections",
+            max_objects,
+            len(registry),
+            len(cons),
+        )
+        cons = []
+        consensus = Segmentation(mask=torch.zeros(shape, dtype=torch.long))
     props = build_proposals([propagated, consensus])
     n_r = len(propagated.segments)
     r_ids = [int(s.id) for s in propagated.segments]
-    cons = consensus.segments
-    cross = props.iou[:n_r, n_r:]
-    pairs = associate(
-        cross,
-        [registry[i].isthing for i in r_ids],
-        [s.isthing for s in cons],
-        iou_threshold=iou_threshold,
-    )
-    partner = dict(pairs)
+    row_of = {object_id: r for r, object_id in enumerate(r_ids)}
+    status_r = [registry[i].isthing for i in r_ids] if separate_things else [None] * n_r
+    status_c = [s.isthing for s in cons] if separate_things else [None] * len(cons)
+    pairs = associate(props.iou[:n_r, n_r:], status_r, status_c, iou_threshold=iou_threshold)
+    row_of_col = {c: r for r, c in pairs}
     associations = {r_ids[r]: int(cons[c].id) for r, c in pairs}
 
-    # Miss counters of every live object, including those absent from R_t.
-    removed_ids = []
-    row_of = {object_id: r for r, object_id in enumerate(r_ids)}
-    for obj in registry:
-        if obj.id in associations:
-            c = cons[partner[row_of[obj.id]]]
-            registry.mark_associated(obj.id, c.category_id, c.score)
-        elif registry.mark_missed(obj.id) >= max_missed:
-            removed_ids.append(obj.id)
-
-    # Output segments: (flat proposal indices, area, object id or None for a new object).
+    # Paint entries: consensus segments in their order, then unassociated live objects in
+    # channel order. Each: (flat proposal indices, area, object id or None for a new object).
     groups: list[list[int]] = []
     areas: list[int] = []
     owners: list[int | None] = []
-    for r in range(n_r):
-        if r in partner:
-            c = n_r + partner[r]
-            groups.append([r, c])
-            areas.append(int(props.areas[r] + props.areas[c] - props.intersections[r, c]))
+    sources: list[int | None] = []  # consensus index of a new object's entry
+    for c in range(len(cons)):
+        flat = n_r + c
+        if c in row_of_col:
+            r = row_of_col[c]
+            groups.append([r, flat])
+            areas.append(int(props.areas[r] + props.areas[flat] - props.intersections[r, flat]))
+            owners.append(r_ids[r])
+            sources.append(None)
         else:
-            groups.append([r])
-            areas.append(int(props.areas[r]))
-        owners.append(r_ids[r])
-    matched = set(partner.values())
-    fresh = [c for c in range(len(cons)) if c not in matched and props.areas[n_r + c] > 0]
-    if max_objects is not None:
-        room = max(0, max_objects - (len(registry) - len(removed_ids)))
-        if len(fresh) > room:
-            logger.warning(
-                "max_objects=%d reached: dropping %d of %d new objects",
-                max_objects,
-                len(fresh) - room,
-                len(fresh),
-            )
-            fresh = fresh[:room]
-    for c in fresh:
-        groups.append([n_r + c])
-        areas.append(int(props.areas[n_r + c]))
-        owners.append(None)
+            groups.append([flat])
+            areas.append(int(props.areas[flat]))
+            owners.append(None)
+            sources.append(c)
+    unassociated = [o for o in registry.ids if o not in associations]
+    for object_id in unassociated:
+        r = row_of.get(object_id)
+        groups.append([] if r is None else [r])
+        areas.append(0 if r is None else int(props.areas[r]))
+        owners.append(object_id)
+        sources.append(None)
 
-    painted = paint_by_area(props.index_maps, groups, areas)
-    present = torch.bincount(painted.reshape(-1), minlength=len(groups) + 1)[1:] > 0
-    slot_to_id = np.zeros(len(groups) + 1, dtype=np.int64)
-    added_ids, segments = [], []
-    for g, owner in enumerate(owners):
-        if not bool(present[g]):
+    # New objects get their ids in painting order (stable sort by descending area).
+    added_ids: list[int] = []
+    for g in sorted(range(len(groups)), key=lambda g: -areas[g]):
+        c = sources[g]
+        if c is None:
             continue
-        if owner is None:
-            # A new consensus segment that kept pixels becomes a new object.
-            c = cons[groups[g][0] - n_r]
-            owner = registry.create(category_id=c.category_id, score=c.score, isthing=c.isthing).id
-            added_ids.append(owner)
-        slot_to_id[g + 1] = owner
-        segments.append(registry[owner].to_segment())
+        seg = cons[c]
+        obj = registry.create(isthing=seg.isthing, detections=seg.merged_detections())
+        owners[g] = obj.id
+        added_ids.append(obj.id)
+    painted = paint_by_area(props.index_maps, groups, areas, later_on_top=True)
+
+    # Miss counters, then deletion (counter > max_missed).
+    for r, c in pairs:
+        registry.mark_associated(r_ids[r], detections=cons[c].merged_detections())
+    for object_id in unassociated:
+        r = row_of.get(object_id)
+        if incremental and r is not None and props.areas[r] > 0:
+            registry.reset_missed(object_id)
+        else:
+            registry.mark_missed(object_id)
+    removed_ids = [o for o in registry.ids if registry[o].missed > max_missed]
+
+    slot_to_id = np.zeros(len(groups) + 1, dtype=np.int64)
+    removed = set(removed_ids)
+    for g, owner in enumerate(owners):
+        if owner is not None and owner not in removed:
+            slot_to_id[g + 1] = owner
     mask = torch.from_numpy(slot_to_id)[painted]
+    present = set(torch.unique(mask).tolist())
+    segments = [registry[o].to_segment() for o in registry.ids if o in present]
     logger.debug(
         "merge: %d propagated, %d consensus, %d associated, %d added, %d to delete",
         n_r,

@@ -12,16 +12,19 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from deva.inference.segmentation import Segment
+from deva.inference.segmentation import Detection, Segment
 
 
 @dataclass
 class TrackedObject:
     """One live object: its id, ``isthing`` status, detection votes and miss counter.
 
-    ``category_id`` is the majority vote over the detections merged into the object (ties go
-    to the category voted first) and ``score`` their mean score; both are None when no merged
-    detection carried one. ``missed`` counts consecutive merges without association (§3.2.2).
+    ``category_id`` is the most frequent category over *all* detections merged into the object
+    (a consensus segment brings its selected proposal and every supporter), ties going to the
+    smallest category id, and ``score`` is the mean score over the same detections; both are
+    None when no merged detection carried one (None values do not vote). This is how the
+    published implementation keeps metadata. ``missed`` counts consecutive merges without
+    association (§3.2.2).
     """
 
     id: int
@@ -39,12 +42,18 @@ class TrackedObject:
             self.score_sum += float(score)
             self.score_count += 1
 
+    def add_detections(self, detections: Iterable[Detection]) -> None:
+        """Record several merged detections' (category, score) pairs."""
+        for category_id, score in detections:
+            self.add_detection(category_id, score)
+
     @property
     def category_id(self) -> int | None:
-        """The voted category, or None without votes."""
+        """The most frequent category (ties: the smallest id), or None without votes."""
         if not self.category_votes:
             return None
-        return self.category_votes.most_common(1)[0][0]
+        top = max(self.category_votes.values())
+        return min(c for c, n in self.category_votes.items() if n == top)
 
     @property
     def score(self) -> float | None:
@@ -83,13 +92,18 @@ class ObjectRegistry:
         category_id: int | None = None,
         score: float | None = None,
         isthing: bool | None = None,
+        detections: Iterable[Detection] | None = None,
     ) -> TrackedObject:
         """Register a new object with a fresh id at the last channel index.
 
-        The given category and score count as its first detection.
+        ``detections`` (category, score) pairs are its first merged detections; without them
+        the given category and score count as its first detection.
         """
         obj = TrackedObject(id=self._next_id, isthing=None if isthing is None else bool(isthing))
-        obj.add_detection(category_id, score)
+        if detections is None:
+            obj.add_detection(category_id, score)
+        else:
+            obj.add_detections(detections)
         self._next_id += 1
         self._index[obj.id] = len(self._objects)
         self._objects[obj.id] = obj
@@ -154,11 +168,26 @@ class ObjectRegistry:
     def __iter__(self) -> Iterator[TrackedObject]:
         return iter(list(self._objects.values()))
 
-    def mark_associated(self, object_id: int, category_id: int | None, score: float | None) -> None:
-        """An object matched a consensus segment: add its detection and reset the miss counter."""
+    def mark_associated(
+        self,
+        object_id: int,
+        category_id: int | None = None,
+        score: float | None = None,
+        *,
+        detections: Iterable[Detection] | None = None,
+    ) -> None:
+        """An object matched a consensus segment: add its detections (``detections``, else the
+        one given by ``category_id`` / ``score``) and reset the miss counter."""
         obj = self[object_id]
-        obj.add_detection(category_id, score)
+        if detections is None:
+            obj.add_detection(category_id, score)
+        else:
+            obj.add_detections(detections)
         obj.missed = 0
+
+    def reset_missed(self, object_id: int) -> None:
+        """Reset an object's miss counter without adding a detection (incremental mode)."""
+        self[object_id].missed = 0
 
     def mark_missed(self, object_id: int) -> int:
         """An object matched nothing in a merge: increment and return its miss counter."""

@@ -139,8 +139,10 @@ class Propagator:
         *,
         end: bool = False,
         features: FrameFeatures | None = None,
+        keep_empty: bool = False,
     ) -> PropagationResult:
-        """Process the next frame: :meth:`predict` then :meth:`commit`.
+        """Process the next frame: :meth:`predict` then :meth:`commit` (``keep_empty``: see
+        :meth:`commit`).
 
         Args:
             image: normalised frame (3, H, W); may be omitted when ``features`` is given.
@@ -151,7 +153,7 @@ class Propagator:
             features: precomputed :meth:`encode` output of this frame.
         """
         self.predict(image, features=features, end=end)
-        return self.commit(mask, objects)
+        return self.commit(mask, objects, keep_empty=keep_empty)
 
     @torch.inference_mode()
     def predict(
@@ -182,15 +184,23 @@ class Propagator:
 
     @torch.inference_mode()
     def commit(
-        self, mask: torch.Tensor | np.ndarray | None = None, objects: list[int] | None = None
+        self,
+        mask: torch.Tensor | np.ndarray | None = None,
+        objects: list[int] | None = None,
+        *,
+        keep_empty: bool = False,
     ) -> PropagationResult:
         """Second half of a step: merge given masks (see :meth:`step`) with the pending
-        prediction, write a memory frame when due, and return the frame's result."""
+        prediction, write a memory frame when due, and return the frame's result.
+
+        A *new* object whose given mask is empty is ignored, unless ``keep_empty``: then it
+        becomes an object with an empty memory mask (the tracker's rule for new objects).
+        """
         pending, self._pending = self._pending, None
         if pending is None:
             raise RuntimeError("commit() without a pending predict()")
         features = pending.features
-        given_ids, given = self._given_masks(mask, objects, features)
+        given_ids, given = self._given_masks(mask, objects, features, keep_empty=keep_empty)
         existing = self.object_ids
         predicted = _drop_channels(pending.prob, pending.object_ids, existing)
         ids = existing + [o for o in given_ids if o not in existing]
@@ -211,6 +221,8 @@ class Propagator:
         mask: torch.Tensor | np.ndarray | None,
         objects: list[int] | None,
         features: FrameFeatures,
+        *,
+        keep_empty: bool = False,
     ) -> tuple[list[int], torch.Tensor | None]:
         if mask is None:
             if objects:
@@ -238,7 +250,9 @@ class Propagator:
         if len(set(ids)) != len(ids) or any(o <= 0 for o in ids):
             raise ValueError(f"object ids must be distinct positive integers, got {ids}")
         existing = set(self.object_ids)
-        nonempty = [i for i, o in enumerate(ids) if o in existing or prob[i].any()]
+        nonempty = [
+            i for i, o in enumerate(ids) if keep_empty or o in existing or bool(prob[i].any())
+        ]
         if len(nonempty) < len(ids):
             log.debug(
                 "ignoring new objects with empty masks: %s",

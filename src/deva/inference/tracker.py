@@ -4,30 +4,44 @@
 >>> for result in tracker.stream(frames):        # frames: iterable of (name, RGB uint8 H×W×3)
 ...     ids, segments = result.mask, result.segments
 
-Three modes (:class:`TrackingMode`):
+Where the paper leaves details open or its wording differs, the tracker follows the published
+implementation, whose outputs are the paper's numbers (see ``deva.inference.merging`` for the
+merge itself). Three modes (:class:`TrackingMode`):
 
-- ``ONLINE``: every ``detect_every`` frames the image segmentation of that frame is the
-  consensus (a clip of one frame) and is merged with the propagated masks (§3.2.2).
-- ``SEMI_ONLINE``: on a detection frame t the segmentations of t .. t+n-1 are aligned to t
-  (eq. 1), their in-clip consensus is merged at t, then t+1 .. t+n-1 are propagated. Results
-  come out n−1 frames late (a clip is processed once complete) and the rest is flushed by
-  :meth:`DecoupledTracker.finish`. With ``clip_size=1`` this is exactly ``ONLINE``.
-  Clips never overlap: the next detection frame is ``max(detect_every, clip_size)`` frames
-  after the previous one.
+- ``ONLINE``: on frames 0, e, 2e, … (e = ``detect_every``) the image segmentation of that
+  frame is the consensus (a clip of one frame) and is merged with the propagation (§3.2.2);
+  the other frames are propagated.
+- ``SEMI_ONLINE``: clip k is scheduled at t_k = k·e and nominally covers t_k .. t_k+n−1
+  (n = ``clip_size``); it is used only when it fits in the video (t_k + n − 1 < T). Its
+  segmentations are aligned to its first frame (eq. 1), their in-clip consensus is merged
+  there and the clip's other frames are propagated. When e < n the nominal windows overlap;
+  frames already output by the previous clip cannot be merged again, so clips after the
+  first hold only the e frames t_k+n−e .. t_k+n−1, and the merge happens at t_k+n−e (the
+  published code does the same: it buffers frames t with t + n > t_k + n − 1 and processes
+  the buffer when frame t_k + n − 1 arrives). Frames after the last clip that fits are only
+  propagated (:meth:`DecoupledTracker.finish`), and frames between clips (e > n) too.
+  Results come out up to n−1 frames late. With ``clip_size=1`` this is exactly ``ONLINE``.
+  *Deliberate difference:* a video shorter than n frames (the published code writes nothing)
+  is processed as one clip of all its frames, so every frame gets a result.
 - ``OFFLINE`` (referring / unsupervised VOS): the whole video is buffered; the key frame is
   the best-scoring of ``num_key_candidates`` uniformly spaced frames, the consensus of the
   clip starting there initialises the objects, which are propagated forward and — with a
   second propagator on the reversed frames — backward. No further detections.
 
 All work happens at the processing resolution (shorter side ``shorter_side``, padded to a
-multiple of 16); results are id masks at the original resolution. On a detection frame the
-propagated segmentation R_t is read with a read-only propagator step (``end=True``: no memory
-write, no sensory update), merged with the consensus, and the merged masks are then given to
-the propagator for the same frame, so that they become a memory frame. Objects deleted by the
-merge (``max_missed`` consecutive misses) leave the registry and the propagator's memory.
+multiple of 16); detection id maps are brought there with pixel-centre nearest sampling
+(``nearest-exact``). A merge frame, in order: predict from memory (with the sensory update),
+associate, paint, update miss counters, delete, write the merged masks to memory (a memory
+frame), output. Deleted objects (more than ``max_missed`` consecutive misses) leave the
+registry and the memory, and their pixels are background in the memory frame and in the
+output. Every output, merge frames included, comes from probabilities: bilinearly resized to
+the original size and arg-maxed (for a merge frame, the soft-aggregated one-hot masks written
+to memory).
 
 Object identity lives in one :class:`~deva.inference.objects.ObjectRegistry`: ids are never
-reused; an object's category is the vote over its merged detections, its score their mean.
+reused; an object's category is the vote over all detections merged into it (ties to the
+smallest id), its score their mean. ``isthing`` separates things and stuff only for panoptic
+input (``TrackerConfig.panoptic``).
 """
 
 from __future__ import annotations
@@ -43,12 +57,11 @@ import torch
 from deva.inference.alignment import align_segmentation
 from deva.inference.consensus import in_clip_consensus
 from deva.inference.memory import MemoryConfig
-from deva.inference.merging import MAX_MISSED, MergeResult, merge_with_consensus
+from deva.inference.merging import MAX_MISSED, merge_with_consensus
 from deva.inference.objects import ObjectRegistry
 from deva.inference.propagator import FrameFeatures, PropagationResult, Propagator
 from deva.inference.segmentation import Segment, Segmentation
 from deva.io.frames import FrameGeometry, preprocess_frame, resize_mask, restore_probabilities
-from deva.io.padding import unpad
 from deva.modeling.propagation import PropagationModel
 from deva.segmenters.base import ImageSegmenter, check_image, resize_segmentation
 
@@ -84,14 +97,22 @@ class TrackerConfig:
         mode: online, semi-online or offline.
         detect_every: frames between detection frames (online / semi-online).
         clip_size: frames in a consensus clip (n); online always uses 1.
-        max_missed: consecutive misses after which an object is deleted (L).
-        max_objects: cap on live objects (new ones beyond it are dropped with a warning).
+        max_missed: an object is deleted when its consecutive missed merges exceed this (L),
+            i.e. at the (L+1)-th miss, as in the published implementation; 0 deletes at the
+            first miss.
+        max_objects: cap on live objects: a merge whose detections would exceed it together
+            with the live objects discards all of its detections (with a warning).
         shorter_side: processing size (shorter side; -1 keeps the original size).
         mem_every: a propagated frame becomes a memory frame every this many frames.
         memory: sizes of the propagator memory; its ``top_k`` is also used for alignment.
         chunk_size: objects per network pass (-1: all).
         autocast_dtype: mixed precision for the network (None: float32).
         num_key_candidates: offline mode: frames considered for the key frame.
+        panoptic: the detections are panoptic (VIPSeg-style): things, stuff and unknown
+            ``isthing`` are matched separately, in consensus and merging. False (generic,
+            BURST) puts all segments in one group.
+        incremental: incremental mode (automatic segmentation): an unassociated object whose
+            propagated mask is non-empty has its miss counter reset instead of increased.
     """
 
     mode: TrackingMode = TrackingMode.SEMI_ONLINE
@@ -105,13 +126,17 @@ class TrackerConfig:
     chunk_size: int = -1
     autocast_dtype: torch.dtype | None = None
     num_key_candidates: int = 10
+    panoptic: bool = False
+    incremental: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", TrackingMode.parse(self.mode))
-        for name in ("detect_every", "clip_size", "max_missed", "mem_every", "num_key_candidates"):
+        for name in ("detect_every", "clip_size", "mem_every", "num_key_candidates"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.max_missed, int) or self.max_missed < 0:
+            raise ValueError(f"max_missed must be an integer >= 0, got {self.max_missed!r}")
         if self.max_objects is not None and self.max_objects < 0:
             raise ValueError(f"max_objects must be >= 0 or None, got {self.max_objects}")
 
@@ -130,7 +155,8 @@ class TrackedFrame:
         index: position of the frame in the stream (0-based).
         mask: (H, W) int64 CPU tensor of object ids at the original resolution (0 = none).
         segments: one ``Segment`` per id present in ``mask`` (id, category, score, isthing).
-        removed_ids: objects deleted from memory at this frame (they may still appear here).
+        removed_ids: objects deleted at this frame (merge frames only); they are not in
+            ``mask`` or ``segments``.
         image: the RGB uint8 (H, W, 3) frame as it was given (for overlays); not a copy.
     """
 
@@ -204,7 +230,9 @@ class DecoupledTracker:
         self._propagator = self._new_propagator()
         self._registry = ObjectRegistry()
         self._next_index = 0
-        self._next_detection = 0
+        # Last frame of the next scheduled clip (t_k + n - 1) and the frames buffered for it.
+        self._clip_end = self.config.clip_length - 1
+        self._clips_done = 0
         self._clip: list[_Frame] = []
         self._offline: list[tuple[str, np.ndarray]] = []
         self._size: tuple[int, int] | None = None
@@ -262,21 +290,23 @@ class DecoupledTracker:
             self._offline.append((str(name), frame))
             return []
         current = self._prepare(index, str(name), frame)
-        if self._clip:
-            self._clip.append(current)
-        elif index >= self._next_detection:
-            length = self.config.clip_length
-            self._next_detection = index + max(self.config.detect_every, length)
-            self._clip = [current]
-        else:
+        # Frames that belong to the next clip's window (and were not output by the previous
+        # clip) wait for its last frame; the others are propagated right away.
+        if index + self.config.clip_length <= self._clip_end:
             return [self._propagate(current)]
-        if len(self._clip) == self.config.clip_length:
-            clip, self._clip = self._clip, []
-            return self._process_clip(clip)
-        return []
+        self._clip.append(current)
+        if index < self._clip_end:
+            return []
+        clip, self._clip = self._clip, []
+        self._clip_end += self.config.detect_every
+        return self._process_clip(clip)
 
     def finish(self) -> list[TrackedFrame]:
-        """End of the video: process what is buffered and return the remaining results."""
+        """End of the video: return the remaining results.
+
+        Frames buffered for a clip that does not fit in the video are only propagated (no
+        merge); a video shorter than one clip is processed as one clip of all its frames.
+        """
         return list(self._finish())
 
     def _finish(self) -> Iterator[TrackedFrame]:
@@ -288,7 +318,15 @@ class DecoupledTracker:
             yield from self._run_offline(frames)
         elif self._clip:
             clip, self._clip = self._clip, []
-            yield from self._process_clip(clip)
+            if self._clips_done == 0:
+                # Deliberate difference from the published code (which writes nothing): a
+                # video shorter than one clip is processed as one clip of all its frames.
+                logger.debug("video of %d frames: one clip of %d", len(clip), len(clip))
+                yield from self._process_clip(clip)
+            else:
+                # The last clip does not fit in the video: its frames are only propagated.
+                for frame in clip:
+                    yield self._propagate(frame)
 
     # ---- building blocks ---------------------------------------------------------------
     def _prepare(self, index: int, name: str, rgb: np.ndarray) -> _Frame:
@@ -298,7 +336,11 @@ class DecoupledTracker:
         return _Frame(index, name, rgb, geometry, self._propagator.encode(image))
 
     def _detect(self, frame: _Frame) -> Segmentation:
-        """The segmenter's output for a frame, at the processing (padded) size, on the CPU."""
+        """The segmenter's output for a frame, at the processing (padded) size, on the CPU.
+
+        The id map is resized with pixel-centre nearest sampling; segments that lose all
+        their pixels stay listed (no minimum area).
+        """
         seg = self.segmenter(frame.rgb, frame_name=frame.name)
         height, width = frame.geometry.original_size
         if tuple(seg.mask.shape) != (height, width):
@@ -308,9 +350,7 @@ class DecoupledTracker:
         mask = resize_mask(mask, geometry.resized_size)
         p = geometry.padding
         mask = torch.nn.functional.pad(mask, (p.left, p.right, p.top, p.bottom))
-        present = set(torch.unique(mask).tolist())
-        segments = [s for s in seg.segments if s.id in present]
-        return Segmentation(mask=mask, segments=segments)
+        return Segmentation(mask=mask, segments=list(seg.segments))
 
     def _consensus(self, clip: list[_Frame], segs: list[Segmentation]) -> Segmentation:
         """Align the clip's segmentations to its first frame (eq. 1) and vote (eq. 4)."""
@@ -328,9 +368,10 @@ class DecoupledTracker:
                     autocast_dtype=self.config.autocast_dtype,
                 )
             )
-        return in_clip_consensus(aligned)
+        return in_clip_consensus(aligned, separate_things=self.config.panoptic)
 
     def _process_clip(self, clip: list[_Frame]) -> list[TrackedFrame]:
+        self._clips_done += 1
         segs = [self._detect(frame) for frame in clip]
         consensus = self._consensus(clip, segs)
         logger.debug(
@@ -348,56 +389,62 @@ class DecoupledTracker:
         return self._from_probabilities(frame, result)
 
     def _incorporate(self, frame: _Frame, consensus: Segmentation) -> TrackedFrame:
-        """Merge the consensus with the propagation at this frame and commit the result."""
-        # R_t: the propagation of this frame; memory is written by the commit below.
+        """A merge frame: predict (sensory update), merge, delete, write memory, output."""
+        # R_t: the prediction from memory; the memory is written by the commit below.
         peek = self._propagator.predict(features=frame.features)
         propagated = self._as_segmentation(peek.index_mask().cpu()) if peek.object_ids else None
+        c = self.config
         merged = merge_with_consensus(
             propagated,
             consensus,
             self._registry,
-            max_missed=self.config.max_missed,
-            max_objects=self.config.max_objects,
+            max_missed=c.max_missed,
+            max_objects=c.max_objects,
+            separate_things=c.panoptic,
+            incremental=c.incremental,
         )
-        commit = self._apply_removals(merged)
-        self._propagator.commit(commit.to(self._propagator.device), objects=self._registry.ids)
-        return self._from_ids(frame, merged.segmentation, merged.removed_ids)
+        if merged.removed_ids:
+            logger.debug(
+                "deleting objects %s after %d misses", merged.removed_ids, c.max_missed + 1
+            )
+            self._registry.remove(merged.removed_ids)
+            self._propagator.delete_objects(merged.removed_ids)
+        objects = self._registry.ids
+        masks = self._object_masks(merged.segmentation.mask, objects, self._propagator)
+        result = self._propagator.commit(
+            masks, objects if masks is not None else None, keep_empty=True
+        )
+        return self._from_probabilities(frame, result, merged.removed_ids)
 
-    def _apply_removals(self, merged: MergeResult) -> torch.Tensor:
-        """Drop deleted objects from registry and memory; the id mask to commit."""
-        mask = merged.segmentation.mask
-        if not merged.removed_ids:
-            return mask
-        logger.debug(
-            "deleting objects %s after %d misses", merged.removed_ids, self.config.max_missed
-        )
-        self._registry.remove(merged.removed_ids)
-        self._propagator.delete_objects(merged.removed_ids)
-        removed = torch.tensor(merged.removed_ids, dtype=mask.dtype)
-        return torch.where(torch.isin(mask, removed), torch.zeros_like(mask), mask)
+    @staticmethod
+    def _object_masks(
+        ids: torch.Tensor, objects: list[int], propagator: Propagator
+    ) -> torch.Tensor | None:
+        """(N, H, W) float masks of ``objects`` from an id map, for ``propagator``.
+
+        A new object without pixels is still an object (rule of the published
+        implementation): its all-zero mask is committed with ``keep_empty=True``.
+        """
+        if not objects:
+            return None
+        ids = ids.to(propagator.device)
+        return torch.stack([ids == o for o in objects]).float()
 
     def _as_segmentation(self, ids: torch.Tensor) -> Segmentation:
         present = set(torch.unique(ids).tolist())
         segments = [self._registry[o].to_segment() for o in self._registry.ids if o in present]
         return Segmentation(mask=ids, segments=segments)
 
-    def _from_probabilities(self, frame: _Frame, result: PropagationResult) -> TrackedFrame:
+    def _from_probabilities(
+        self, frame: _Frame, result: PropagationResult, removed_ids: list[int] | None = None
+    ) -> TrackedFrame:
+        """A result from probabilities: un-pad, bilinear resize to the original size, arg-max."""
         prob = restore_probabilities(result.prob, frame.geometry)
         lut = torch.tensor([0, *result.object_ids], dtype=torch.long, device=prob.device)
         ids = lut[prob.argmax(dim=0)].cpu()
         seg = self._as_segmentation(ids)
-        return TrackedFrame(frame.name, frame.index, ids, seg.segments, image=frame.rgb)
-
-    def _from_ids(
-        self, frame: _Frame, seg: Segmentation, removed_ids: list[int] | None = None
-    ) -> TrackedFrame:
-        """A result from an id mask at the processing size (nearest resize to the original)."""
-        ids = unpad(seg.mask, frame.geometry.padding)
-        ids = resize_mask(ids, frame.geometry.original_size).cpu()
-        present = set(torch.unique(ids).tolist())
-        segments = [s for s in seg.segments if s.id in present]
         return TrackedFrame(
-            frame.name, frame.index, ids, segments, list(removed_ids or []), image=frame.rgb
+            frame.name, frame.index, ids, seg.segments, list(removed_ids or []), image=frame.rgb
         )
 
     # ---- offline -------------------------------------------------------------------------
@@ -435,13 +482,15 @@ class DecoupledTracker:
             self._registry,
             max_missed=self.config.max_missed,
             max_objects=self.config.max_objects,
+            separate_things=self.config.panoptic,
         )
-        key_mask = merged.segmentation.mask.to(self._propagator.device)
         objects = self._registry.ids
+        key_masks = self._object_masks(merged.segmentation.mask, objects, self._propagator)
+        given = objects if key_masks is not None else None
 
         # Backward: a second propagator over key, key-1, ..., 0.
         backward = self._new_propagator()
-        backward.step(features=key_frame.features, mask=key_mask, objects=objects)
+        backward.step(features=key_frame.features, mask=key_masks, objects=given, keep_empty=True)
         earlier: list[TrackedFrame] = []
         for i in range(key - 1, -1, -1):
             frame = self._prepare(i, *frames[i])
@@ -452,10 +501,39 @@ class DecoupledTracker:
         earlier.clear()
 
         # Forward: the tracker's own propagator over key, key+1, ..., T-1.
-        self._propagator.step(features=key_frame.features, mask=key_mask, objects=objects)
-        yield self._from_ids(key_frame, merged.segmentation)
+        result = self._propagator.step(
+            features=key_frame.features, mask=key_masks, objects=given, keep_empty=True
+        )
+        yield self._from_probabilities(key_frame, result)
         del key_frame
         for i in range(key + 1, total):
             frame = self._prepare(i, *frames[i])
             result = self._propagator.step(features=frame.features, end=i == total - 1)
             yield self._from_probabilities(frame, result)
+
+    # ---- construction from files -----------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        weights: str,
+        segmenter: ImageSegmenter,
+        config: TrackerConfig | None = None,
+        *,
+        device: torch.device | str | None = None,
+        **options: object,
+    ) -> DecoupledTracker:
+        """A tracker with propagation weights from a file or URL (e.g. DEVA-propagation.pth).
+
+        ``device`` defaults to CUDA when available; ``options`` are :class:`TrackerConfig`
+        fields used when ``config`` is not given (e.g. ``mode="online"``).
+
+        >>> tracker = DecoupledTracker.from_pretrained("DEVA-propagation.pth", segmenter=seg)
+        """
+        if config is None:
+            config = TrackerConfig(**options)  # type: ignore[arg-type]
+        elif options:
+            raise ValueError("pass either config= or TrackerConfig fields, not both")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = PropagationModel.from_pretrained(weights).to(device)
+        return cls(model, segmenter, config)

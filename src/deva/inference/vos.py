@@ -3,7 +3,9 @@
 Each benchmark is reduced to a list of :class:`VOSVideo` (frames folder, annotations folder,
 which annotations to use, which frames to output); :func:`segment_video` runs a
 :class:`~deva.inference.propagator.Propagator` over one of them and yields per-frame id maps
-at the original resolution.
+at the original resolution. Given masks are brought to the processing size with pixel-centre
+nearest sampling (``nearest-exact``, as PIL's NEAREST in the published evaluation); outputs
+are bilinearly resized probabilities, arg-maxed.
 """
 
 from __future__ import annotations

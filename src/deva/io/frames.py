@@ -5,10 +5,10 @@ file; both are read lazily, one frame at a time, as ``(name, RGB uint8 (H, W, 3)
 
 Network inputs follow one rule (see ARCHITECTURE.md, "Image side"): resize so the shorter
 side is ``shorter_side`` (480 by default, ``-1`` keeps the original size) and the longer side
-is ``floor(shorter_side * long / short)``, bilinear with antialiasing for images and nearest
-for masks; ImageNet normalisation; zero padding to a multiple of 16 split evenly. Outputs go
-back the other way: un-pad, resize the probabilities to the original size (bilinear), then
-take the arg-max.
+is ``floor(shorter_side * long / short)``, bilinear with antialiasing for images and
+pixel-centre nearest (``nearest-exact``) for masks; ImageNet normalisation; zero padding to a
+multiple of 16 split evenly. Outputs go back the other way: un-pad, resize the probabilities to
+the original size (bilinear), then take the arg-max.
 """
 
 from __future__ import annotations
@@ -235,14 +235,20 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of (..., H, W) masks of any dtype (ids or probabilities)."""
+    """Nearest-neighbour resize of (..., H, W) masks of any dtype (ids or probabilities).
+
+    Pixel-centre sampling: output pixel i reads input pixel ``floor((i + 0.5) · in / out)``
+    (torch's ``nearest-exact``, as PIL's NEAREST and the published implementation). Torch's
+    plain ``nearest`` reads ``floor(i · in / out)``, up to one pixel off, which is enough to
+    flip borderline associations (IoU just above / below 0.5).
+    """
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
     lead = mask.shape[:-2]
     work = mask.reshape(1, -1, *mask.shape[-2:])
     if not work.is_floating_point():
         work = work.double()  # interpolate has no integer kernels; float64 keeps ids exact
-    out = F.interpolate(work, size=size, mode="nearest")
+    out = F.interpolate(work, size=size, mode="nearest-exact")
     return out.to(mask.dtype).reshape(*lead, *size)
 
 

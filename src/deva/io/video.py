@@ -1,4 +1,4 @@
-"""Visualising segmentations: colour overlays on frames and H.264 mp4 writing with PyAV.
+"""Videos: reading frames (:func:`read_video`), colour overlays, H.264 mp4 writing with PyAV.
 
 OpenCV builds often cannot encode H.264, so mp4 files are written through PyAV (libx264,
 yuv420p, which needs even frame sizes: odd sizes are padded by one replicated row/column).
@@ -7,7 +7,7 @@ yuv420p, which needs even frame sizes: odd sizes are padded by one replicated ro
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -147,3 +147,121 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 24.0)
         Path(path).unlink(missing_ok=True)
         raise ValueError(f"no frames to write to {path}")
     return count
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+class VideoFrames:
+    """Lazy ``(name, RGB uint8 (H, W, 3))`` frames of a video file or a folder of images.
+
+    Video files are decoded with PyAV in presentation order; frames are named ``00000``,
+    ``00001``, ... and ``fps`` is the stream's average rate (so a variable-frame-rate video
+    keeps its duration when re-encoded at ``fps``). Folder frames are named by their file
+    stem in natural order (``deva.io.frames.list_frame_files``) and have ``fps = None``; a
+    frame that cannot be decoded raises ValueError naming the file. ``len()`` is the number of
+    files, or the frame count the container reports (0 when unknown). Iterating again starts
+    from the first frame.
+    """
+
+    def __init__(self, source: str | Path) -> None:
+        from deva.io.frames import VIDEO_EXTENSIONS, is_video_file, list_frame_files
+
+        self.source = Path(source)
+        if not self.source.exists():
+            raise FileNotFoundError(f"input not found: {self.source}")
+        self.fps: float | None = None
+        self.files: list[Path] | None = None
+        if self.source.is_dir():
+            self.files = list_frame_files(self.source)
+            self._length = len(self.files)
+        elif is_video_file(self.source):
+            import av
+
+            try:
+                with av.open(str(self.source)) as container:
+                    if not container.streams.video:
+                        raise ValueError(f"{self.source} has no video stream")
+                    stream = container.streams.video[0]
+                    rate = stream.average_rate or stream.guessed_rate
+                    self.fps = float(rate) if rate else None
+                    self._length = int(stream.frames or 0)
+            except av.error.FFmpegError as error:
+                raise ValueError(f"cannot open video {self.source}: {error}") from error
+        else:
+            raise ValueError(
+                f"unsupported input {self.source}: expected a folder of images or a video file "
+                f"({', '.join(VIDEO_EXTENSIONS)})"
+            )
+
+    @property
+    def is_video(self) -> bool:
+        return self.files is None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        if self.files is not None:
+            from deva.io.frames import read_frame
+
+            for path in self.files:
+                yield path.stem, read_frame(path)
+            return
+        import av
+
+        index = 0
+        try:
+            with av.open(str(self.source)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    yield f"{index:05d}", frame.to_ndarray(format="rgb24")
+                    index += 1
+        except av.error.FFmpegError as error:
+            raise ValueError(f"cannot decode frame {index} of {self.source}: {error}") from error
+        if index == 0:
+            raise ValueError(f"cannot decode any frame of video {self.source}")
+
+
+def read_video(source: str | Path) -> VideoFrames:
+    """Frames of a video file or image folder for ``DecoupledTracker.stream``.
+
+    >>> for result in tracker.stream(read_video("in.mp4")): ...
+    """
+    return VideoFrames(source)
+
+
+def draw_labels(
+    frame: np.ndarray,
+    texts: dict[int, str],
+    boxes: dict[int, list[int]],
+    *,
+    colours: np.ndarray | None = None,
+) -> np.ndarray:
+    """Write ``texts[id]`` at the top-left corner of ``boxes[id]`` (``[x0, y0, x1, y1]``).
+
+    Text is drawn on a filled rectangle in the segment's colour (DAVIS palette unless
+    ``colours``), white or black for contrast; the font scales with the frame height.
+    """
+    out = np.ascontiguousarray(frame).copy()
+    height = out.shape[0]
+    scale = max(0.3, height / 900)
+    thickness = 1 if height < 900 else 2
+    for segment_id, text in texts.items():
+        if segment_id not in boxes or boxes[segment_id] is None or not text:
+            continue
+        x0, y0 = int(boxes[segment_id][0]), int(boxes[segment_id][1])
+        if colours is None:
+            colour = id_colours(np.array([segment_id]))[0]
+        else:
+            colour = np.asarray(colours, np.uint8)[segment_id]
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        top = max(0, y0 - th - base)
+        cv2.rectangle(out, (x0, top), (x0 + tw, top + th + base), tuple(int(c) for c in colour), -1)
+        ink = (0, 0, 0) if int(colour.astype(int).sum()) > 380 else (255, 255, 255)
+        cv2.putText(
+            out, text, (x0, top + th), cv2.FONT_HERSHEY_SIMPLEX, scale, ink, thickness, cv2.LINE_AA
+        )
+    return out

@@ -27,6 +27,20 @@ def rows_to_state(rows: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64).reshape(-1))
 
 
+class Float64States:
+    """Mixin for metrics whose ``"cat"`` states are float64 row tables.
+
+    torchmetrics resets a metric's dtype to float32 whenever it is moved (``.to(device)``),
+    and a rank that saw no data then contributes a float32 placeholder to the all-gather of
+    float64 tables: gloo aborts on the size mismatch. Moving keeps float64 here.
+    """
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        out = super()._apply(fn, *args, **kwargs)  # type: ignore[misc]
+        out._dtype = torch.float64
+        return out
+
+
 def state_to_rows(state: Tensor | list[Tensor], width: int) -> np.ndarray:
     """Undo :func:`rows_to_state` after (possibly distributed) concatenation."""
     if isinstance(state, list):

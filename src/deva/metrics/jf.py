@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from deva.metrics._common import rows_to_state, state_to_rows, to_numpy
+from deva.metrics._common import Float64States, rows_to_state, state_to_rows, to_numpy
 
 try:  # OpenCV dilation is an order of magnitude faster than SciPy's; both are exact.
     import cv2
@@ -330,7 +330,7 @@ def jf_summary(stats: np.ndarray) -> dict[str, float]:
     }
 
 
-class JAndF(Metric):
+class JAndF(Float64States, Metric):
     """DAVIS J&F accumulated over sequences (one ``update`` per whole sequence).
 
     ``update(preds, target, sequence_id)`` takes (T, H, W) integer index masks of all annotated

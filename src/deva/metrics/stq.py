@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from deva.metrics._common import group_sum, rows_to_state, state_to_rows, to_numpy
+from deva.metrics._common import Float64States, group_sum, rows_to_state, state_to_rows, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def stq_summary(
     return {"STQ": stq, "AQ": aq, "SQ": sq, "per_sequence": per_seq}
 
 
-class SegmentationAndTrackingQuality(Metric):
+class SegmentationAndTrackingQuality(Float64States, Metric):
     """STQ / AQ / SQ over sequences of label maps (``semantic << bit_shift | instance``).
 
     ``update(preds, target, sequence_id)`` takes label maps of any shape — one frame (H, W) or

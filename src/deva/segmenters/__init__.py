@@ -1,6 +1,31 @@
-"""deva.segmenters: the ImageSegmenter protocol and its adapters."""
+"""deva.segmenters: the ImageSegmenter protocol and its adapters.
+
+Model-backed adapters (SAM, Grounding-DINO + SAM, Mask2Former, OneFormer) need the optional
+``transformers`` dependency (``pip install 'deva[models]'``); it is imported only when one is
+built, so importing this package never loads it nor downloads anything.
+"""
 
 from deva.segmenters.base import ImageSegmenter
+from deva.segmenters.grounded_sam import GroundedSamSegmenter, parse_prompt
+from deva.segmenters.hf import ModelNotAvailableError
+from deva.segmenters.panoptic import Mask2FormerSegmenter, OneFormerSegmenter
 from deva.segmenters.precomputed import BurstSegmenter, PrecomputedSegmenter, VipsegSegmenter
+from deva.segmenters.registry import SEGMENTERS, build_segmenter, check_segmenter_name
+from deva.segmenters.sam import SamAutomaticSegmenter, SamPromptDecoder
 
-__all__ = ["BurstSegmenter", "ImageSegmenter", "PrecomputedSegmenter", "VipsegSegmenter"]
+__all__ = [
+    "SEGMENTERS",
+    "BurstSegmenter",
+    "GroundedSamSegmenter",
+    "ImageSegmenter",
+    "Mask2FormerSegmenter",
+    "ModelNotAvailableError",
+    "OneFormerSegmenter",
+    "PrecomputedSegmenter",
+    "SamAutomaticSegmenter",
+    "SamPromptDecoder",
+    "VipsegSegmenter",
+    "build_segmenter",
+    "check_segmenter_name",
+    "parse_prompt",
+]

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from deva.inference.segmentation import Segmentation
+from deva.io.frames import resize_mask
 
 
 @runtime_checkable
@@ -40,16 +41,14 @@ def empty_segmentation(height: int, width: int) -> Segmentation:
 
 
 def resize_segmentation(seg: Segmentation, height: int, width: int) -> Segmentation:
-    """Nearest-neighbour resize of an id mask to (H, W); segments that vanish are dropped.
+    """Nearest-neighbour resize of an id mask to (H, W), keeping every listed segment.
 
-    Uses pixel-centre sampling on integer indices, so ids of any size survive exactly.
+    Pixel-centre sampling (torch's ``nearest-exact``, as PIL's NEAREST; see
+    :func:`deva.io.frames.resize_mask`), so ids of any size survive exactly. A segment that
+    loses all its pixels stays in ``segments``: the tracker treats it as a detection without
+    pixels (no minimum area, as the published implementation).
     """
     mask = torch.as_tensor(seg.mask).long()
-    in_h, in_w = mask.shape
-    if (in_h, in_w) == (height, width):
+    if tuple(mask.shape) == (height, width):
         return seg
-    rows = ((torch.arange(height, dtype=torch.float64) + 0.5) * in_h / height).long()
-    cols = ((torch.arange(width, dtype=torch.float64) + 0.5) * in_w / width).long()
-    resized = mask[rows.clamp(max=in_h - 1)][:, cols.clamp(max=in_w - 1)]
-    present = set(torch.unique(resized).tolist())
-    return Segmentation(mask=resized, segments=[s for s in seg.segments if s.id in present])
+    return Segmentation(mask=resize_mask(mask, (height, width)), segments=list(seg.segments))

@@ -8,7 +8,9 @@ rank — and the log — sees the global numbers.
 
 A task type only implements :class:`PredictionTask` (how many videos, a fresh metric, how to
 process one video, which numbers to report). :class:`VOSTask` is plain semi-supervised
-propagation scored with J&F; a tracker-based VPQ / STQ task plugs in the same way.
+propagation scored with J&F; the tasks of :mod:`deva.training.tracking_tasks` run the whole
+decoupled tracker on precomputed detections (VIPSeg VPQ / STQ, BURST OWTA, synthetic VPQ).
+:func:`run_tasks` is the loop itself, shared with ``tools/validate.py``.
 """
 
 from __future__ import annotations
@@ -222,12 +224,51 @@ def rank_indices(count: int, rank: int, world_size: int) -> range:
     return range(rank, count, max(1, world_size))
 
 
+def run_tasks(
+    model: PropagationModel, tasks: Sequence[PredictionTask], *, rank: int = 0, world: int = 1
+) -> dict[str, float]:
+    """Run ``tasks`` with ``model`` (eval mode): this rank's videos, then the global numbers.
+
+    With several processes every rank must call this together (``summarize`` gathers the
+    metric states of all ranks); each video is processed on exactly one rank.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    results: dict[str, float] = {}
+    with torch.inference_mode():
+        for task in tasks:
+            metric = task.make_metric().to(device)
+            for index in rank_indices(len(task), rank, world):
+                task.process(model, index, metric)
+            for key, value in task.summarize(metric).items():
+                results[f"val/{task.name}/{key}"] = value
+            metric.reset()
+    return results
+
+
+def log_previews(loggers: Sequence[Any], tasks: Sequence[PredictionTask], step: int) -> None:
+    """Log each task's latest picture (HWC uint8) to the TensorBoard loggers."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for task in tasks:
+        picture = getattr(task, "preview", None)
+        if picture is None:
+            continue
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(
+                    f"val/{task.name}/tracks", picture, step, dataformats="HWC"
+                )
+
+
 class Predictor(Callback):
     """Runs validation tasks with the current weights and logs ``val/<task>/<key>``.
 
-    Cadence: every ``every_n_steps`` optimizer steps, every ``every_n_epochs`` training
-    epochs, at the end of each validation epoch (``on_validation``, when the trainer has a
-    validation loop) and/or once when training ends (``at_end``). Results of the latest run
+    Cadence: before the first step of a fresh run (``at_start``: the "before" numbers),
+    every ``every_n_steps`` optimizer steps, every ``every_n_epochs`` training epochs, at the
+    end of each validation epoch (``on_validation``, when the trainer has a validation loop)
+    and/or once when training ends (``at_end``). Tasks with a ``preview`` picture (the
+    tracking tasks) log it to TensorBoard as ``val/<task>/tracks``. Results of the latest run
     are kept in :attr:`results`, the history in :attr:`history` (step → results).
     """
 
@@ -238,6 +279,7 @@ class Predictor(Callback):
         every_n_steps: int | None = None,
         every_n_epochs: int | None = None,
         on_validation: bool = False,
+        at_start: bool = False,
         at_end: bool = True,
     ) -> None:
         names = [task.name for task in tasks]
@@ -247,12 +289,17 @@ class Predictor(Callback):
         self.every_n_steps = every_n_steps or None
         self.every_n_epochs = every_n_epochs or None
         self.on_validation = on_validation
+        self.at_start = at_start
         self.at_end = at_end
         self.results: dict[str, float] = {}
         self.history: dict[int, dict[str, float]] = {}
         self._last_run_step = -1
 
     # cadence hooks
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.at_start and trainer.global_step == 0:
+            self.run(trainer, pl_module)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any
@@ -281,19 +328,12 @@ class Predictor(Callback):
         if step == self._last_run_step:
             return self.results
         self._last_run_step = step
-        model: PropagationModel = pl_module.model
         was_training = pl_module.training
-        rank, world = trainer.global_rank, trainer.world_size
-        results: dict[str, float] = {}
         start = time.perf_counter()
         try:
-            for task in self.tasks:
-                metric = task.make_metric().to(pl_module.device)
-                for index in rank_indices(len(task), rank, world):
-                    task.process(model, index, metric)
-                for key, value in task.summarize(metric).items():
-                    results[f"val/{task.name}/{key}"] = value
-                metric.reset()
+            results = run_tasks(
+                pl_module.model, self.tasks, rank=trainer.global_rank, world=trainer.world_size
+            )
         finally:
             pl_module.train(was_training)
         self.results = results
@@ -301,6 +341,7 @@ class Predictor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(results, step=step)
         if trainer.is_global_zero:
+            log_previews(trainer.loggers, self.tasks, step)
             log.info(
                 "validation at step %d (%.1f s): %s",
                 step,
@@ -319,16 +360,31 @@ class Predictor(Callback):
 def build_tasks(
     sets: Mapping[str, Mapping[str, Any]], *, autocast_dtype: torch.dtype | None = None
 ) -> list[PredictionTask]:
-    """Tasks from the ``validation.sets`` config: name → ``{type: synthetic | generic | davis,
-    ...}``. ``synthetic``: ``num_videos``, ``seed`` and SyntheticVideoConfig fields;
-    ``generic`` / ``davis``: ``root`` (and ``split``, ``resolution`` for DAVIS). Common:
-    ``shorter_side``, ``mem_every``, ``top_k``. A null entry is skipped."""
+    """Tasks from the ``validation.sets`` config: name → ``{type: ..., ...}``; a null entry is
+    skipped. Every set is checked here (folders, frames, detections, keys), so a bad set fails
+    before training starts, with one error naming the set.
+
+    - ``synthetic`` (J&F): ``num_videos``, ``seed`` and SyntheticVideoConfig fields;
+    - ``generic`` / ``davis`` (J&F): ``root`` (and ``split``, ``resolution`` for DAVIS);
+      these three also take ``size`` (or ``shorter_side``), ``mem_every``, ``top_k``;
+    - ``vipseg`` (VPQ / STQ), ``burst`` (OWTA), ``synthetic_panoptic`` (VPQ / STQ): see
+      :func:`deva.training.tracking_tasks.build_tracking_task` — ``images``, ``gt``,
+      ``detections``, ``max_videos``, ``max_frames`` and the tracker settings ``mode``,
+      ``detect_every``, ``clip_size``, ``max_missed``, ``size``, ...
+    """
+    from deva.training.tracking_tasks import TRACKING_TYPES, build_tracking_task
+
     tasks: list[PredictionTask] = []
     for name, spec in sets.items():
         if spec is None:
             continue
         spec = dict(spec)
         kind = spec.pop("type", "synthetic")
+        if kind in TRACKING_TYPES:
+            tasks.append(build_tracking_task(str(name), kind, spec, autocast_dtype=autocast_dtype))
+            continue
+        if "size" in spec:
+            spec["shorter_side"] = spec.pop("size")
         options = {
             key: spec.pop(key) for key in ("shorter_side", "mem_every", "top_k") if key in spec
         }
@@ -342,8 +398,10 @@ def build_tasks(
             videos = vos_folder_videos(root, kind, **spec)
         else:
             raise ValueError(
-                f"validation set {name!r}: unknown type {kind!r}; expected synthetic, generic "
-                "or davis"
+                f"validation set {name!r}: unknown type {kind!r}; expected one of "
+                f"{['synthetic', 'generic', 'davis', *TRACKING_TYPES]}"
             )
+        if len(videos) == 0:
+            raise ValueError(f"validation set {name!r} is empty")
         tasks.append(VOSTask(str(name), videos, autocast_dtype=autocast_dtype, **options))
     return tasks

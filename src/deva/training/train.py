@@ -19,6 +19,7 @@ resolved config, also beside the checkpoints and inside them as ``hyper_paramete
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: Set by the launching process so that re-launched DDP processes share the output folder.
 RUN_DIR_ENV = "DEVA_RUN_DIR"
+#: The Predictor's numbers of a run, by step, written into the output folder at the end.
+VALIDATION_HISTORY = "validation_history.json"
 AUTOCAST = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -129,14 +132,17 @@ def _predictor(cfg: DictConfig) -> Predictor | None:
     if not val or not val.get("sets"):
         return None
     every = int(val.get("every_n_steps") or 0)
+    at_start = bool(val.get("at_start", False))
     at_end = bool(val.get("at_end", True))
-    if not every and not at_end:
+    if not every and not at_end and not at_start:
         return None
     dtype = AUTOCAST.get(val.get("autocast"))
     sets = OmegaConf.to_container(val.sets, resolve=True)
     assert isinstance(sets, dict)
     tasks = build_tasks(sets, autocast_dtype=dtype)
-    return Predictor(tasks, every_n_steps=every or None, at_end=at_end) if tasks else None
+    if not tasks:
+        return None
+    return Predictor(tasks, every_n_steps=every or None, at_start=at_start, at_end=at_end)
 
 
 def build_trainer(
@@ -147,7 +153,7 @@ def build_trainer(
     ckpt_cfg = cfg.get("checkpoint") or {}
     checkpoint = StepCheckpoint(
         dirpath=ckpt_dir,
-        filename="step={step}",
+        filename="step_{step:07d}",
         auto_insert_metric_name=False,
         every_n_train_steps=int(ckpt_cfg.get("every_n_steps", 1000)) or None,
         save_top_k=int(ckpt_cfg.get("save_top_k", 1)),
@@ -241,6 +247,15 @@ def train(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, A
             save_weights(module.model, output_dir / "model.pth", half=bool(cfg.export.half))
         )
     predictor = next((c for c in trainer.callbacks if isinstance(c, Predictor)), None)
+    history_file = None
+    if predictor is not None and predictor.history and trainer.is_global_zero:
+        history_file = output_dir / VALIDATION_HISTORY
+        history_file.parent.mkdir(parents=True, exist_ok=True)
+        history = {str(step): values for step, values in sorted(predictor.history.items())}
+        history_file.write_text(json.dumps(history, indent=1))
+    tensorboard = None
+    if trainer.logger is not None and getattr(trainer.logger, "log_dir", None):
+        tensorboard = str(trainer.logger.log_dir)
     return {
         "global_rank": int(trainer.global_rank),
         "global_step": int(trainer.global_step),
@@ -250,6 +265,9 @@ def train(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, A
         "weights": weights,
         "metrics": {k: _scalar(v) for k, v in trainer.callback_metrics.items()},
         "validation": dict(predictor.results) if predictor is not None else {},
+        "validation_history": dict(predictor.history) if predictor is not None else {},
+        "validation_file": str(history_file) if history_file else None,
+        "tensorboard": tensorboard,
     }
 
 
@@ -270,12 +288,27 @@ def _scalar(value: Any) -> Any:
 
 
 def summary_lines(result: Mapping[str, Any]) -> list[str]:
-    """Human-readable lines of a :func:`train` result (for the command line)."""
+    """Human-readable lines of a :func:`train` result (for the command line): where the
+    checkpoint, the weights, the logs and the numbers are, and the validation numbers at the
+    first and the last validated step."""
     lines = [f"global step: {result['global_step']}", f"output: {result['output_dir']}"]
     if result.get("last_checkpoint"):
         lines.append(f"last checkpoint: {result['last_checkpoint']}")
     if result.get("weights"):
         lines.append(f"weights: {result['weights']}")
-    for key, value in sorted(result.get("validation", {}).items()):
-        lines.append(f"{key}: {value:.4f}")
+    if result.get("tensorboard"):
+        lines.append(f"TensorBoard logs: {result['tensorboard']} (tensorboard --logdir ...)")
+    if result.get("validation_file"):
+        lines.append(f"validation numbers: {result['validation_file']}")
+    history = result.get("validation_history") or {}
+    steps = sorted(history)
+    if len(steps) >= 2:
+        first, last = history[steps[0]], history[steps[-1]]
+        lines.append(f"validation at step {steps[0]} -> step {steps[-1]}:")
+        for key in sorted(last):
+            before = first.get(key, float("nan"))
+            lines.append(f"  {key}: {before:.4f} -> {last[key]:.4f}")
+    else:
+        for key, value in sorted(result.get("validation", {}).items()):
+            lines.append(f"{key}: {value:.4f}")
     return lines

@@ -1,0 +1,168 @@
+"""Writers of the decoupled tracker's results in the benchmarks' prediction formats.
+
+A writer sees one video at a time: ``start(video)``, ``add(frame, file_name)`` per output
+frame, ``end()``; ``close()`` writes what is kept for the end and returns the paths written.
+
+- :class:`GenericWriter`: ``<root>/<video>/<frame>.png`` (palette, or RGB ids above 255) +
+  ``<frame>.json`` with ``[{id, category_id, score, isthing}]``;
+- :class:`VipsegWriter`: ``<root>/pred.json`` + ``<root>/pan_pred/<video>/<frame>.png``, ids
+  from :class:`PanopticIds` (stuff merged to one id per category per video, a new id for a
+  thing whose voted category changes);
+- :class:`BurstWriter`: one BURST prediction json; its :attr:`BurstWriter.sequences` are also
+  usable in memory (the validation tasks score them without writing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from deva.inference.inputs import VideoSource
+from deva.inference.segmentation import Segment
+from deva.inference.tracker import TrackedFrame
+from deva.io.burst import BurstSequence, encode_rle, write_burst
+from deva.io.detections import write_frame_segmentation
+from deva.io.vipseg import PredictionWriter
+
+
+class GenericWriter:
+    """``<root>/<video>/<frame>.png + .json``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def start(self, video: VideoSource) -> None:
+        self.directory = self.root / video.name
+
+    def add(self, frame: TrackedFrame, file_name: str) -> None:
+        write_frame_segmentation(self.directory, frame.name, frame.segmentation)
+
+    def end(self) -> None:
+        pass
+
+    def close(self) -> list[Path]:
+        return [self.root]
+
+
+class PanopticIds:
+    """Per-video output ids for video panoptic formats (VIPSeg).
+
+    Stuff objects of the same category share one id for the whole video; a thing gets one id
+    per (object, category) pair, i.e. a new id when its voted category changes. Objects without
+    a category are dropped (left as void). ``isthing=None`` counts as a thing.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, int, int], int] = {}
+
+    def __call__(self, segment: Segment) -> int | None:
+        if segment.category_id is None:
+            return None
+        category = int(segment.category_id)
+        key = (
+            ("stuff", category, 0) if segment.isthing is False else ("thing", segment.id, category)
+        )
+        if key not in self._ids:
+            self._ids[key] = len(self._ids) + 1
+        return self._ids[key]
+
+    def remap(self, frame: TrackedFrame) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """(H, W) panoptic ids and their ``segments_info`` for one frame."""
+        ids = frame.mask.numpy()
+        out = np.zeros(ids.shape, dtype=np.int64)
+        infos: dict[int, dict[str, Any]] = {}
+        for seg in frame.segments:
+            new = self(seg)
+            if new is None:
+                continue
+            out[ids == seg.id] = new
+            infos.setdefault(
+                new,
+                {
+                    "id": new,
+                    "category_id": int(seg.category_id),
+                    "isthing": seg.isthing is not False,
+                },
+            )
+        present = set(np.unique(out).tolist()) - {0}
+        return out, [info for new, info in infos.items() if new in present]
+
+
+class VipsegWriter:
+    """``pred.json`` + ``pan_pred/<video>/<frame>.png`` through ``deva.io.vipseg``."""
+
+    def __init__(self, root: Path) -> None:
+        self.writer = PredictionWriter(root)
+        self.root = root
+
+    def start(self, video: VideoSource) -> None:
+        self.video = PurePosixPath(video.name).name
+        self.ids = PanopticIds()
+
+    def add(self, frame: TrackedFrame, file_name: str) -> None:
+        ids, infos = self.ids.remap(frame)
+        png = f"{PurePosixPath(file_name).stem}.png"
+        self.writer.add_frame(self.video, png, ids, infos, image_id=frame.name)
+
+    def end(self) -> None:
+        pass
+
+    def close(self) -> list[Path]:
+        return [self.writer.close(), self.root / "pan_pred"]
+
+
+class BurstWriter:
+    """One BURST prediction json; with ground truth, only its annotated frames are written."""
+
+    def __init__(self, path: Path, gt: dict[str, BurstSequence] | None, split: str | None) -> None:
+        self.path = path
+        self.gt = gt
+        self.split = split
+        self.sequences: list[BurstSequence] = []
+
+    def start(self, video: VideoSource) -> None:
+        parts = PurePosixPath(video.name).parts
+        dataset = parts[0] if len(parts) > 1 else ""
+        seq_name = "/".join(parts[1:]) if len(parts) > 1 else parts[-1]
+        template = self.gt.get(video.name) if self.gt else None
+        self.annotated = set(template.annotated_image_paths) if template else None
+        self.current = BurstSequence(
+            id=template.id if template else len(self.sequences) + 1,
+            dataset=template.dataset if template else dataset,
+            seq_name=template.seq_name if template else seq_name,
+            width=template.width if template else None,
+            height=template.height if template else None,
+            annotated_image_paths=[],
+            segmentations=[],
+        )
+
+    def add(self, frame: TrackedFrame, file_name: str) -> None:
+        if self.annotated is not None and file_name not in self.annotated:
+            return
+        ids = frame.mask.numpy()
+        tracks: dict[str, dict[str, Any]] = {}
+        for seg in frame.segments:
+            key = str(int(seg.id))
+            score = 1.0 if seg.score is None else float(seg.score)
+            tracks[key] = {"rle": encode_rle(ids == seg.id), "score": score}
+            if seg.category_id is not None:
+                self.current.track_category_ids.setdefault(key, int(seg.category_id))
+        if self.current.height is None:
+            self.current.height, self.current.width = (int(v) for v in ids.shape)
+        self.current.annotated_image_paths.append(file_name)
+        self.current.segmentations.append(tracks)
+
+    def end(self) -> None:
+        self.sequences.append(self.current)
+
+    def close(self) -> list[Path]:
+        return [write_burst(self.path, self.sequences, split=self.split)]
+
+
+def burst_ground_truth(path: str | Path) -> dict[str, BurstSequence]:
+    """BURST ground-truth sequences by ``<dataset>/<seq_name>`` (their frame folders)."""
+    from deva.io.burst import load_burst
+
+    return {f"{s.dataset}/{s.seq_name}": s for s in load_burst(path).sequences}

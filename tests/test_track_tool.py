@@ -1,0 +1,344 @@
+"""tools/track.py end to end: every segmenter, the outputs, overwrite / resume, odd inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from fractions import Fraction
+from pathlib import Path
+from types import ModuleType
+
+import av
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from deva.data.synthetic import SyntheticVideoConfig, generate_video, write_synthetic_video
+from deva.io.masks import read_mask_png
+from deva.io.video import read_video, write_mp4
+
+REPO = Path(__file__).resolve().parents[1]
+H, W, T, FPS = 48, 64, 5, 12
+
+
+@pytest.fixture(scope="module")
+def track() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("_tool_track", REPO / "tools" / "track.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> dict[str, Path]:
+    """A synthetic clip as mp4 + frame folder, and its simulated detections."""
+    root = tmp_path_factory.mktemp("clip")
+    config = SyntheticVideoConfig(
+        num_frames=T, height=H, width=W, num_objects=2, num_stuff_regions=1
+    )
+    video = generate_video(config, seed=3)
+    write_mp4(root / "clip.mp4", list(video.frames), fps=FPS)
+    frames = root / "frames"
+    frames.mkdir()
+    for t, frame in enumerate(video.frames):
+        cv2.imwrite(str(frames / f"{t:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    write_synthetic_video(root / "syn", "v", video, config=config)
+    dets = root / "syn" / "Detections" / "v"
+    return {"mp4": root / "clip.mp4", "frames": frames, "dets": dets}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    pytest.importorskip("transformers")
+    from deva.segmenters import tiny
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {
+        "sam": tiny.save_tiny_sam(root / "sam"),
+        "gdino": tiny.save_tiny_grounding_dino(root / "gdino"),
+        "mask2former": tiny.save_tiny_mask2former(root / "m2f"),
+        "oneformer": tiny.save_tiny_oneformer(root / "oneformer"),
+    }
+
+
+def run(track: ModuleType, capsys, *args: str) -> tuple[int, str, str]:
+    code = track.main(["model=tiny", "size=-1", "progress=false", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def mp4_info(path: Path) -> tuple[int, float, tuple[int, int]]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        return len(frames), float(stream.average_rate), frames[0].shape[:2]
+
+
+def check_outputs(out: Path, names: list[str], fps: float, size: tuple[int, int]) -> dict:
+    """Masks, JSON, RLE, overlay and summary agree with each other."""
+    masks = out / "masks"
+    assert sorted(p.stem for p in masks.glob("*.png")) == names
+    assert sorted(p.stem for p in masks.glob("*.json")) == names
+    rle = json.loads((out / "coco_rle.json").read_text())
+    (meta,) = rle["videos"]
+    assert meta["file_names"] == names and (meta["height"], meta["width"]) == size
+    by_id = {a["id"]: a for a in rle["annotations"]}
+    summary = json.loads((out / "summary.json").read_text())
+    for t, name in enumerate(names):
+        ids = read_mask_png(masks / f"{name}.png")
+        assert ids.shape == size
+        infos = json.loads((masks / f"{name}.json").read_text())
+        present = set(np.unique(ids).tolist()) - {0}
+        assert [i["id"] for i in infos] == sorted(present) or {i["id"] for i in infos} == present
+        for info in infos:
+            assert {"id", "label", "category_id", "score", "box", "area"} <= set(info)
+            obj = ids == info["id"]
+            ys, xs = np.nonzero(obj)
+            assert info["area"] == int(obj.sum())
+            assert info["box"] == [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+            # the whole-video RLE decodes to exactly this frame's mask of the object
+            rle_t = by_id[info["id"]]["segmentations"][t]
+            assert np.array_equal(mask_utils.decode(rle_t).astype(bool), obj)
+            assert by_id[info["id"]]["label"] == info["label"]
+        for object_id, annotation in by_id.items():
+            if object_id not in present:
+                assert annotation["segmentations"][t] is None
+    count, rate, frame_size = mp4_info(out / "overlay.mp4")
+    assert count == len(names)
+    assert rate == pytest.approx(fps, rel=1e-3)
+    assert frame_size == (size[0] + size[0] % 2, size[1] + size[1] % 2)
+    assert summary["frames"] == len(names)
+    objects = {o["id"]: o for o in summary["objects"]}
+    assert set(objects) == set(by_id)
+    for object_id, o in objects.items():
+        seen = [n for n, r in zip(names, by_id[object_id]["segmentations"]) if r is not None]
+        assert (o["first_frame"], o["last_frame"]) == (seen[0], seen[-1])
+    assert summary["timings"]["total_s"] > 0
+    assert summary["settings"]["segmenter"]["name"]
+    return summary
+
+
+SEGMENTER_ARGS = {
+    "sam": lambda m: [
+        f"segmenter.model={m['sam']}",
+        "segmenter.points_per_side=3",
+        "segmenter.pred_iou_thresh=-10",
+        "segmenter.stability_thresh=0",
+        "segmenter.min_area=4",
+    ],
+    "grounded_sam": lambda m: [
+        f"segmenter.model={m['gdino']}",
+        f"segmenter.sam_model={m['sam']}",
+        "prompt=person. dog.",
+        "segmenter.box_threshold=0",
+        "segmenter.text_threshold=0",
+    ],
+    "mask2former": lambda m: [
+        f"segmenter.model={m['mask2former']}",
+        "segmenter.threshold=0",
+        "segmenter.overlap_threshold=0",
+    ],
+    "oneformer": lambda m: [
+        f"segmenter.model={m['oneformer']}",
+        "segmenter.threshold=0",
+        "segmenter.overlap_threshold=0",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEGMENTER_ARGS))
+def test_model_segmenters_end_to_end(track, clip, tiny, tmp_path, capsys, name: str) -> None:
+    out = tmp_path / name
+    args = SEGMENTER_ARGS[name](tiny)
+    code, stdout, err = run(
+        track, capsys, f"input={clip['mp4']}", f"output={out}", f"segmenter={name}", *args,
+        "mode=online", "detect_every=2",
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"with {name}" in stdout and f"done: {T} frames" in stdout
+    summary = check_outputs(out, [f"{t:05d}" for t in range(T)], FPS, (H, W))
+    assert summary["timings"]["segmenter_calls"] == 3  # frames 0, 2, 4
+    assert summary["objects"], "the random tiny models should still produce segments"
+    if name == "grounded_sam":
+        assert {o["label"] for o in summary["objects"]} <= {"person", "dog"}
+        assert all(
+            o["category_id"] == ["person", "dog"].index(o["label"]) for o in summary["objects"]
+        )
+    if name in ("mask2former", "oneformer"):
+        from deva.segmenters.tiny import TINY_LABELS
+
+        assert all(o["label"] == TINY_LABELS[o["category_id"]] for o in summary["objects"])
+
+
+def test_precomputed_semionline_from_frame_folder(track, clip, tmp_path, capsys) -> None:
+    out = tmp_path / "pre"
+    code, _, err = run(
+        track, capsys, f"input={clip['frames']}", f"output={out}", "segmenter=precomputed",
+        f"detections={clip['dets']}", "mode=semionline", "detect_every=2", "clip_size=2", "fps=7.5",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = check_outputs(out, [f"{t:05d}" for t in range(T)], 7.5, (H, W))
+    assert summary["objects"]
+
+
+def test_unknown_segmenter_lists_available(track, clip, tmp_path, capsys) -> None:
+    code, _, err = run(
+        track, capsys, f"input={clip['mp4']}", f"output={tmp_path}", "segmenter=yolo"
+    )
+    assert code == 2
+    line = error_line(err)
+    assert "'yolo'" in line
+    for name in ("sam", "grounded_sam", "mask2former", "oneformer", "precomputed"):
+        assert name in line
+
+
+def test_prompt_required_and_offline_error(track, clip, tmp_path, capsys) -> None:
+    code, _, err = run(track, capsys, f"input={clip['mp4']}", f"output={tmp_path / 'a'}",
+                       "segmenter=grounded_sam")  # fmt: skip
+    assert code == 2 and "prompt" in error_line(err)
+    pytest.importorskip("transformers")
+    code, _, err = run(
+        track, capsys, f"input={clip['mp4']}", f"output={tmp_path / 'b'}", "segmenter=sam",
+        "offline_models=true",
+    )  # fmt: skip
+    assert code == 2
+    line = error_line(err)
+    assert "facebook/sam-vit-base" in line and "config.json" in line
+
+
+def test_overwrite_and_resume(track, clip, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    common = [f"input={clip['frames']}", f"output={out}", f"detections={clip['dets']}",
+              "mode=online", "detect_every=2"]  # fmt: skip
+    code, _, err = run(track, capsys, *common)
+    assert code == 0, err
+    first = {p.name: p.read_bytes() for p in (out / "masks").iterdir()}
+    # a second run into the same folder is refused, with overwrite=true it replaces the first
+    code, _, err = run(track, capsys, *common)
+    assert code == 2 and "overwrite=true" in error_line(err)
+    (out / "masks" / "stale.png").write_bytes(first["00000.png"])
+    code, _, err = run(track, capsys, *common, "overwrite=true")
+    assert code == 0, err
+    assert not (out / "masks" / "stale.png").exists()
+    # a complete run is not resumed
+    code, _, err = run(track, capsys, *common, "resume=true")
+    assert code == 2 and "already complete" in error_line(err)
+
+    # simulate an interruption after 3 frames, then resume
+    for name in ("00003", "00004"):
+        (out / "masks" / f"{name}.png").unlink()
+        (out / "masks" / f"{name}.json").unlink()
+    run_file = json.loads((out / "run.json").read_text())
+    run_file["state"] = "running"
+    (out / "run.json").write_text(json.dumps(run_file))
+    (out / "summary.json").unlink()
+    kept = {n: (out / "masks" / n).stat().st_mtime_ns for n in ("00000.png", "00002.json")}
+    # other settings are refused
+    code, _, err = run(track, capsys, *common, "resume=true", "detect_every=3")
+    assert code == 2 and "detect_every" in error_line(err)
+    code, stdout, err = run(track, capsys, *common, "resume=true")
+    assert code == 0, err
+    assert "3 kept" in stdout
+    summary = check_outputs(out, [f"{t:05d}" for t in range(T)], 24.0, (H, W))
+    assert summary["resumed_frames"] == 3 and summary["frames_tracked"] == 2
+    assert {n: (out / "masks" / n).stat().st_mtime_ns for n in kept} == kept
+    # objects alive at frame 2 keep their ids at frame 3
+    ids2 = set(np.unique(read_mask_png(out / "masks" / "00002.png")).tolist()) - {0}
+    ids3 = set(np.unique(read_mask_png(out / "masks" / "00003.png")).tolist()) - {0}
+    assert ids2 & ids3
+
+    # offline mode says why it cannot resume
+    off = tmp_path / "off"
+    offline = [f"input={clip['frames']}", f"output={off}", f"detections={clip['dets']}",
+               "mode=offline"]  # fmt: skip
+    assert run(track, capsys, *offline)[0] == 0
+    state = json.loads((off / "run.json").read_text())
+    state["state"] = "running"
+    (off / "run.json").write_text(json.dumps(state))
+    code, _, err = run(track, capsys, *offline, "resume=true")
+    assert code == 2 and "mode=offline" in error_line(err)
+
+
+def write_vfr_odd_video(path: Path, frames: list[np.ndarray], pts: list[int]) -> None:
+    """An mp4 with the given presentation times (1/1000 s) and the frames' (odd) size."""
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height = width + width % 2, height + height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = Fraction(1, 1000)
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for frame, t in zip(frames, pts):
+            padded = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+            video_frame = av.VideoFrame.from_ndarray(padded, format="rgb24")
+            video_frame.pts = t
+            video_frame.time_base = Fraction(1, 1000)
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_variable_frame_rate_and_odd_size(track, clip, tmp_path, capsys) -> None:
+    frames = [np.ascontiguousarray(f[:45, :61]) for _, f in read_video(clip["frames"])]
+    source = tmp_path / "vfr.mp4"
+    write_vfr_odd_video(source, frames, [0, 50, 150, 200, 400])
+    reader = read_video(source)
+    decoded = list(reader)
+    assert len(decoded) == T and reader.fps and reader.fps > 0
+    size = decoded[0][1].shape[:2]
+    out = tmp_path / "vfr"
+    code, _, err = run(
+        track, capsys, f"input={source}", f"output={out}", f"detections={clip['dets']}",
+        "mode=semionline", "detect_every=2", "clip_size=2",
+    )  # fmt: skip
+    assert code == 0, err
+    check_outputs(out, [f"{t:05d}" for t in range(T)], reader.fps, size)
+
+
+def test_corrupt_frame_is_named_and_earlier_outputs_kept(track, clip, tmp_path, capsys) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for path in sorted(clip["frames"].iterdir()):
+        (frames / path.name).write_bytes(path.read_bytes())
+    (frames / "00003.png").write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    code, _, err = run(
+        track, capsys, f"input={frames}", f"output={out}", f"detections={clip['dets']}",
+        "mode=online",
+    )  # fmt: skip
+    assert code == 2
+    assert "00003.png" in error_line(err)
+    assert sorted(p.stem for p in (out / "masks").glob("*.png")) == ["00000", "00001", "00002"]
+    assert json.loads((out / "run.json").read_text())["state"].startswith("failed")
+    count, _, _ = mp4_info(out / "overlay.mp4")
+    assert count == 3
+
+
+def test_library_api(clip, tmp_path) -> None:
+    """DecoupledTracker.from_pretrained + read_video, as in the README."""
+    from deva.inference.tracker import DecoupledTracker
+    from deva.modeling.config import PropagationConfig
+    from deva.modeling.propagation import PropagationModel
+    from deva.modeling.weights import save_weights
+    from deva.segmenters import PrecomputedSegmenter
+
+    weights = save_weights(PropagationModel(PropagationConfig.preset("tiny")), tmp_path / "w.pth")
+    tracker = DecoupledTracker.from_pretrained(
+        str(weights),
+        segmenter=PrecomputedSegmenter(clip["dets"]),
+        mode="online",
+        shorter_side=-1,
+        device="cpu",
+    )
+    results = list(tracker.stream(read_video(clip["mp4"])))
+    assert [r.name for r in results] == [f"{t:05d}" for t in range(T)]
+    assert all(tuple(r.mask.shape) == (H, W) for r in results)
+    assert any(r.segments for r in results)

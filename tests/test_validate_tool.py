@@ -1,0 +1,185 @@
+"""Validation of the decoupled loop during training (TensorBoard scalars and pictures) and
+after it (tools/validate.py over a run's checkpoints, 1 and 2 processes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from deva.config import compose
+from deva.data.synthetic import SyntheticVideoConfig, generate_video, video_name, video_seed
+from deva.data.synthetic_benchmarks import write_vipseg_layout
+from deva.training.train import VALIDATION_HISTORY, summary_lines, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tools" / "validate.py"
+VIDEO = SyntheticVideoConfig(num_frames=6, height=64, width=96, num_objects=3)
+
+
+def _validate_tool():
+    spec = importlib.util.spec_from_file_location("validate_tool", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vip(tmp_path_factory) -> dict[str, Path]:
+    videos = [(video_name(i), generate_video(VIDEO, video_seed(9, i))) for i in range(2)]
+    return write_vipseg_layout(tmp_path_factory.mktemp("vip"), videos, VIDEO)
+
+
+def _vip_override(vip: dict[str, Path]) -> str:
+    return (
+        f"+validation.sets.vip={{type: vipseg, images: {vip['images']}, gt: {vip['gt']}, "
+        f"detections: {vip['detections']}, size: -1, mode: semionline, detect_every: 2}}"
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, vip) -> tuple[Path, dict]:
+    """Two real training steps with a checkpoint each and validation before and after."""
+    out = tmp_path_factory.mktemp("run")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = compose(
+        "train",
+        [
+            "debug=fast",
+            f"output_dir={out}",
+            "trainer.fast_dev_run=false",
+            "stage.iterations=2",
+            "logger=tensorboard",
+            "checkpoint.every_n_steps=1",
+            "checkpoint.save_top_k=-1",
+            "validation.at_start=true",
+            "validation.every_n_steps=1",
+            _vip_override(vip),
+        ],
+    )
+    result = train(cfg)
+    torch.set_num_threads(before)
+    return out, result
+
+
+def _scalars(folder: Path) -> EventAccumulator:
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events
+
+
+def test_training_logs_vpq_and_stq_of_the_decoupled_loop(run) -> None:
+    out, result = run
+    events = _scalars(Path(result["tensorboard"]))
+    tags = events.Tags()
+    for tag in ("val/vip/vpq", "val/vip/stq", "val/panoptic/vpq", "val/synthetic/jf"):
+        assert tag in tags["scalars"], tag
+        assert [e.step for e in events.Scalars(tag)] == [0, 1, 2]  # before, each step, end
+    assert "val/vip/tracks" in tags["images"] and "val/panoptic/tracks" in tags["images"]
+    history = json.loads((out / VALIDATION_HISTORY).read_text())
+    assert sorted(history) == ["0", "1", "2"]
+    assert history["2"]["val/vip/vpq"] == result["validation"]["val/vip/vpq"]
+    lines = "\n".join(summary_lines(result))
+    assert "validation at step 0 -> step 2" in lines and "val/vip/vpq" in lines
+    assert str(out / VALIDATION_HISTORY) in lines and "TensorBoard logs" in lines
+
+
+def test_validate_scores_every_checkpoint_of_a_run(run, capsys) -> None:
+    out, result = run
+    tool = _validate_tool()
+    assert tool.main([f"run={out}", "threads=1"]) == 0
+    printed = capsys.readouterr().out
+    records = json.loads((out / "validation.json").read_text())
+    assert [(r["checkpoint"], r["step"]) for r in records] == [
+        ("step_0000001.ckpt", 1),
+        ("step_0000002.ckpt", 2),
+    ]
+    # the checkpoint of step 2 holds the weights the Predictor scored at step 2
+    history = json.loads((out / VALIDATION_HISTORY).read_text())
+    for key in ("val/vip/vpq", "val/vip/stq", "val/panoptic/vpq", "val/synthetic/jf"):
+        assert records[1]["results"][key] == history["2"][key], key
+    assert "vip/vpq" in printed and "step_0000002.ckpt" in printed
+    header = (out / "validation.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["checkpoint", "step"] and "val/vip/stq" in header
+    # scalars land in the run's TensorBoard at the checkpoints' steps
+    events = _scalars(Path(result["tensorboard"]))
+    steps = [e.step for e in events.Scalars("val/vip/vpq")]
+    assert sorted(steps) == [0, 1, 1, 2, 2]  # training (0, 1, 2) + validate.py (1, 2)
+
+    # a second call skips what is scored; force=true scores again with the same numbers
+    mtime = (out / "validation.json").stat().st_mtime_ns
+    assert tool.main([f"run={out}", "threads=1"]) == 0
+    assert (out / "validation.json").stat().st_mtime_ns == mtime
+    assert tool.main([f"run={out}", "threads=1", "force=true", "sets=[vip]"]) == 0
+    assert json.loads((out / "validation.json").read_text()) == records
+
+
+def test_validate_one_checkpoint_with_an_added_set(run, vip, tmp_path: Path, capsys) -> None:
+    out, _ = run
+    tool = _validate_tool()
+    ckpt = out / "checkpoints" / "step_0000001.ckpt"
+    args = [f"ckpt={ckpt}", "threads=1", f"output={tmp_path}", "sets=[extra]", "tensorboard=false"]
+    extra = _vip_override(vip).replace("validation.sets.vip", "validation.sets.extra")
+    assert tool.main([*args, extra.replace("detect_every: 2", "detect_every: 3")]) == 0
+    (record,) = json.loads((tmp_path / "validation.json").read_text())
+    assert record["step"] == 1 and set(record["results"]) >= {"val/extra/vpq", "val/extra/stq"}
+    assert not any(k.startswith("val/vip/") for k in record["results"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["threads=1"], "exactly one of run=OUTPUT_DIR or ckpt=FILE"),
+        (["run=/nonexistent/run"], "run folder not found"),
+        (["sets=[nope]"], "unknown set(s) ['nope']"),
+        (["+validation.sets.bad={type: vipseg}"], "needs images=PATH"),
+    ],
+)
+def test_validate_bad_input_is_one_line(run, capsys, args, message) -> None:
+    out, _ = run
+    if not any(a.startswith("run=") for a in args) and args != ["threads=1"]:
+        args = [f"run={out}", *args]
+    assert _validate_tool().main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_two_processes_give_exactly_the_numbers_of_one(run, tmp_path: Path) -> None:
+    out, _ = run
+    ckpt = out / "checkpoints" / "step_0000002.ckpt"
+    results = {}
+    for devices in (1, 2):
+        folder = tmp_path / f"devices{devices}"
+        command = [
+            sys.executable,
+            str(SCRIPT),
+            f"ckpt={ckpt}",
+            f"output={folder}",
+            "threads=1",
+            "tensorboard=false",
+            "sets=[vip,panoptic]",
+            "trainer.accelerator=cpu",
+            f"trainer.devices={devices}",
+            f"trainer.strategy={'ddp' if devices > 1 else 'auto'}",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[devices] = json.loads((folder / "validation.json").read_text())
+    assert results[1] == results[2]
+    assert results[1][0]["results"]["val/vip/vpq"] is not None
