@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deva.inference.alignment import align_segmentation
+from deva.inference.alignment import (
+    _align_with_propagator,
+    align_segmentation,
+    align_segmentations,
+)
 from deva.inference.memory import MemoryConfig
 from deva.inference.propagator import Propagator
 from deva.inference.segmentation import Segment, Segmentation
@@ -103,3 +107,30 @@ def test_size_mismatch_is_an_error(model: PropagationModel) -> None:
         align_segmentation(model, small, _segmentation(), prop.encode(_frames(1)[0]))
     with pytest.raises(ValueError, match="segmentation is"):
         align_segmentation(model, small, _segmentation(), small)
+
+
+def _shifted(seg: Segmentation, dy: int, dx: int) -> Segmentation:
+    return Segmentation(mask=torch.roll(seg.mask, (dy, dx), dims=(0, 1)), segments=seg.segments)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_batched_clip_alignment_equals_one_propagator_per_frame(
+    model: PropagationModel, dtype: torch.dtype | None
+) -> None:
+    frames = _frames(4, seed=3)
+    prop = Propagator(model, autocast_dtype=dtype)
+    features = [prop.encode(f) for f in frames]
+    segs = [_segmentation(), _shifted(_segmentation(), 3, -2), Segmentation(torch.zeros(H, W))]
+    segs.append(_shifted(_segmentation(), -4, 5))
+    sources = list(zip([*features[1:], features[1]], segs, strict=True))
+    batched = align_segmentations(model, sources, features[0], autocast_dtype=dtype)
+    for (source, seg), got in zip(sources, batched, strict=True):
+        single = align_segmentation(model, source, seg, features[0], autocast_dtype=dtype)
+        assert torch.equal(got.mask, single.mask)
+        assert got.segments == single.segments
+        if seg.segments:
+            reference = _align_with_propagator(
+                model, source, seg, features[0], autocast_dtype=dtype
+            )
+            assert torch.equal(got.mask, reference)
+    assert batched[2].segments == [] and not batched[2].mask.any()

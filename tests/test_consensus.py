@@ -248,3 +248,20 @@ def test_invalid_inputs_raise() -> None:
         in_clip_consensus([frame, unlisted])
     with pytest.raises(ValueError, match="at least one"):
         in_clip_consensus([])
+
+
+def test_selected_segment_painted_over_stays_a_segment_without_pixels() -> None:
+    """A (whole box) is selected, and so are its two halves B and C (IoU 0.5 with A: no
+    support, so no conflict); smaller segments are painted on top, A keeps no pixel, and it
+    is still a consensus segment, so that merging makes it an object (published rule)."""
+    whole = torch.zeros(8, 8, dtype=torch.long)
+    whole[2:6, 0:8] = 1
+    halves = torch.zeros(8, 8, dtype=torch.long)
+    halves[2:6, 0:4] = 1
+    halves[2:6, 4:8] = 2
+    a = Segmentation(mask=whole, segments=[Segment(1, category_id=1)])
+    bc = Segmentation(mask=halves, segments=[Segment(1, category_id=2), Segment(2, category_id=3)])
+    seg = in_clip_consensus([a, bc, bc, a])
+    assert len(seg.segments) == 3
+    areas = {s.category_id: int((seg.mask == s.id).sum()) for s in seg.segments}
+    assert areas == {1: 0, 2: 16, 3: 16}

@@ -1,4 +1,4 @@
-"""The README's main command: tools/demo.py and the embedded checkpoint."""
+"""The tracking example of the README (tools/demo.py) and the embedded checkpoint."""
 
 from __future__ import annotations
 

@@ -23,13 +23,7 @@ from deva.training.train import per_device_batch_size, train
 TINY = PropagationConfig.preset("tiny").to_dict()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; OpenMP spinning on shared cores is very slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shrunk(tmp_path: Path, *extra: str) -> Any:

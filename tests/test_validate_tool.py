@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import threads
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deva.config import compose
@@ -30,12 +31,7 @@ def _validate_tool():
     return module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +51,6 @@ def _vip_override(vip: dict[str, Path]) -> str:
 def run(tmp_path_factory, vip) -> tuple[Path, dict]:
     """Two real training steps with a checkpoint each and validation before and after."""
     out = tmp_path_factory.mktemp("run")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     cfg = compose(
         "train",
         [
@@ -72,8 +66,8 @@ def run(tmp_path_factory, vip) -> tuple[Path, dict]:
             _vip_override(vip),
         ],
     )
-    result = train(cfg)
-    torch.set_num_threads(before)
+    with threads(1):
+        result = train(cfg)
     return out, result
 
 
@@ -183,3 +177,14 @@ def test_two_processes_give_exactly_the_numbers_of_one(run, tmp_path: Path) -> N
         results[devices] = json.loads((folder / "validation.json").read_text())
     assert results[1] == results[2]
     assert results[1][0]["results"]["val/vip/vpq"] is not None
+
+
+def test_the_default_run_validates_jf_and_vpq_before_and_after() -> None:
+    """The README's first command: a short run whose Predictor reports J&F and VPQ."""
+    cfg = compose("train", [])
+    assert cfg.stage.name == "quick" and cfg.stage.iterations <= 500
+    assert cfg.model.preset == "small" and cfg.trainer.accelerator == "cpu"
+    assert cfg.validation.at_start and cfg.validation.at_end
+    types = {spec.type for spec in cfg.validation.sets.values()}
+    assert types == {"synthetic", "synthetic_panoptic"}
+    assert compose("train", ["stage=synthetic"]).stage.iterations == 3000  # the full recipe

@@ -41,12 +41,7 @@ def _tool(name: str) -> ModuleType:
     return module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +269,20 @@ def test_missing_frame_of_the_ground_truth(tmp_path: Path, vipseg_set) -> None:
             "gt": str(root / "panoptic_gt_VIPSeg_val.json")}  # fmt: skip
     with pytest.raises(FileNotFoundError, match="video 'video_001' has no frame '00004'"):
         build_tasks({"v": spec})
+
+
+def test_make_synthetic_writes_benchmark_layouts_that_validate(tmp_path: Path, capsys) -> None:
+    tool = _tool("make_synthetic")
+    common = ["num_videos=1", "num_frames=4", "height=48", "width=64"]
+    assert tool.main([f"output={tmp_path / 'v'}", "format=vipseg", *common]) == 0
+    assert tool.main([f"output={tmp_path / 'b'}", "format=burst", *common]) == 0
+    assert tool.main([f"output={tmp_path / 'x'}", "format=coco", *common]) == 2
+    capsys.readouterr()
+    vip = {"type": "vipseg", "images": str(tmp_path / "v" / "images"),
+           "gt": str(tmp_path / "v" / "panoptic_gt_VIPSeg_val.json"),
+           "detections": str(tmp_path / "v" / "detections")}  # fmt: skip
+    ow = {"type": "burst", "images": str(tmp_path / "b" / "frames" / "val"),
+          "gt": str(tmp_path / "b" / "gt" / "val"),
+          "detections": str(tmp_path / "b" / "detections.json")}  # fmt: skip
+    tasks = build_tasks({"vip": vip, "ow": ow})
+    assert [len(t) for t in tasks] == [1, 1] and tasks[0].num_frames(0) == 4

@@ -1,6 +1,6 @@
 """The embedded demo: track the first-frame masks of a generated synthetic video.
 
-    python tools/demo.py [output=outputs/demo] [seed=1000] [model.weights=FILE]
+    python tools/demo.py [output=outputs/demo] [seed=1000] [model.weights=FILE] [amp=bf16]
 
 Writes ``overlay.mp4`` (prediction over the frames), ``montage.png`` (ground truth vs
 prediction on a few frames) and ``scores.json`` (J&F against the generator's ground truth).
@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from deva.config import ConfigError, compose
+from deva.config.options import autocast_dtype
 from deva.data.synthetic import SyntheticVideoConfig, generate_video
 from deva.inference.propagator import Propagator
 from deva.inference.vos import segment_frames
@@ -45,15 +46,17 @@ def run(cfg) -> dict[str, float]:
         seed=cfg.seed,
     )
     device = pick_device(cfg.device)
+    amp = autocast_dtype(cfg.get("amp", "none"), device)
     model = build_model(cfg.model.preset, weights).to(device)
     print(
         f"demo: {video.num_frames} synthetic frames ({cfg.height}x{cfg.width}, seed {cfg.seed}), "
-        f"{len(video.objects)} objects, weights {weights or 'RANDOM'}, device {device} -> {out}"
+        f"{len(video.objects)} objects, weights {weights or 'RANDOM'}, device {device}, "
+        f"amp {cfg.get('amp', 'none')} -> {out}"
     )
     names = [f"{t:05d}" for t in range(video.num_frames)]
     frames = zip(names, video.frames, strict=True)
     first = {names[0]: video.masks[0].astype(np.int64)}
-    propagator = Propagator(model)
+    propagator = Propagator(model, autocast_dtype=amp)
     predictions = []
     with Mp4Writer(out / "overlay.mp4", fps=cfg.fps) as writer:
         stream = segment_frames(propagator, frames, first, shorter_side=cfg.size)

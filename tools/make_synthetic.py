@@ -7,6 +7,11 @@ Usage (OmegaConf dotlist overrides, all optional):
 
 Every field of ``deva.data.synthetic.SyntheticVideoConfig`` can be overridden by name
 (e.g. ``num_objects=6 det_miss_rate=0.2``).
+
+``format=vipseg`` or ``format=burst`` writes the videos as a video-panoptic (VIPSeg) or
+open-world (BURST) benchmark folder instead, with the simulated detections in that
+benchmark's prediction layout (``deva.data.synthetic_benchmarks``), ready for
+``tools/evaluate.py`` / ``tools/score.py`` or a ``validation.sets`` entry of training.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ DEFAULTS = {
     "seed": 0,
     "overwrite": False,
     "jpeg_quality": 95,
+    "format": "davis",
 }
+FORMATS = ("davis", "vipseg", "burst")
 
 
 def _check_type(key: str, value: object, default: object) -> None:
@@ -73,12 +80,17 @@ def main(argv: list[str]) -> int:
         reason = str(error).splitlines()[0]
         print(f"error: {reason}", file=sys.stderr)
         return 2
+    if options["format"] not in FORMATS:
+        print(f"error: format must be one of {FORMATS}, got {options['format']!r}", file=sys.stderr)
+        return 2
     print(
         f"writing {options['num_videos']} synthetic video(s) of {config.num_frames} frames "
         f"({config.height}x{config.width}, {config.num_objects} objects, seed {options['seed']}) "
         f"to {options['output']}"
     )
     start = time.perf_counter()
+    if options["format"] != "davis":
+        return _write_benchmark(options, config, start)
     try:
         names = write_synthetic_dataset(
             options["output"],
@@ -97,6 +109,28 @@ def main(argv: list[str]) -> int:
         f"done: {len(names)} video(s) in {elapsed:.1f}s -> {options['output']} "
         "(JPEGImages/, Annotations/, Detections/, Meta/, dataset.json)"
     )
+    return 0
+
+
+def _write_benchmark(options: dict, config: SyntheticVideoConfig, start: float) -> int:
+    """The VIPSeg / BURST layouts (see the module docstring)."""
+    from deva.data.synthetic import generate_video, prepare_output_dir, video_name, video_seed
+    from deva.data.synthetic_benchmarks import write_burst_layout, write_vipseg_layout
+
+    try:
+        root = prepare_output_dir(options["output"], overwrite=bool(options["overwrite"]))
+        videos = [
+            (video_name(i), generate_video(config, video_seed(int(options["seed"]), i)))
+            for i in range(int(options["num_videos"]))
+        ]
+        writer = write_vipseg_layout if options["format"] == "vipseg" else write_burst_layout
+        paths = writer(root, videos, config)
+    except (FileExistsError, NotADirectoryError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - start
+    listed = ", ".join(f"{key}: {path}" for key, path in paths.items())
+    print(f"done: {len(videos)} video(s) in {elapsed:.1f}s as {options['format']} -> {listed}")
     return 0
 
 

@@ -14,6 +14,7 @@ import torch
 from deva.config import ConfigError
 from deva.inference.memory import MemoryConfig
 from deva.inference.tracker import TrackerConfig, TrackingMode
+from deva.modeling.inference_model import check_autocast
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {
     "none": None,
@@ -22,11 +23,21 @@ AMP_DTYPES: dict[str, torch.dtype | None] = {
 }
 
 
-def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """The mixed-precision dtype for ``amp=name``; always None on the CPU."""
+def autocast_dtype(name: str | None, device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for ``amp=name`` on ``device``.
+
+    ``bf16`` works on CUDA and on CPUs with native bfloat16 (AVX-512-BF16 / AMX; checked via
+    oneDNN); ``fp16`` on the CPU and ``bf16`` on a CPU without it are one-line errors.
+    """
+    name = "none" if name is None else str(name).lower()
     if name not in AMP_DTYPES:
         raise ConfigError(f"amp must be one of {sorted(AMP_DTYPES)}, got {name!r}")
-    return AMP_DTYPES[name] if device.type != "cpu" else None
+    dtype = AMP_DTYPES[name]
+    try:
+        check_autocast(dtype, device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return dtype
 
 
 def memory_config(cfg: Any) -> MemoryConfig:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,16 @@ def write_burst_layout(
         for t, file_name in enumerate(names):
             _write_jpeg(frames_root / BURST_DATASET / name / file_name, video.frames[t])
         annotated = list(range(0, video.num_frames, max(1, annotate_every)))
+
+        sequence = partial(
+            BurstSequence,
+            id=number,
+            dataset=BURST_DATASET,
+            seq_name=name,
+            width=int(width),
+            height=int(height),
+        )
+
         categories = {str(obj.id): int(obj.category_id) for obj in video.objects}
         for key, keep in (
             ("all", lambda c: True),
@@ -189,12 +200,7 @@ def write_burst_layout(
                 for t in annotated
             ]
             splits[key].append(
-                BurstSequence(
-                    id=number,
-                    dataset=BURST_DATASET,
-                    seq_name=name,
-                    width=int(width),
-                    height=int(height),
+                sequence(
                     annotated_image_paths=[names[t] for t in annotated],
                     segmentations=segmentations,
                     track_category_ids=tracks,
@@ -214,17 +220,7 @@ def write_burst_layout(
                     if s.isthing is not False
                 }
             )
-        detections.append(
-            BurstSequence(
-                id=number,
-                dataset=BURST_DATASET,
-                seq_name=name,
-                width=int(width),
-                height=int(height),
-                annotated_image_paths=names,
-                segmentations=det_frames,
-            )
-        )
+        detections.append(sequence(annotated_image_paths=names, segmentations=det_frames))
     gt_root = root / "gt" / split
     for key, sequences in splits.items():
         write_burst(gt_root / f"{key}_classes.json", sequences, split=split)

@@ -10,21 +10,27 @@ return; it never touches a :class:`~deva.inference.propagator.Propagator`'s memo
 state or frame counter. Image features are taken from the frames' cached
 :class:`~deva.inference.propagator.FrameFeatures`, so no image is encoded twice.
 
-The computation is a fresh, throw-away :class:`Propagator` run on the two frames: the source
-masks are given masks (memory frame, zero sensory memory, deep update), the target is read
-with top-k without any update, and the probabilities are turned back into ids by arg-max.
+The computation equals a fresh, throw-away :class:`Propagator` run on the two frames (the
+source masks as given masks: memory frame, zero sensory memory, deep update; the target read
+with top-k and no update; arg-max of the probabilities), without building one: the one-frame
+memory is read directly, and :func:`align_segmentations` aligns all of a clip's frames to the
+key frame with a single decoder pass over all their segments.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
 
-from deva.inference.memory import MemoryConfig
+from deva.inference.memory import _affinity
 from deva.inference.propagator import FrameFeatures, Propagator
 from deva.inference.segmentation import Segmentation
-from deva.modeling.propagation import PropagationModel
+from deva.io.padding import pad_to_multiple, unpad
+from deva.modeling import memory_ops
+from deva.modeling.inference_model import check_autocast, inference_model
+from deva.modeling.propagation import PropagationModel, aggregate_probabilities
 
 DEFAULT_TOP_K = 30
 
@@ -53,6 +59,7 @@ def align_segmentation(
     top_k: int | None = DEFAULT_TOP_K,
     chunk_size: int = -1,
     autocast_dtype: torch.dtype | None = None,
+    channels_last: bool | None = None,
 ) -> Segmentation:
     """Propagate ``segmentation`` of the source frame onto the target frame (eq. 1).
 
@@ -64,18 +71,142 @@ def align_segmentation(
         top_k: memory elements kept per query pixel (30 in the paper; None: full softmax).
         chunk_size: objects per network pass (-1: all at once).
         autocast_dtype: mixed precision dtype (e.g. ``torch.bfloat16``) or None.
+        channels_last: as for :class:`Propagator` (None: its default); must match the
+            propagator that computed the features.
 
     Returns:
         A CPU ``Segmentation`` at ``target.size`` with the same segment ids and metadata;
         segments that receive no pixel are dropped.
     """
-    if source.size != target.size or source.image.shape != target.image.shape:
-        raise ValueError(f"source frame is {source.size} but the target frame is {target.size}")
+    return align_segmentations(
+        model,
+        [(source, segmentation)],
+        target,
+        top_k=top_k,
+        chunk_size=chunk_size,
+        autocast_dtype=autocast_dtype,
+        channels_last=channels_last,
+    )[0]
+
+
+@torch.inference_mode()
+def align_segmentations(
+    model: PropagationModel,
+    sources: list[tuple[FrameFeatures, Segmentation]],
+    target: FrameFeatures,
+    *,
+    top_k: int | None = DEFAULT_TOP_K,
+    chunk_size: int = -1,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool | None = None,
+) -> list[Segmentation]:
+    """:func:`align_segmentation` of several (frame, segmentation) pairs onto one target.
+
+    Each source gets its own one-frame memory (mask encoding, read); the decoder runs once
+    over the segments of all sources (it treats every object independently), then each
+    source's probabilities are soft-aggregated and arg-maxed on their own.
+    """
+    for source, _ in sources:
+        if source.size != target.size or source.image.shape != target.image.shape:
+            raise ValueError(f"source frame is {source.size} but the target frame is {target.size}")
+    encoded = [_one_hot(seg, source.size) for source, seg in sources]
+    results: list[Segmentation | None] = [None] * len(sources)
+    active = [i for i, (ids, _) in enumerate(encoded) if ids]
+    for i, (ids, _) in enumerate(encoded):
+        if not ids:
+            results[i] = Segmentation(mask=torch.zeros(target.size, dtype=torch.long), segments=[])
+    if active:
+        check_autocast(autocast_dtype, model.device)
+        if channels_last is None:
+            channels_last = autocast_dtype is not None and model.device.type == "cpu"
+        network = inference_model(model, dtype=autocast_dtype, channels_last=channels_last)
+        autocast = (
+            torch.autocast(model.device.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            probs = _propagate_one_frame(
+                network,
+                [(sources[i][0], *encoded[i]) for i in active],
+                target,
+                top_k=top_k,
+                chunk_size=chunk_size,
+            )
+        for i, prob in zip(active, probs, strict=True):
+            ids = encoded[i][0]
+            lut = torch.tensor([0, *ids], dtype=torch.int64, device=prob.device)
+            out = lut[unpad(prob, target.padding).float().argmax(dim=0)].cpu()
+            present = set(torch.unique(out).tolist())
+            segments = [dataclasses.replace(s) for s in sources[i][1].segments if s.id in present]
+            results[i] = Segmentation(mask=out, segments=segments)
+    return results  # type: ignore[return-value]
+
+
+def _propagate_one_frame(
+    network: PropagationModel,
+    sources: list[tuple[FrameFeatures, list[int], torch.Tensor]],
+    target: FrameFeatures,
+    *,
+    top_k: int | None,
+    chunk_size: int,
+) -> list[torch.Tensor]:
+    """Padded (N_s + 1, H', W') target probabilities for each (features, ids, masks) source:
+    the same operations, in the same precision, as a fresh :class:`Propagator` stepping over
+    the source (given masks) and then the target (``end=True``)."""
+    q_key = target.key.key.flatten(2)
+    q_sel = target.key.selection.flatten(2)
+    h, w = target.key.key.shape[-2:]
+    readouts, sensories, lasts, counts = [], [], [], []
+    for features, ids, masks in sources:
+        device = features.image.device
+        given = pad_to_multiple(masks.to(device), 16)[0]
+        prob = torch.softmax(aggregate_probabilities(given, dim=0), dim=0)  # as committed
+        key = features.key
+        sensory = key.key.new_zeros(1, len(ids), network.config.sensory_dim, h, w)
+        value, sensory = network.encode_mask(
+            features.image,
+            features.pixel,
+            sensory,
+            prob[1:].unsqueeze(0).to(features.image.dtype),
+            deep_update=True,
+            chunk_size=chunk_size,
+        )
+        affinity = _affinity(
+            key.key[0].flatten(1).unsqueeze(0),
+            key.shrinkage[0].flatten(1).unsqueeze(0),
+            q_key,
+            q_sel,
+            top_k,
+        )
+        readout = memory_ops.readout(affinity, value.flatten(3))[0].view(len(ids), -1, h, w)
+        readouts.append(readout)
+        sensories.append(sensory[0])
+        lasts.append(prob[1:].float())
+        counts.append(len(ids))
+    readout = torch.cat(readouts).unsqueeze(0)
+    sensory = torch.cat(sensories).unsqueeze(0)
+    last = torch.cat(lasts).unsqueeze(0).to(readout.dtype)
+    _, logits = network.segment(
+        target.pixel, readout, sensory, last, update_sensory=False, chunk_size=chunk_size
+    )
+    return [network.aggregate(part)[1][0] for part in logits.split(counts, dim=1)]
+
+
+def _align_with_propagator(
+    model: PropagationModel,
+    source: FrameFeatures,
+    segmentation: Segmentation,
+    target: FrameFeatures,
+    *,
+    top_k: int | None = DEFAULT_TOP_K,
+    chunk_size: int = -1,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Reference: the (H, W) id map a throw-away :class:`Propagator` gives (for tests)."""
+    from deva.inference.memory import MemoryConfig
+
     ids, masks = _one_hot(segmentation, source.size)
-    if not ids:
-        return Segmentation(mask=torch.zeros(target.size, dtype=torch.long), segments=[])
-    # A throw-away propagator is the temporary one-frame memory: the source frame with its
-    # masks as given masks, then a read-only (end) step at the target.
     temporary = Propagator(
         model,
         MemoryConfig(top_k=top_k, long_term=False),
@@ -83,7 +214,4 @@ def align_segmentation(
         autocast_dtype=autocast_dtype,
     )
     temporary.step(features=source, mask=masks.to(source.image.device), objects=ids)
-    out = temporary.step(features=target, end=True).index_mask().cpu()
-    present = set(torch.unique(out).tolist())
-    segments = [dataclasses.replace(s) for s in segmentation.segments if s.id in present]
-    return Segmentation(mask=out, segments=segments)
+    return temporary.step(features=target, end=True).index_mask().cpu()

@@ -416,13 +416,12 @@ def build_consensus(
     painted = paint_by_area(
         props.index_maps, [[i] for i in chosen], [int(props.areas[i]) for i in chosen]
     )
-    present = torch.bincount(painted.reshape(-1), minlength=len(chosen) + 1)[1:] > 0
-    # Fresh ids 1..K for the segments that kept pixels, in flat proposal order.
+    # Fresh ids 1..K in flat proposal order. A selected segment painted over entirely by
+    # smaller ones stays a segment without pixels: like any new detection without a visible
+    # pixel it still becomes an object (the published implementation's rule).
     relabel = np.zeros(len(chosen) + 1, dtype=np.int64)
     segments, sources, merged_from = [], {}, {}
     for g, index in enumerate(chosen):
-        if not bool(present[g]) and len(proposals) > 1:
-            continue
         new_id = len(segments) + 1
         relabel[g + 1] = new_id
         members = supporters[index]

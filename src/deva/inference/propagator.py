@@ -17,6 +17,7 @@ import torch
 
 from deva.inference.memory import InferenceMemory, MemoryConfig
 from deva.io.padding import Padding, pad_to_multiple, unpad
+from deva.modeling.inference_model import check_autocast, inference_model
 from deva.modeling.propagation import (
     KeyProjection,
     PixelFeatures,
@@ -67,7 +68,14 @@ class Propagator:
     A frame becomes a memory frame every ``mem_every`` frames and whenever masks are given.
     Objects given mid-video are merged with the prediction of existing objects (given masks
     win where they are foreground). ``chunk_size`` bounds how many objects go through the
-    network at once. ``autocast_dtype`` (e.g. ``torch.bfloat16``) enables mixed precision.
+    network at once. ``autocast_dtype`` (e.g. ``torch.bfloat16``) enables mixed precision
+    (bf16 on a CPU needs native support; fp16 on a CPU is refused).
+
+    The network runs as a cached inference copy of ``model``
+    (:func:`~deva.modeling.inference_model.inference_model`): batch norm folded into the
+    convolutions, weights stored once in the autocast dtype, channels-last layout when
+    ``channels_last`` (default: on with reduced precision on the CPU). ``model`` itself is
+    never modified; the copy follows it when its weights change.
     """
 
     def __init__(
@@ -78,10 +86,15 @@ class Propagator:
         mem_every: int = 5,
         chunk_size: int = -1,
         autocast_dtype: torch.dtype | None = None,
+        channels_last: bool | None = None,
     ) -> None:
         if mem_every < 1:
             raise ValueError(f"mem_every must be >= 1, got {mem_every}")
+        check_autocast(autocast_dtype, model.device)
         self.model = model.eval()
+        if channels_last is None:
+            channels_last = autocast_dtype is not None and model.device.type == "cpu"
+        self.channels_last = channels_last
         self.memory_config = memory or MemoryConfig()
         self.mem_every = mem_every
         self.chunk_size = chunk_size
@@ -105,6 +118,13 @@ class Propagator:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def network(self) -> PropagationModel:
+        """The inference copy of the model that does the work (see the class docstring)."""
+        return inference_model(
+            self.model, dtype=self.autocast_dtype, channels_last=self.channels_last
+        )
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -118,9 +138,15 @@ class Propagator:
         if image.ndim != 4 or image.shape[:2] != (1, 3):
             raise ValueError(f"expected an image (3, H, W), got shape {tuple(image.shape)}")
         padded, padding = pad_to_multiple(image.to(self.device, torch.float32), 16)
+        network = self.network
         with self._autocast():
-            pixel = self.model.encode_image(padded)
-            key = self.model.project_key(pixel)
+            source = (
+                padded.contiguous(memory_format=torch.channels_last)
+                if self.channels_last
+                else padded
+            )
+            pixel = network.encode_image(source)
+            key = network.project_key(pixel)
         return FrameFeatures(padded, padding, pixel, key)
 
     def delete_objects(self, object_ids: list[int]) -> None:
@@ -270,11 +296,12 @@ class Propagator:
         if not existing:
             return None
         key = features.key
+        network = self.network
         readout = self.memory.read(key.key, key.selection, existing)
-        template = readout.new_zeros(self.model.config.sensory_dim, *readout.shape[-2:])
+        template = readout.new_zeros(network.config.sensory_dim, *readout.shape[-2:])
         sensory = self.memory.get_sensory(existing, template)
         last = self._last_prob.unsqueeze(0).to(readout.dtype)
-        sensory, logits = self.model.segment(
+        sensory, logits = network.segment(
             features.pixel,
             readout,
             sensory,
@@ -284,7 +311,7 @@ class Propagator:
         )
         if update_sensory:
             self.memory.set_sensory(existing, sensory)
-        _, prob = self.model.aggregate(logits)
+        _, prob = network.aggregate(logits)
         return prob[0]
 
     @staticmethod
@@ -311,9 +338,10 @@ class Propagator:
 
     def _write_memory(self, features: FrameFeatures, prob: torch.Tensor, ids: list[int]) -> None:
         key = features.key
-        template = prob.new_zeros(self.model.config.sensory_dim, *key.key.shape[-2:])
+        network = self.network
+        template = prob.new_zeros(network.config.sensory_dim, *key.key.shape[-2:])
         sensory = self.memory.get_sensory(ids, template.to(key.key.dtype))
-        value, sensory = self.model.encode_mask(
+        value, sensory = network.encode_mask(
             features.image,
             features.pixel,
             sensory,

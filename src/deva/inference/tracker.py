@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deva.inference.alignment import align_segmentation
+from deva.inference.alignment import align_segmentations
 from deva.inference.consensus import in_clip_consensus
 from deva.inference.memory import MemoryConfig
 from deva.inference.merging import MAX_MISSED, merge_with_consensus
@@ -355,18 +355,18 @@ class DecoupledTracker:
     def _consensus(self, clip: list[_Frame], segs: list[Segmentation]) -> Segmentation:
         """Align the clip's segmentations to its first frame (eq. 1) and vote (eq. 4)."""
         key = clip[0]
+        # One batched alignment of all the clip's other frames onto the key frame, reusing
+        # the cached features and the propagator's network settings (precision, layout).
         aligned = [segs[0]]
-        for frame, seg in zip(clip[1:], segs[1:]):
-            aligned.append(
-                align_segmentation(
-                    self.model,
-                    frame.features,
-                    seg,
-                    key.features,
-                    top_k=self.config.memory.top_k,
-                    chunk_size=self.config.chunk_size,
-                    autocast_dtype=self.config.autocast_dtype,
-                )
+        if len(clip) > 1:
+            aligned += align_segmentations(
+                self.model,
+                [(frame.features, seg) for frame, seg in zip(clip[1:], segs[1:])],
+                key.features,
+                top_k=self.config.memory.top_k,
+                chunk_size=self.config.chunk_size,
+                autocast_dtype=self.config.autocast_dtype,
+                channels_last=self._propagator.channels_last,
             )
         return in_clip_consensus(aligned, separate_things=self.config.panoptic)
 

@@ -289,7 +289,22 @@ def _frames_by_stem(directory: Path) -> dict[str, Path]:
     return {p.stem: p for p in list_frame_files(directory)}
 
 
-class VipsegTask(_PanopticTask):
+class _FrameFiles:
+    """Frames read from files: ``self.files[index]`` lists video ``index``'s frames."""
+
+    files: list[list[Path]]
+    max_frames: int | None
+
+    def num_frames(self, index: int) -> int:
+        total = len(self.files[index])
+        return min(total, self.max_frames) if self.max_frames else total
+
+    def frames(self, index: int) -> Iterator[tuple[str, np.ndarray]]:
+        for path in self.files[index][: self.num_frames(index)]:
+            yield path.stem, read_frame(path)
+
+
+class VipsegTask(_FrameFiles, _PanopticTask):
     """VIPSeg: ``images/<video>/``, ``panomasksRGB/``, ``panoptic_gt_VIPSeg_<split>.json``.
 
     ``gt`` is the json file or the VIPSeg root; ``detections`` is in the VIPSeg prediction
@@ -338,14 +353,6 @@ class VipsegTask(_PanopticTask):
     def __len__(self) -> int:
         return len(self.videos)
 
-    def num_frames(self, index: int) -> int:
-        total = len(self.files[index])
-        return min(total, self.max_frames) if self.max_frames else total
-
-    def frames(self, index: int) -> Iterator[tuple[str, np.ndarray]]:
-        for path in self.files[index][: self.num_frames(index)]:
-            yield path.stem, read_frame(path)
-
     def segmenter(self, index: int) -> ImageSegmenter:
         return self.source.segmenter(self.videos[index].video_id)
 
@@ -366,7 +373,7 @@ class VipsegTask(_PanopticTask):
 # -- open world (OWTA) ------------------------------------------------------------------------
 
 
-class BurstTask(TrackingTask):
+class BurstTask(_FrameFiles, TrackingTask):
     """BURST: ``images`` = ``frames/<split>`` (``<dataset>/<seq_name>/<frame>``), ``gt`` = the
     folder with ``all_classes.json``, ``common_classes.json``, ``uncommon_classes.json``,
     ``detections`` = a BURST-style json (or any detections layout). Every frame of a sequence
@@ -425,14 +432,6 @@ class BurstTask(TrackingTask):
 
     def make_metric(self) -> Metric:
         return OpenWorldTrackingAccuracy(splits=list(self.split_gt))
-
-    def num_frames(self, index: int) -> int:
-        total = len(self.files[index])
-        return min(total, self.max_frames) if self.max_frames else total
-
-    def frames(self, index: int) -> Iterator[tuple[str, np.ndarray]]:
-        for path in self.files[index][: self.num_frames(index)]:
-            yield path.stem, read_frame(path)
 
     def segmenter(self, index: int) -> ImageSegmenter:
         return self.source.segmenter(self.keys[index])

@@ -141,18 +141,22 @@ def _json_number(value: float) -> float | None:
 
 
 def format_table(records: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None) -> str:
-    """A plain-text table: one row per checkpoint, one column per number."""
+    """A plain-text table: one row per number, one column per checkpoint (by step)."""
     keys = list(keys or sorted({k for rec in records for k in rec["results"]}))
-    header = ["checkpoint", "step", *[k.removeprefix("val/") for k in keys]]
-    rows = [header]
-    for rec in records:
-        cells = [str(rec["checkpoint"]), str(rec["step"])]
-        for key in keys:
+    header = ["", *[f"step {rec['step']}" for rec in records]]
+    rows = [header, ["", *[str(rec["checkpoint"]) for rec in records]]]
+    for key in keys:
+        cells = [key.removeprefix("val/")]
+        for rec in records:
             value = rec["results"].get(key)
             cells.append("-" if value is None else f"{value:.4f}")
         rows.append(cells)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def tensorboard_dir(run_dir: Path) -> Path:

@@ -1,0 +1,176 @@
+"""Inference-time copies of the propagation network: batch norm folded, weights cast once.
+
+Inference never updates batch-norm statistics, so each ``conv → BN`` pair of the ResNet trunks
+is one convolution with a bias. :func:`inference_model` returns a cached copy of a
+:class:`~deva.modeling.propagation.PropagationModel` with those pairs folded, optionally with
+its weights stored in bfloat16 (so autocast does not re-cast every weight on every call) and in
+channels-last layout. The copy shares no mutable state with the original; it is rebuilt when
+the original's parameters change (training) or move (``.to(device)``).
+
+Also here: which reduced precisions a device supports (:func:`check_autocast`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from deva.modeling.resnet import BasicBlock, Bottleneck
+
+if TYPE_CHECKING:
+    from deva.modeling.propagation import PropagationModel
+
+log = logging.getLogger(__name__)
+
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
+_REFERENCE_DEPTH = 0
+
+
+@contextlib.contextmanager
+def reference_mode() -> Iterator[None]:
+    """Within this block :func:`inference_model` returns the model itself (no folding, no
+    cast weights, no channels-last): the plain eager path, for benchmarks and comparisons."""
+    global _REFERENCE_DEPTH
+    _REFERENCE_DEPTH += 1
+    try:
+        yield
+    finally:
+        _REFERENCE_DEPTH -= 1
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (oneDNN with AVX-512-BF16/AMX)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # older builds without the query
+        return False
+
+
+def check_autocast(dtype: torch.dtype | None, device: torch.device | str) -> None:
+    """Raise ``ValueError`` (one line) when ``dtype`` is not usable for inference on ``device``.
+
+    CPU: bfloat16 needs native support (:func:`cpu_supports_bf16`); float16 is refused
+    (CPU fp16 convolutions are slow emulations and lose precision). CUDA: both are allowed.
+    """
+    device = torch.device(device)
+    if dtype is None or device.type != "cpu":
+        return
+    if dtype == torch.float16:
+        raise ValueError("amp=fp16 is not supported on the CPU; use amp=bf16 or amp=none")
+    if dtype == torch.bfloat16 and not cpu_supports_bf16():
+        raise ValueError(
+            "amp=bf16 needs a CPU with native bfloat16 (AVX-512-BF16 or AMX); this one has "
+            "none: use amp=none"
+        )
+    if dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"unsupported autocast dtype {dtype} on the CPU")
+
+
+def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A convolution equal to ``bn(conv(x))`` with ``bn`` in eval mode (computed in float64)."""
+    folded = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        stride=conv.stride,  # type: ignore[arg-type]
+        padding=conv.padding,  # type: ignore[arg-type]
+        dilation=conv.dilation,  # type: ignore[arg-type]
+        groups=conv.groups,
+        bias=True,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    with torch.no_grad():
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        weight = conv.weight.double() * scale[:, None, None, None]
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+        folded.weight.copy_(weight)
+        folded.bias.copy_(bn.bias.double() + (bias - bn.running_mean.double()) * scale)
+    return folded
+
+
+def _fold_trunk(module: nn.Module) -> None:
+    """Fold every conv → BN pair of a ResNet trunk (stem, blocks, down-sampling branches)."""
+    for block in module.modules():
+        if isinstance(block, (BasicBlock, Bottleneck)):
+            for i in (1, 2, 3):
+                conv, bn = getattr(block, f"conv{i}", None), getattr(block, f"bn{i}", None)
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    setattr(block, f"conv{i}", fold_batch_norm(conv, bn))
+                    setattr(block, f"bn{i}", nn.Identity())
+            down = block.downsample
+            if isinstance(down, nn.Sequential) and isinstance(down[1], nn.BatchNorm2d):
+                block.downsample = nn.Sequential(fold_batch_norm(down[0], down[1]), nn.Identity())
+    if isinstance(getattr(module, "bn1", None), nn.BatchNorm2d):
+        module.conv1 = fold_batch_norm(module.conv1, module.bn1)  # type: ignore[assignment]
+        module.bn1 = nn.Identity()  # type: ignore[assignment]
+
+
+def _signature(tensors: list[torch.Tensor]) -> tuple:
+    """Changes whenever one of ``tensors`` is updated in place or moved."""
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+
+
+def build_inference_model(
+    model: PropagationModel,
+    *,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> PropagationModel:
+    """A frozen copy of ``model`` for inference (see the module docstring).
+
+    Without ``dtype`` and ``channels_last`` only the two trunks (the modules with batch norm)
+    are copied; every other parameter is shared with ``model`` (read-only use).
+    """
+    shared: dict[int, object] = {}
+    if dtype is None and not channels_last:
+        trunks = {*model.pixel_encoder.parameters(), *model.mask_encoder.parameters()}
+        trunks |= {*model.pixel_encoder.buffers(), *model.mask_encoder.buffers()}
+        for t in [*model.parameters(), *model.buffers()]:
+            if t not in trunks:
+                shared[id(t)] = t
+    fast = copy.deepcopy(model, memo=shared)
+    fast.eval()
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    _fold_trunk(fast.pixel_encoder)
+    _fold_trunk(fast.mask_encoder)
+    if dtype is not None:
+        fast.to(dtype)
+    if channels_last:
+        fast.to(memory_format=torch.channels_last)
+    return fast
+
+
+def inference_model(
+    model: PropagationModel,
+    *,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> PropagationModel:
+    """The cached :func:`build_inference_model` copy of ``model`` (rebuilt when it changes);
+    ``model`` itself inside :func:`reference_mode`."""
+    if _REFERENCE_DEPTH:
+        return model
+    entry = _CACHE.get(model)
+    if entry is None:
+        # The tensors are listed once per model (listing them costs milliseconds); a module
+        # whose parameters are later *replaced* by new objects is not tracked.
+        entry = _CACHE[model] = {"tensors": [*model.parameters(), *model.buffers()]}
+    signature = _signature(entry["tensors"])
+    key = (dtype, channels_last)
+    cached = entry.get(key)
+    if cached is None or cached[0] != signature:
+        log.debug("building an inference copy (dtype %s, channels-last %s)", dtype, channels_last)
+        fast = build_inference_model(model, dtype=dtype, channels_last=channels_last)
+        entry[key] = (signature, fast)
+    return entry[key][1]

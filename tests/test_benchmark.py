@@ -1,0 +1,90 @@
+"""The benchmark suite: JSON structure and the mask checks (never timing thresholds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from deva.benchmark import SUITES, MaskComparison, format_table, parse_options, run_benchmark
+from deva.config import ConfigError
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    cfg = parse_options(["suite=all", "presets=[tiny]", "quick=true", f"out={out}"])
+    returned = run_benchmark(cfg, progress=lambda _: None)
+    written = json.loads(out.read_text())
+    assert written["rows"] == json.loads(json.dumps(returned["rows"]))
+    return written
+
+
+def test_every_suite_reports(result: dict) -> None:
+    suites = {row["suite"] for row in result["rows"]}
+    assert suites == set(SUITES)
+    assert {"device", "threads", "torch", "load_average_at_start"} <= set(result["setup"])
+    for row in result["rows"]:
+        if row["suite"] in ("propagation", "tracker"):
+            assert row["fps"] > 0 and row["frames"] > 0 and row["preset"] == "tiny"
+    variants = {r["variant"] for r in result["rows"] if r["suite"] == "propagation"}
+    assert {"fp32-reference", "fp32", "fp32-channels-last"} <= variants
+    training = next(r for r in result["rows"] if r["suite"] == "training")
+    assert training["preset"] == "tiny" and training["samples_per_s"] > 0
+    memory = next(r for r in result["rows"] if r["suite"] == "memory")
+    trace = result["memory_trace"]
+    assert (
+        len(trace["frame"]) == len(trace["rss_mib"]) == len(trace["elements"]) == memory["frames"]
+    )
+    assert all(e > 0 for e in trace["elements"])
+    assert Path(memory["plot"]).is_file()
+    assert "| propagation |" in format_table(result)
+
+
+def test_mask_checks_compare_every_timed_variant(result: dict) -> None:
+    checked = {(c["suite"], c["variant"]) for c in result["checks"]}
+    timed = {
+        (r["suite"], r["variant"])
+        for r in result["rows"]
+        if r["suite"] in ("propagation", "tracker") and r["variant"] != "fp32-reference"
+    }
+    assert checked == timed
+    for c in result["checks"]:
+        assert 0 <= c["pixels_differ"] <= c["pixels"]
+        assert 0.0 <= c["mean_object_iou"] <= 1.0
+        assert c["passed"] in (True, False, None)
+    # Batched alignment reproduces the previous alignment exactly.
+    batched = next(c for c in result["checks"] if c["variant"] == "fp32-reference-batched")
+    assert batched["kind"] == "identical" and batched["pixels_differ"] == 0 and batched["passed"]
+
+
+def test_comparison_rules() -> None:
+    ref = torch.zeros(10, 10, dtype=torch.long)
+    ref[:5] = 1
+    other = ref.clone()
+    other[0, 0] = 0
+    sure = torch.ones(10, 10, dtype=torch.bool)
+    fp32 = MaskComparison("x", "ref", "fp32")
+    fp32.add(other, ref, sure)
+    assert fp32.result()["pixels_differ"] == 1 and fp32.result()["passed"] is False
+    amp = MaskComparison("x", "ref", "reduced")
+    amp.add(other, ref, sure)
+    assert amp.result()["mean_object_iou"] == pytest.approx(49 / 50)
+    assert amp.result()["passed"] is False
+    tie = MaskComparison("x", "ref", "fp32")
+    tie.add(other, ref, torch.zeros(10, 10, dtype=torch.bool))
+    assert tie.result()["passed"] is None  # no decisive pixel: inconclusive
+
+
+def test_options() -> None:
+    cfg = parse_options(["tasks=[consensus]", "quick=true", "frames=7"])
+    assert list(cfg.suite) == ["consensus"] and cfg.frames == 7 and cfg.size == 64
+    assert list(parse_options(["suite=all"]).suite) == list(SUITES)
+    with pytest.raises(ConfigError, match="suite"):
+        parse_options(["suite=speed"])
+    with pytest.raises(ConfigError, match="unknown options"):
+        parse_options(["frame=3"])
+    with pytest.raises(ConfigError, match="amp"):
+        parse_options(["amp=int8"])
