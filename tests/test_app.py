@@ -112,9 +112,15 @@ def client(url: str, downloads: Path):
         _WATCH["on"] = watching
 
 
-def predict(api, *args):
-    """Call the ``/track`` endpoint, bounded by a timeout."""
-    return api.submit(*args, api_name="/track").result(timeout=TIMEOUT_S)
+def predict(api, *args, progress: list | None = None):
+    """Call the ``/track`` endpoint, bounded by a timeout; collects the progress updates."""
+    job = api.submit(*args, api_name="/track")
+    result = job.result(timeout=TIMEOUT_S)
+    if progress is not None:  # every status update the client received, in order
+        updates = job.communicator.updates
+        while not updates.empty():
+            progress.extend(getattr(updates.get_nowait(), "progress_data", None) or [])
+    return result
 
 
 def mp4_info(path: Path) -> tuple[int, float, tuple[int, int]]:
@@ -195,7 +201,22 @@ def test_track_through_gradio_client(served: str, clip: Path, tmp_path: Path, ba
     from gradio_client import handle_file
 
     api = client(served, tmp_path / "downloads")
-    overlay, archive, report = predict(api, handle_file(str(clip)), "sam", "", "online", 5, -1)
+    progress: list = []
+    overlay, archive, report = predict(
+        api, handle_file(str(clip)), "sam", "", "online", 5, -1, progress=progress
+    )
+    # The page shows the stages and a per-frame bar (gr.Progress following track_video's
+    # tqdm). Gradio sends the latest state every 10 ms, so updates in between may be skipped.
+    stages = [
+        "loading Automatic: SAM (segment everything)",
+        "loading the propagation model",
+        "tracking",
+        "packing the masks",
+    ]
+    seen = [u.desc for u in progress if u.desc in stages]
+    assert seen == sorted(seen, key=stages.index) and "tracking" in seen
+    frames = [u.index for u in progress if u.unit == "frame" and u.length == T]
+    assert frames and frames == sorted(set(frames)) and set(frames) <= set(range(T))
     overlay_path = Path(overlay["video"] if isinstance(overlay, dict) else overlay)
     count, rate, size = mp4_info(overlay_path)
     assert (count, size) == (T, (H, W))
@@ -234,6 +255,33 @@ def test_served_demo_stays_offline(served: str) -> None:
     """No analytics, version check or any other address than the local server."""
     assert served.startswith("http://127.0.0.1:")
     assert CONTACTED == []
+
+
+def test_real_model_options(tool: ModuleType, tmp_path: Path, clip: Path) -> None:
+    """``segmenter.*`` sets the selected segmenter (as in track.py), the others keep their
+    config files; nothing loads before a request, and a missing model is a clear error."""
+    missing = tmp_path / "no_such_model"
+    app, _ = tool.build(
+        [
+            "segmenter=grounded_sam",
+            f"segmenter.model={missing}",
+            "segmenter.box_threshold=0.3",
+            "segmenters=[sam,grounded_sam]",
+            "offline_models=true",
+        ],
+        tmp_path / "work",
+    )
+    s = app.settings
+    assert list(s.segmenters) == ["sam", "grounded_sam"] and s.default_segmenter == "grounded_sam"
+    assert s.segmenters["grounded_sam"]["model"] == str(missing)
+    assert s.segmenters["grounded_sam"]["box_threshold"] == 0.3
+    assert s.segmenters["sam"]["model"] == "facebook/sam-vit-base"
+    assert s.model_preset == "published" and s.model_weights is None
+    assert not s.random_segmenters and s.local_files_only is True
+    assert any("RANDOM propagation" in n for n in app.notices())
+    with pytest.raises(FileNotFoundError, match="no_such_model"):
+        app.run_tracking(clip, "grounded_sam", "dog.")
+    assert not (tmp_path / "work" / "runs").exists()  # failed before any output
 
 
 def test_tool_rejects_bad_options(tool: ModuleType, capsys) -> None:
@@ -287,7 +335,15 @@ def test_in_a_real_browser(served: str, tmp_path: Path) -> None:
             report = page.locator("#deva-report")
             report.get_by_text("Done", exact=False).wait_for(timeout=TIMEOUT_S * 1000)
             text = report.inner_text()
-            page.locator("#deva-overlay video").wait_for()
+            player = page.locator("#deva-overlay video")
+            player.wait_for()
+            # show the last overlay frame (the objects of a random model may start late)
+            player.evaluate(
+                """v => new Promise(done => {
+                    const seek = () => { v.onseeked = () => done(); v.currentTime = v.duration; };
+                    if (v.readyState >= 1) { seek(); } else { v.onloadedmetadata = seek; }
+                })"""
+            )
             page.locator("#deva-zip").get_by_text(".zip", exact=False).first.wait_for()
             page.screenshot(path=str(shot), full_page=True)
         finally:

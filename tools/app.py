@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -116,6 +117,8 @@ def build(argv: list[str], workdir: Path | None = None) -> tuple[TrackingApp, ob
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on `kill` too
     temporary = None
     try:
         app, cfg = build(argv)
@@ -125,7 +128,7 @@ def main(argv: list[str]) -> int:
         print(f"web demo: models\n{app.describe()}\noutputs in {app.settings.workdir}")
         for note in app.notices():
             print(f"note: {note}")
-        print(f"serving on http://{cfg.host}:{cfg.port or '<free port>'} (Ctrl+C stops)")
+        print("starting the web demo (Ctrl+C stops it)")
         launch_demo(
             demo,
             host=cfg.host,

@@ -418,6 +418,7 @@ class TrackingApp:
             f"**Done**: {summary.get('frames', 0)} frames, "
             f"{summary.get('objects_created', 0)} objects, {timings.get('total_s', 0):.1f} s "
             f"({timings.get('frames_per_s') or 0:.2f} frames/s), mode `{summary.get('mode')}`",
+            "",
             f"Segmenter: {what}",
         ]
         objects = list(summary.get("objects", []))
