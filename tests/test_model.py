@@ -174,3 +174,69 @@ def test_small_preset_is_small() -> None:
     assert sum(p.numel() for p in small.parameters()) < 4_000_000
     with pytest.raises(ValueError, match="unknown model preset"):
         PropagationConfig.preset("huge")
+
+
+def _randomise_batch_norm(model: PropagationModel, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_copy_folds_batch_norm_and_matches(channels_last: bool) -> None:
+    from deva.modeling.inference_model import inference_model, reference_mode
+
+    torch.manual_seed(1)
+    model = PropagationModel(PropagationConfig.preset("tiny")).eval()
+    _randomise_batch_norm(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = inference_model(model, channels_last=channels_last)
+    assert fast is not model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert inference_model(model, channels_last=channels_last) is fast  # cached
+    with reference_mode():
+        assert inference_model(model) is model
+    image, masks = _frame(48, 64), torch.rand(1, 2, 48, 64)
+    with torch.no_grad():
+        outputs = []
+        for net in (model, fast):
+            feats = net.encode_image(image)
+            sensory = torch.zeros(1, 2, net.config.sensory_dim, 3, 4)
+            value, sensory = net.encode_mask(image, feats, sensory, masks)
+            outputs += [feats.f4, feats.f16, value, sensory]
+        half = len(outputs) // 2
+        for a, b in zip(outputs[:half], outputs[half:], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for k, v in model.state_dict().items():  # the original is untouched
+        assert torch.equal(v, before[k])
+    with torch.no_grad():
+        model.pixel_encoder.conv1.weight.mul_(2)
+    assert inference_model(model, channels_last=channels_last) is not fast  # follows changes
+
+
+def test_reduced_precision_availability() -> None:
+    from deva.modeling.inference_model import check_autocast, cpu_supports_bf16
+
+    check_autocast(None, "cpu")
+    check_autocast(torch.float16, "cuda")  # allowed on GPUs
+    with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
+        check_autocast(torch.float16, "cpu")
+    if cpu_supports_bf16():
+        check_autocast(torch.bfloat16, "cpu")
+    else:
+        with pytest.raises(ValueError, match="bfloat16"):
+            check_autocast(torch.bfloat16, "cpu")
+
+
+def test_inference_copy_leaves_a_training_model_trainable() -> None:
+    from deva.modeling.inference_model import inference_model
+
+    model = PropagationModel(PropagationConfig.preset("tiny")).train()
+    inference_model(model)
+    assert all(p.requires_grad for p in model.parameters())

@@ -216,3 +216,22 @@ def test_predict_then_commit_equals_step_and_survives_deletion(model: Propagatio
     assert result.object_ids == [7]
     torch.testing.assert_close(result.prob[0], peek.prob[0] + peek.prob[1])
     torch.testing.assert_close(result.prob[1], peek.prob[2])
+
+
+def test_amp_option_on_the_cpu(model: PropagationModel) -> None:
+    from deva.config import ConfigError
+    from deva.config.options import autocast_dtype
+    from deva.modeling.inference_model import cpu_supports_bf16
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype("none", cpu) is None
+    with pytest.raises(ConfigError, match="fp16"):
+        autocast_dtype("fp16", cpu)
+    with pytest.raises(ValueError, match="fp16"):
+        Propagator(model, autocast_dtype=torch.float16)
+    if cpu_supports_bf16():
+        assert autocast_dtype("bf16", cpu) is torch.bfloat16
+        prop = Propagator(model, autocast_dtype=torch.bfloat16)
+        assert prop.channels_last
+        assert next(prop.network.parameters()).dtype == torch.bfloat16  # cast once
+        assert next(model.parameters()).dtype == torch.float32  # the model is untouched

@@ -188,3 +188,10 @@ def test_the_default_run_validates_jf_and_vpq_before_and_after() -> None:
     types = {spec.type for spec in cfg.validation.sets.values()}
     assert types == {"synthetic", "synthetic_panoptic"}
     assert compose("train", ["stage=synthetic"]).stage.iterations == 3000  # the full recipe
+
+
+def test_fp16_validation_on_the_cpu_fails_before_training(tmp_path: Path) -> None:
+    cfg = compose("train", ["debug=fast", f"output_dir={tmp_path}", "validation.autocast=fp16"])
+    with pytest.raises(ValueError, match="amp=fp16 is not supported on the CPU"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()

@@ -54,7 +54,7 @@ def run(cfg) -> int:
     from lightning.fabric import Fabric
 
     from deva.training.predictor import build_tasks
-    from deva.training.train import AUTOCAST
+    from deva.training.train import validation_autocast
     from deva.training.validate import (
         ResultsFile,
         find_checkpoints,
@@ -82,7 +82,7 @@ def run(cfg) -> int:
         folder = parent
     folder = Path(cfg.output) if cfg.output else folder
     sets = _sets(cfg, run_dir, checkpoints[0])
-    dtype = AUTOCAST.get(cfg.validation.get("autocast"))
+    dtype = validation_autocast(cfg.validation.get("autocast"), cfg.trainer.accelerator)
     build_tasks(sets, autocast_dtype=dtype)  # every set is checked before any process starts
 
     fabric = Fabric(**cfg.trainer)

@@ -215,6 +215,7 @@ class MaskComparison:
     def __init__(self, variant: str, reference: str, kind: str) -> None:
         self.variant, self.reference, self.kind = variant, reference, kind
         self.pixels = self.differ = self.decisive = self.decisive_differ = 0
+        self.has_margin = False  # whether reference margins were given (decisive pixels)
         self.inter: dict[int, int] = defaultdict(int)
         self.union: dict[int, int] = defaultdict(int)
         self.d_inter: dict[int, int] = defaultdict(int)
@@ -226,6 +227,7 @@ class MaskComparison:
         self.pixels += mask.numel()
         self.differ += int(differ.sum())
         if decisive is not None:
+            self.has_margin = True
             self.decisive += int(decisive.sum())
             self.decisive_differ += int((differ & decisive).sum())
         for obj in set(torch.unique(ref).tolist()) | set(torch.unique(mask).tolist()):
@@ -243,20 +245,27 @@ class MaskComparison:
         mean_iou = float(np.mean(ious)) if ious else 1.0
         d_ious = [self.d_inter[o] / self.d_union[o] for o in self.d_union if self.d_union[o]]
         decisive_iou = float(np.mean(d_ious)) if self.decisive and d_ious else mean_iou
+        decisive_out: float | None = decisive_iou
+        if self.has_margin and not self.decisive:
+            decisive_out = None
         pct = 100 * self.differ / max(self.pixels, 1)
-        decisive_pct = 100 * self.decisive_differ / max(self.decisive, 1) if self.decisive else pct
+        decisive_pct = 100 * self.decisive_differ / self.decisive if self.decisive else 0.0
+        if not self.has_margin:  # no margins (tracker outputs): every pixel counts
+            decisive_pct = pct
         passed: bool | None
         if self.kind == "identical":
             passed, rule = self.differ == 0, "no pixel differs"
-        elif self.pixels and self.decisive == 0 and self.kind != "identical" and self.differ:
+        elif self.has_margin and self.decisive == 0 and self.differ:
             # Random weights give near-uniform probabilities: arg-max ties everywhere.
             passed, rule = None, "inconclusive: no decisive reference pixel (random weights)"
         elif self.kind == "fp32":
             passed = decisive_pct <= FP32_MAX_DIFFER_PCT
-            rule = f"<= {FP32_MAX_DIFFER_PCT} % of decisive pixels differ"
+            where = "decisive pixels" if self.has_margin else "pixels"
+            rule = f"<= {FP32_MAX_DIFFER_PCT} % of {where} differ"
         else:
             passed = decisive_iou >= MIN_IOU
-            rule = f"mean object IoU on decisive pixels >= {MIN_IOU}"
+            where = "decisive pixels" if self.has_margin else "all pixels"
+            rule = f"mean object IoU on {where} >= {MIN_IOU}"
         return {
             "variant": self.variant,
             "reference": self.reference,
@@ -268,7 +277,7 @@ class MaskComparison:
             "decisive_pixels_differ": self.decisive_differ,
             "decisive_pixels_differ_pct": decisive_pct,
             "mean_object_iou": mean_iou,
-            "decisive_mean_object_iou": decisive_iou,
+            "decisive_mean_object_iou": decisive_out,
             "rule": rule,
             "passed": passed if passed is None else bool(passed),
         }
@@ -680,7 +689,7 @@ def plot_memory_trace(result: dict, path: Path) -> None:
             continue
         low, high = float(values.min()), float(values.max())
         pad = max((high - low) * 0.1, 1.0)
-        low, high = low - pad, high + pad
+        low, high = max(low - pad, 0.0) if low >= 0 else low - pad, high + pad
         points = [
             (
                 left + (right - left) * f / x_max,
@@ -838,6 +847,10 @@ def run_benchmark(cfg: DictConfig, *, progress: Callable[[str], None] | None = N
     return result
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _verdict(passed: bool | None) -> str:
     return "n/a" if passed is None else "pass" if passed else "FAIL"
 
@@ -894,7 +907,7 @@ def format_table(result: dict) -> str:
                 f"| {c['suite']} | {c['preset']} ({c['weights']}) | {c['variant']} | "
                 f"{c['pixels_differ']} ({c['pixels_differ_pct']:.4f} %) | "
                 f"{c['decisive_pixels_differ']} ({c['decisive_pixels_differ_pct']:.4f} %) | "
-                f"{c['mean_object_iou']:.4f} (decisive {c['decisive_mean_object_iou']:.4f}) | "
+                f"{c['mean_object_iou']:.4f} (decisive {_number(c['decisive_mean_object_iou'])}) | "
                 f"{_verdict(c['passed'])}: {c['rule']} |"
             )
     return "\n".join(lines)

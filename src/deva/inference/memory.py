@@ -112,6 +112,23 @@ class _Bucket:
     working: _Store
     long_term: _Store
     frame_elements: int  # elements per memory frame (h·w)
+    # Long-term + working keys, shrinkage and per-object values joined for reading; built on
+    # the first read after a change (a memory frame comes every few frames, reads every frame).
+    _joined: tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]] | None = None
+
+    def changed(self) -> None:
+        self._joined = None
+
+    def joined(self) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
+        """(1, C_k, M) keys, (1, 1, M) shrinkage and object id -> (C_v, M) values."""
+        if self._joined is None:
+            lt, wm = self.long_term, self.working
+            self._joined = (
+                torch.cat([lt.key, wm.key], dim=-1).unsqueeze(0),
+                torch.cat([lt.shrinkage, wm.shrinkage], dim=-1).unsqueeze(0),
+                {o: torch.cat([lt.values[o], wm.values[o]], dim=-1) for o in self.objects},
+            )
+        return self._joined
 
     @property
     def working_frames(self) -> int:
@@ -167,6 +184,7 @@ class InferenceMemory:
             self._sensory.pop(obj, None)
         for bucket in self._buckets:
             bucket.objects = [o for o in bucket.objects if o not in gone]
+            bucket.changed()
             for store in (bucket.working, bucket.long_term):
                 store.values = {k: v for k, v in store.values.items() if k not in gone}
         self._buckets = [b for b in self._buckets if b.objects]
@@ -219,6 +237,7 @@ class InferenceMemory:
             missing = [o for o in bucket.objects if o not in value_of]
             if missing:
                 raise ValueError(f"memory frame lacks values for tracked objects {missing}")
+            bucket.changed()
             bucket.working.append(key_f, shrink_f, sel_f, {o: value_of[o] for o in bucket.objects})
             if self.config.long_term and bucket.working_frames >= self.config.max_working_frames:
                 self._consolidate(bucket)
@@ -236,8 +255,7 @@ class InferenceMemory:
         readouts: dict[int, torch.Tensor] = {}
         for bucket in self._buckets:
             lt, wm = bucket.long_term, bucket.working
-            m_key = torch.cat([lt.key, wm.key], dim=-1).unsqueeze(0)
-            m_shrink = torch.cat([lt.shrinkage, wm.shrinkage], dim=-1).unsqueeze(0)
+            m_key, m_shrink, m_values = bucket.joined()
             # Affinities in float32: squared distances overflow fp16 under autocast.
             affinity = _affinity(m_key, m_shrink, q_key, q_sel, self.config.top_k)
             if self.config.long_term:
@@ -249,9 +267,7 @@ class InferenceMemory:
             objs = [o for o in bucket.objects if o in object_ids]
             if not objs:
                 continue
-            m_val = torch.stack(
-                [torch.cat([lt.values[o], wm.values[o]], dim=-1) for o in objs]
-            ).unsqueeze(0)
+            m_val = torch.stack([m_values[o] for o in objs]).unsqueeze(0)
             out = memory_ops.readout(affinity, m_val)[0]
             for i, obj in enumerate(objs):
                 readouts[obj] = out[i].view(-1, h, w)
@@ -263,6 +279,7 @@ class InferenceMemory:
     def _consolidate(self, bucket: _Bucket) -> None:
         """Turn the middle working-memory frames into long-term prototypes."""
         cfg, wm, lt = self.config, bucket.working, bucket.long_term
+        bucket.changed()
         hw = bucket.frame_elements
         start, end = hw, wm.size - (cfg.min_working_frames - 1) * hw
         if end <= start:

@@ -141,7 +141,8 @@ def build_inference_model(
     fast = copy.deepcopy(model, memo=shared)
     fast.eval()
     for p in fast.parameters():
-        p.requires_grad_(False)
+        if id(p) not in shared:  # shared parameters belong to ``model``: leave them alone
+            p.requires_grad_(False)
     _fold_trunk(fast.pixel_encoder)
     _fold_trunk(fast.mask_encoder)
     if dtype is not None:

@@ -39,8 +39,16 @@ class GroupedResBlock(nn.Module):
         self.conv2 = GroupedConv2d(out_dim, out_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2(F.relu(self.conv1(F.relu(x))))
-        return out + (x if self.downsample is None else self.downsample(x))
+        out = self.conv2(F.relu(self.conv1(F.relu(x)), inplace=True))
+        return _add_into(out, x if self.downsample is None else self.downsample(x))
+
+
+def _add_into(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``out + other``, written into ``out`` (a fresh activation) when that gives the same
+    result (same dtype and shape), saving an allocation per residual connection."""
+    if out.dtype == other.dtype and out.shape == other.shape:
+        return out.add_(other)
+    return out + other
 
 
 class ChannelGate(nn.Module):
@@ -106,11 +114,31 @@ class FeatureFusion(nn.Module):
         self.block2 = GroupedResBlock(mid_dim, out_dim)
 
     def forward(self, image_feature: torch.Tensor, object_feature: torch.Tensor) -> torch.Tensor:
-        n = object_feature.shape[1]
-        shared = image_feature.unsqueeze(1).expand(-1, n, -1, -1, -1)
-        g = self.block1(torch.cat([shared, object_feature], dim=2))
+        g = self._first_block(image_feature, object_feature)
         attended = self.attention(g.flatten(0, 1)).view(g.shape)
         return self.block2(g + attended)
+
+    def _first_block(self, image: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+        """``block1(cat([image broadcast to every object, objects], dim=2))`` without the
+        concatenation: a convolution of a channel concatenation is the sum of convolutions
+        of its parts, and the image part is the same for every object, so it is computed once
+        per image instead of once per object (equal up to float summation order)."""
+        block, c_x = self.block1, image.shape[1]
+        b, n = objects.shape[:2]
+
+        def split(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+            w = conv.weight
+            shared = F.conv2d(x, w[:, :c_x], conv.bias, padding=conv.padding)
+            own = F.conv2d(g.flatten(0, 1), w[:, c_x:], None, padding=conv.padding)
+            return own.view(b, n, *own.shape[1:]) + shared.unsqueeze(1)
+
+        hidden = F.relu(split(block.conv1, F.relu(image), F.relu(objects)), inplace=True)
+        out = block.conv2(hidden)
+        if block.downsample is None:
+            skip = torch.cat([image.unsqueeze(1).expand(-1, n, -1, -1, -1), objects], dim=2)
+        else:
+            skip = split(block.downsample, image, objects)
+        return _add_into(out, skip)
 
 
 def gated_update(gates: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:

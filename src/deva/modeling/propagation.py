@@ -124,13 +124,30 @@ class MaskEncoder(nn.Module):
         deep_update: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b, n = masks.shape[:2]
-        x = torch.cat([image.unsqueeze(1).expand(-1, n, -1, -1, -1), masks.unsqueeze(2)], dim=2)
-        x = self.relu_pool(self.bn1(self.conv1(x.flatten(0, 1))))
+        x = self.relu_pool(self.bn1(self._stem(image, masks)))
         x = self.layer3(self.layer2(self.layer1(x)))
         value = self.fuser(f16, x.view(b, n, *x.shape[1:]))
         if deep_update:
             sensory = self.sensory_update(value, sensory)
         return value, sensory
+
+    def _stem(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """``conv1(cat([image, mask]))`` for every object, (B·N, C, H/2, W/2): the image's
+        three input channels are convolved once per image, each mask's channel per object
+        (a convolution of a channel concatenation is the sum over its parts)."""
+        b, n = masks.shape[:2]
+        conv, c = self.conv1, image.shape[1]
+        w = conv.weight
+        shared = F.conv2d(image, w[:, :c], conv.bias, stride=conv.stride, padding=conv.padding)
+        own = F.conv2d(
+            masks.flatten(0, 1).unsqueeze(1).to(image.dtype),
+            w[:, c:],
+            None,
+            stride=conv.stride,
+            padding=conv.padding,
+        )
+        out = own.view(b, n, *own.shape[1:]) + shared.unsqueeze(1)
+        return out.flatten(0, 1)
 
     def relu_pool(self, x: torch.Tensor) -> torch.Tensor:
         # Published stem order: max-pool before ReLU.

@@ -30,7 +30,7 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return self.relu(_add_into(out, identity))
 
 
 class Bottleneck(nn.Module):
@@ -55,7 +55,14 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.relu(_add_into(out, identity))
+
+
+def _add_into(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``out + other`` written into ``out`` (a fresh activation) when dtype and shape match."""
+    if out.dtype == other.dtype and out.shape == other.shape:
+        return out.add_(other)
+    return out + other
 
 
 def _shortcut(in_dim: int, out_dim: int, stride: int) -> nn.Sequential | None:

@@ -127,6 +127,19 @@ def build_module(cfg: DictConfig, model_config: PropagationConfig) -> Propagatio
     )
 
 
+def validation_autocast(name: str | None, accelerator: str) -> torch.dtype | None:
+    """``validation.autocast`` as a dtype, checked now against the device validation will run
+    on (``trainer.accelerator``), so that a bad choice fails before training starts."""
+    from deva.modeling.inference_model import check_autocast
+
+    if name not in AUTOCAST:
+        raise ValueError(f"validation.autocast must be one of null, bf16, fp16; got {name!r}")
+    dtype = AUTOCAST[name]
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    check_autocast(dtype, "cuda" if gpu else "cpu")
+    return dtype
+
+
 def _predictor(cfg: DictConfig) -> Predictor | None:
     val = cfg.get("validation")
     if not val or not val.get("sets"):
@@ -136,7 +149,7 @@ def _predictor(cfg: DictConfig) -> Predictor | None:
     at_end = bool(val.get("at_end", True))
     if not every and not at_end and not at_start:
         return None
-    dtype = AUTOCAST.get(val.get("autocast"))
+    dtype = validation_autocast(val.get("autocast"), cfg.trainer.get("accelerator", "auto"))
     sets = OmegaConf.to_container(val.sets, resolve=True)
     assert isinstance(sets, dict)
     tasks = build_tasks(sets, autocast_dtype=dtype)
