@@ -117,13 +117,7 @@ class FrameReader:
             self.files = list_frame_files(self.source)
             self._length = len(self.files)
         elif is_video_file(self.source):
-            capture = self._open_video()
-            try:
-                fps = capture.get(cv2.CAP_PROP_FPS)
-                self.fps = float(fps) if fps and fps > 0 else None
-                self._length = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
-            finally:
-                capture.release()
+            self.fps, self._length = self._probe_video()
         else:
             raise ValueError(
                 f"unsupported frame source {self.source}: expected a folder of images or a "
@@ -137,6 +131,16 @@ class FrameReader:
     def __len__(self) -> int:
         return self._length
 
+    def _probe_video(self) -> tuple[float | None, int]:
+        """(frame rate or None, frame count or 0) of the video file."""
+        capture = self._open_video()
+        try:
+            fps = capture.get(cv2.CAP_PROP_FPS)
+            count = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+            return (float(fps) if fps and fps > 0 else None), count
+        finally:
+            capture.release()
+
     def _open_video(self) -> cv2.VideoCapture:
         capture = cv2.VideoCapture(str(self.source))
         if not capture.isOpened():
@@ -144,22 +148,27 @@ class FrameReader:
             raise ValueError(f"cannot open video {self.source}")
         return capture
 
+    def _decode_video(self) -> Iterator[np.ndarray]:
+        """The video file's frames, RGB uint8, in order."""
+        capture = self._open_video()
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok or frame is None:
+                    break
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        finally:
+            capture.release()
+
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         if self.files is not None:
             for path in self.files:
                 yield path.stem, read_frame(path)
             return
-        capture = self._open_video()
-        try:
-            index = 0
-            while True:
-                ok, frame = capture.read()
-                if not ok or frame is None:
-                    break
-                yield f"{index:05d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                index += 1
-        finally:
-            capture.release()
+        index = 0
+        for frame in self._decode_video():
+            yield f"{index:05d}", frame
+            index += 1
         if index == 0:
             raise ValueError(f"cannot decode any frame of video {self.source}")
 

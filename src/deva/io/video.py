@@ -15,6 +15,7 @@ from types import TracebackType
 import cv2
 import numpy as np
 
+from deva.io.frames import FrameReader
 from deva.io.masks import id_colours
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 24.0)
 # Reading
 
 
-class VideoFrames:
+class VideoFrames(FrameReader):
     """Lazy ``(name, RGB uint8 (H, W, 3))`` frames of a video file or a folder of images.
 
     Video files are decoded with PyAV in presentation order; frames are named ``00000``,
@@ -165,50 +166,20 @@ class VideoFrames:
     from the first frame.
     """
 
-    def __init__(self, source: str | Path) -> None:
-        from deva.io.frames import VIDEO_EXTENSIONS, is_video_file, list_frame_files
+    def _probe_video(self) -> tuple[float | None, int]:
+        import av
 
-        self.source = Path(source)
-        if not self.source.exists():
-            raise FileNotFoundError(f"input not found: {self.source}")
-        self.fps: float | None = None
-        self.files: list[Path] | None = None
-        if self.source.is_dir():
-            self.files = list_frame_files(self.source)
-            self._length = len(self.files)
-        elif is_video_file(self.source):
-            import av
+        try:
+            with av.open(str(self.source)) as container:
+                if not container.streams.video:
+                    raise ValueError(f"{self.source} has no video stream")
+                stream = container.streams.video[0]
+                rate = stream.average_rate or stream.guessed_rate
+                return (float(rate) if rate else None), int(stream.frames or 0)
+        except av.error.FFmpegError as error:
+            raise ValueError(f"cannot open video {self.source}: {error}") from error
 
-            try:
-                with av.open(str(self.source)) as container:
-                    if not container.streams.video:
-                        raise ValueError(f"{self.source} has no video stream")
-                    stream = container.streams.video[0]
-                    rate = stream.average_rate or stream.guessed_rate
-                    self.fps = float(rate) if rate else None
-                    self._length = int(stream.frames or 0)
-            except av.error.FFmpegError as error:
-                raise ValueError(f"cannot open video {self.source}: {error}") from error
-        else:
-            raise ValueError(
-                f"unsupported input {self.source}: expected a folder of images or a video file "
-                f"({', '.join(VIDEO_EXTENSIONS)})"
-            )
-
-    @property
-    def is_video(self) -> bool:
-        return self.files is None
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        if self.files is not None:
-            from deva.io.frames import read_frame
-
-            for path in self.files:
-                yield path.stem, read_frame(path)
-            return
+    def _decode_video(self) -> Iterator[np.ndarray]:
         import av
 
         index = 0
@@ -217,12 +188,10 @@ class VideoFrames:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 for frame in container.decode(stream):
-                    yield f"{index:05d}", frame.to_ndarray(format="rgb24")
+                    yield frame.to_ndarray(format="rgb24")
                     index += 1
         except av.error.FFmpegError as error:
             raise ValueError(f"cannot decode frame {index} of {self.source}: {error}") from error
-        if index == 0:
-            raise ValueError(f"cannot decode any frame of video {self.source}")
 
 
 def read_video(source: str | Path) -> VideoFrames:
