@@ -24,7 +24,7 @@ from deva.segmenters.base import check_image, empty_segmentation
 from deva.segmenters.hf import (
     ImageTransform,
     box_nms,
-    load_pretrained,
+    load_with_tokenizer,
     normalisation,
     paint_segments,
     pick_dtype,
@@ -148,18 +148,10 @@ class GroundedSamSegmenter:
         """Load Grounding-DINO (+ tokenizer) and SAM from hub ids or local folders."""
         transformers = require_transformers()
         parse_prompt(prompt)  # fail on a bad prompt before loading anything
-        model = load_pretrained(
+        model, tokenizer = load_with_tokenizer(
             transformers.GroundingDinoForObjectDetection.from_pretrained,
             detector,
-            what="Grounding-DINO model",
-            needs_tokenizer=True,
-            local_files_only=local_files_only,
-        )
-        tokenizer = load_pretrained(
-            transformers.AutoTokenizer.from_pretrained,
-            detector,
-            what="Grounding-DINO tokenizer",
-            needs_tokenizer=True,
+            what="Grounding-DINO",
             local_files_only=local_files_only,
         )
         config = preprocessor_config(detector)

@@ -115,6 +115,33 @@ def load_pretrained(
         ) from error
 
 
+def load_with_tokenizer(
+    loader: Callable[..., M],
+    source: str | Path,
+    *,
+    what: str,
+    local_files_only: bool | None = None,
+) -> tuple[M, Any]:
+    """A text-conditioned model and its tokenizer from the same ``source`` (see
+    :func:`load_pretrained`); ``what`` names the model in errors."""
+    transformers = require_transformers()
+    model = load_pretrained(
+        loader,
+        source,
+        what=f"{what} model",
+        needs_tokenizer=True,
+        local_files_only=local_files_only,
+    )
+    tokenizer = load_pretrained(
+        transformers.AutoTokenizer.from_pretrained,
+        source,
+        what=f"{what} tokenizer",
+        needs_tokenizer=True,
+        local_files_only=local_files_only,
+    )
+    return model, tokenizer
+
+
 def preprocessor_config(source: str | Path) -> dict[str, Any]:
     """``preprocessor_config.json`` of a local folder (empty dict when absent or a hub id that
     is not cached)."""

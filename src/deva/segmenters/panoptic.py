@@ -27,6 +27,7 @@ from deva.segmenters.base import check_image, empty_segmentation
 from deva.segmenters.hf import (
     ImageTransform,
     load_pretrained,
+    load_with_tokenizer,
     normalisation,
     pick_dtype,
     preprocessor_config,
@@ -230,18 +231,10 @@ class OneFormerSegmenter(PanopticSegmenter):
     ) -> OneFormerSegmenter:
         """Load model + tokenizer from a hub id or a ``save_pretrained`` folder."""
         transformers = require_transformers()
-        model = load_pretrained(
+        model, tokenizer = load_with_tokenizer(
             transformers.OneFormerForUniversalSegmentation.from_pretrained,
             source,
-            what="OneFormer model",
-            needs_tokenizer=True,
-            local_files_only=local_files_only,
-        )
-        tokenizer = load_pretrained(
-            transformers.AutoTokenizer.from_pretrained,
-            source,
-            what="OneFormer tokenizer",
-            needs_tokenizer=True,
+            what="OneFormer",
             local_files_only=local_files_only,
         )
         return cls(model, tokenizer, **cls._options(source, options))
