@@ -248,11 +248,14 @@ class SyntheticPanopticTask(_PanopticTask):
     def __len__(self) -> int:
         return self.num_videos
 
-    def _video(self, index: int) -> Any:
+    def _video(self, index: int) -> tuple[Any, Any]:
+        """Video ``index`` and its panoptic ground truth (the latest one is kept)."""
         from deva.data.synthetic import generate_video, video_seed
+        from deva.data.synthetic_benchmarks import panoptic_ground_truth
 
         if self._cache is None or self._cache[0] != index:
-            self._cache = (index, generate_video(self.video_config, video_seed(self.seed, index)))
+            video = generate_video(self.video_config, video_seed(self.seed, index))
+            self._cache = (index, (video, panoptic_ground_truth(video)))
         return self._cache[1]
 
     def num_frames(self, index: int) -> int:
@@ -262,27 +265,23 @@ class SyntheticPanopticTask(_PanopticTask):
     def frames(self, index: int) -> Iterator[tuple[str, np.ndarray]]:
         from deva.data.synthetic import frame_name
 
-        video = self._video(index)
+        video = self._video(index)[0]
         for t in range(self.num_frames(index)):
             yield frame_name(t), video.frames[t]
 
     def segmenter(self, index: int) -> ImageSegmenter:
         from deva.data.synthetic import frame_name
 
-        video = self._video(index)
+        video = self._video(index)[0]
         return DictSegmenter({frame_name(t): d for t, d in enumerate(video.detections)})
 
     def panoptic_ground_truth(self, index: int) -> tuple[np.ndarray, list[list[dict]]]:
-        from deva.data.synthetic_benchmarks import panoptic_ground_truth
-
-        gt = panoptic_ground_truth(self._video(index))
+        gt = self._video(index)[1]
         n = self.num_frames(index)
         return gt.ids[:n], gt.segments[:n]
 
     def ground_truth_ids(self, index: int, position: int, shape: tuple[int, int]) -> np.ndarray:
-        from deva.data.synthetic_benchmarks import panoptic_ground_truth
-
-        return panoptic_ground_truth(self._video(index)).ids[position].astype(np.int64)
+        return self._video(index)[1].ids[position].astype(np.int64)
 
 
 def _frames_by_stem(directory: Path) -> dict[str, Path]:

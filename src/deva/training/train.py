@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 RUN_DIR_ENV = "DEVA_RUN_DIR"
 #: The Predictor's numbers of a run, by step, written into the output folder at the end.
 VALIDATION_HISTORY = "validation_history.json"
-AUTOCAST = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def per_device_batch_size(global_batch: int, world_size: int, accumulate: int = 1) -> int:
@@ -130,14 +129,10 @@ def build_module(cfg: DictConfig, model_config: PropagationConfig) -> Propagatio
 def validation_autocast(name: str | None, accelerator: str) -> torch.dtype | None:
     """``validation.autocast`` as a dtype, checked now against the device validation will run
     on (``trainer.accelerator``), so that a bad choice fails before training starts."""
-    from deva.modeling.inference_model import check_autocast
+    from deva.config.options import autocast_dtype
 
-    if name not in AUTOCAST:
-        raise ValueError(f"validation.autocast must be one of null, bf16, fp16; got {name!r}")
-    dtype = AUTOCAST[name]
     gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    check_autocast(dtype, "cuda" if gpu else "cpu")
-    return dtype
+    return autocast_dtype(name, torch.device("cuda" if gpu else "cpu"))
 
 
 def _predictor(cfg: DictConfig) -> Predictor | None:
