@@ -275,3 +275,18 @@ def test_mask_png_auto_format(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="bad.png"):
         read_mask_png(tmp_path / "bad.png")
+
+
+def test_argmax_channels_equals_torch_argmax_with_ties_and_nan() -> None:
+    from deva.io.frames import argmax_channels
+
+    torch.manual_seed(0)
+    prob = torch.rand(2, 4, 7, 9).round(decimals=1)  # many exact ties: the first channel wins
+    prob[0, 2, 3, 3] = float("nan")
+    got = argmax_channels(prob)
+    assert got.dtype == torch.int64
+    assert torch.equal(got, prob.argmax(dim=-3))
+    plane = torch.rand(1, 5, 6)
+    assert torch.equal(argmax_channels(plane), torch.zeros(5, 6, dtype=torch.int64))
+    with pytest.raises(ValueError, match="zero channels"):
+        argmax_channels(torch.zeros(0, 2, 2))

@@ -305,21 +305,28 @@ def bench_propagation(
         seed=cfg.seed,
     )
     model, source = _model(preset, device, cfg.seed, cfg.weights)
-    variants: list[tuple[str, torch.dtype | None, bool, bool]] = [
-        ("fp32-reference", None, False, True),
-        ("fp32", None, False, False),
-        ("fp32-channels-last", None, True, False),
+    # (name, autocast dtype, channels-last, plain reference model, Winograd)
+    variants: list[tuple[str, torch.dtype | None, bool, bool, bool]] = [
+        ("fp32-reference", None, False, True, False),
+        ("fp32", None, False, False, False),
+        ("fp32-channels-last", None, True, False, False),
     ]
+    if device.type == "cpu":
+        variants += [
+            ("fp32-winograd", None, False, False, True),
+            ("fp32-winograd-channels-last", None, True, False, True),
+        ]
     if amp is not None:
         name = str(cfg.amp)
         variants += [
-            (f"{name}-reference-autocast", amp, False, True),
-            (f"{name}-channels-last", amp, True, False),
+            (f"{name}-reference-autocast", amp, False, True, False),
+            (f"{name}-channels-last", amp, True, False, False),
         ]
-    props = {v: Propagator(model, autocast_dtype=dt, channels_last=cl) for v, dt, cl, _ in variants}
-    comparisons = {
-        v: MaskComparison(v, "fp32-reference", _kind(dt)) for v, dt, _, _ in variants[1:]
+    props = {
+        v: Propagator(model, autocast_dtype=dt, channels_last=cl, winograd=wg)
+        for v, dt, cl, _, wg in variants
     }
+    comparisons = {v: MaskComparison(v, "fp32-reference", _kind(dt)) for v, dt, *_ in variants[1:]}
     timings: dict[str, list[float]] = defaultdict(list)
     first = torch.from_numpy(video.masks[0].astype(np.int64))
     if device.type == "cuda":
@@ -331,7 +338,7 @@ def bench_propagation(
             # that no variant always follows the same one.
             rest = variants[1:]
             shift = t % len(rest) if rest else 0
-            for variant, _, _, reference in [variants[0], *rest[shift:], *rest[:shift]]:
+            for variant, _, _, reference, _ in [variants[0], *rest[shift:], *rest[:shift]]:
                 context = reference_mode() if reference else contextlib.nullcontext()
                 start = time.perf_counter()
                 with context:
@@ -354,7 +361,7 @@ def bench_propagation(
                     comparison = comparisons[variant]
                     comparison.add(ids, ref_mask, decisive[comparison.kind])
     rows = []
-    for variant, dt, cl, reference in variants:
+    for variant, dt, cl, reference, wg in variants:
         seconds = float(np.sum(timings[variant]))
         frames = len(timings[variant])
         rows.append(
@@ -365,6 +372,7 @@ def bench_propagation(
                 "variant": variant,
                 "precision": "fp32" if dt is None else str(cfg.amp),
                 "channels_last": cl,
+                "winograd": wg,
                 "inference_copy": not reference,
                 "frame": f"{height}x{width}",
                 "objects": len(video.objects),
@@ -449,7 +457,6 @@ def _legacy_align_segmentations(
     **options: Any,
 ) -> list[Segmentation]:
     """The previous alignment: one throw-away propagator per clip frame."""
-    options.pop("channels_last", None)
     out = []
     for features, seg in sources:
         if not seg.segments or not torch.as_tensor(seg.mask).any():

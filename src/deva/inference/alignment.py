@@ -27,9 +27,10 @@ import torch
 from deva.inference.memory import _affinity
 from deva.inference.propagator import FrameFeatures, Propagator
 from deva.inference.segmentation import Segmentation
+from deva.io.frames import argmax_channels
 from deva.io.padding import pad_to_multiple, unpad
 from deva.modeling import memory_ops
-from deva.modeling.inference_model import check_autocast, inference_model
+from deva.modeling.inference_model import check_autocast, inference_model, inference_options
 from deva.modeling.propagation import PropagationModel, aggregate_probabilities
 
 DEFAULT_TOP_K = 30
@@ -60,6 +61,7 @@ def align_segmentation(
     chunk_size: int = -1,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool | None = None,
+    winograd: bool | None = None,
 ) -> Segmentation:
     """Propagate ``segmentation`` of the source frame onto the target frame (eq. 1).
 
@@ -71,8 +73,8 @@ def align_segmentation(
         top_k: memory elements kept per query pixel (30 in the paper; None: full softmax).
         chunk_size: objects per network pass (-1: all at once).
         autocast_dtype: mixed precision dtype (e.g. ``torch.bfloat16``) or None.
-        channels_last: as for :class:`Propagator` (None: its default); must match the
-            propagator that computed the features.
+        channels_last, winograd: as for :class:`Propagator` (None: its default); the same
+            as the propagator that computed the features.
 
     Returns:
         A CPU ``Segmentation`` at ``target.size`` with the same segment ids and metadata;
@@ -86,6 +88,7 @@ def align_segmentation(
         chunk_size=chunk_size,
         autocast_dtype=autocast_dtype,
         channels_last=channels_last,
+        winograd=winograd,
     )[0]
 
 
@@ -99,6 +102,7 @@ def align_segmentations(
     chunk_size: int = -1,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool | None = None,
+    winograd: bool | None = None,
 ) -> list[Segmentation]:
     """:func:`align_segmentation` of several (frame, segmentation) pairs onto one target.
 
@@ -117,9 +121,12 @@ def align_segmentations(
             results[i] = Segmentation(mask=torch.zeros(target.size, dtype=torch.long), segments=[])
     if active:
         check_autocast(autocast_dtype, model.device)
-        if channels_last is None:
-            channels_last = autocast_dtype is not None and model.device.type == "cpu"
-        network = inference_model(model, dtype=autocast_dtype, channels_last=channels_last)
+        channels_last, winograd = inference_options(
+            model.device, autocast_dtype, channels_last=channels_last, winograd=winograd
+        )
+        network = inference_model(
+            model, dtype=autocast_dtype, channels_last=channels_last, winograd=winograd
+        )
         autocast = (
             torch.autocast(model.device.type, dtype=autocast_dtype)
             if autocast_dtype is not None
@@ -136,7 +143,7 @@ def align_segmentations(
         for i, prob in zip(active, probs, strict=True):
             ids = encoded[i][0]
             lut = torch.tensor([0, *ids], dtype=torch.int64, device=prob.device)
-            out = lut[unpad(prob, target.padding).float().argmax(dim=0)].cpu()
+            out = lut[argmax_channels(unpad(prob, target.padding).float())].cpu()
             present = set(torch.unique(out).tolist())
             segments = [dataclasses.replace(s) for s in sources[i][1].segments if s.id in present]
             results[i] = Segmentation(mask=out, segments=segments)
@@ -179,7 +186,7 @@ def _propagate_one_frame(
             q_sel,
             top_k,
         )
-        readout = memory_ops.readout(affinity, value.flatten(3))[0].view(len(ids), -1, h, w)
+        readout = memory_ops.read_values(affinity, value.flatten(3))[0].view(len(ids), -1, h, w)
         readouts.append(readout)
         sensories.append(sensory[0])
         lasts.append(prob[1:].float())
@@ -202,6 +209,8 @@ def _align_with_propagator(
     top_k: int | None = DEFAULT_TOP_K,
     chunk_size: int = -1,
     autocast_dtype: torch.dtype | None = None,
+    channels_last: bool | None = None,
+    winograd: bool | None = None,
 ) -> torch.Tensor:
     """Reference: the (H, W) id map a throw-away :class:`Propagator` gives (for tests)."""
     from deva.inference.memory import MemoryConfig
@@ -212,6 +221,8 @@ def _align_with_propagator(
         MemoryConfig(top_k=top_k, long_term=False),
         chunk_size=chunk_size,
         autocast_dtype=autocast_dtype,
+        channels_last=channels_last,
+        winograd=winograd,
     )
     temporary.step(features=source, mask=masks.to(source.image.device), objects=ids)
     return temporary.step(features=target, end=True).index_mask().cpu()

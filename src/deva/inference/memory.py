@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from deva.modeling import memory_ops
+from deva.modeling.memory_ops import TopKAffinity
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,21 @@ class _Bucket:
     # Long-term + working keys, shrinkage and per-object values joined for reading; built on
     # the first read after a change (a memory frame comes every few frames, reads every frame).
     _joined: tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]] | None = None
+    # The joined values of a list of objects, element-major (M, N·C_v) in float32, for the
+    # sparse top-k readout; same lifetime as ``_joined``.
+    _values_t: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
 
     def changed(self) -> None:
         self._joined = None
+        self._values_t.clear()
+
+    def values_t(self, objects: list[int]) -> torch.Tensor:
+        """(M, N·C_v) float32 joined values of ``objects``, element-major (cached)."""
+        key = tuple(objects)
+        if key not in self._values_t:
+            values = self.joined()[2]
+            self._values_t[key] = torch.cat([values[o] for o in objects]).T.float().contiguous()
+        return self._values_t[key]
 
     def joined(self) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
         """(1, C_k, M) keys, (1, 1, M) shrinkage and object id -> (C_v, M) values."""
@@ -259,7 +272,9 @@ class InferenceMemory:
             # Affinities in float32: squared distances overflow fp16 under autocast.
             affinity = _affinity(m_key, m_shrink, q_key, q_sel, self.config.top_k)
             if self.config.long_term:
-                usage = affinity[0].sum(dim=1)
+                usage = (
+                    affinity.usage() if isinstance(affinity, TopKAffinity) else affinity.sum(2)
+                )[0]
                 lt.use_count += usage[: lt.size]
                 lt.life_count += 1
                 wm.use_count += usage[lt.size :]
@@ -267,10 +282,14 @@ class InferenceMemory:
             objs = [o for o in bucket.objects if o in object_ids]
             if not objs:
                 continue
-            m_val = torch.stack([m_values[o] for o in objs]).unsqueeze(0)
-            out = memory_ops.readout(affinity, m_val)[0]
-            for i, obj in enumerate(objs):
-                readouts[obj] = out[i].view(-1, h, w)
+            dtype = m_values[objs[0]].dtype
+            if isinstance(affinity, TopKAffinity):
+                out = affinity.readout(bucket.values_t(objs).unsqueeze(0))[0].to(dtype)
+            else:
+                m_val = torch.stack([m_values[o] for o in objs]).unsqueeze(0)
+                out = memory_ops.readout(affinity, m_val)[0].flatten(0, 1)
+            for obj, part in zip(objs, out.chunk(len(objs)), strict=True):
+                readouts[obj] = part.reshape(-1, h, w)
         missing = [o for o in object_ids if o not in readouts]
         if missing:
             raise KeyError(f"objects {missing} have no memory")
@@ -319,11 +338,17 @@ def _affinity(
     query_key: torch.Tensor,
     query_selection: torch.Tensor,
     top_k: int | None,
-) -> torch.Tensor:
+) -> torch.Tensor | TopKAffinity:
     """(Top-k) softmax affinity in float32 with autocast off: squared distances overflow
-    fp16 and lose too much precision in bf16."""
+    fp16 and lose too much precision in bf16. With ``top_k`` smaller than the memory, a
+    sparse :class:`~deva.modeling.memory_ops.TopKAffinity`; else the dense (B, M, Q) matrix."""
+    args = (
+        memory_key.float(),
+        memory_shrinkage.float(),
+        query_key.float(),
+        query_selection.float(),
+    )
     with torch.autocast(memory_key.device.type, enabled=False):
-        sim = memory_ops.similarity(
-            memory_key.float(), memory_shrinkage.float(), query_key.float(), query_selection.float()
-        )
-        return memory_ops.softmax_affinity(sim, top_k)
+        if top_k is not None and top_k < memory_key.shape[-1]:
+            return memory_ops.top_k_affinity(memory_ops.query_similarity(*args), top_k)
+        return memory_ops.softmax_affinity(memory_ops.similarity(*args), None)

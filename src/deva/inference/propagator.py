@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from deva.inference.memory import InferenceMemory, MemoryConfig
+from deva.io.frames import argmax_channels
 from deva.io.padding import Padding, pad_to_multiple, unpad
-from deva.modeling.inference_model import check_autocast, inference_model
+from deva.modeling.inference_model import check_autocast, inference_model, inference_options
 from deva.modeling.propagation import (
     KeyProjection,
     PixelFeatures,
@@ -59,7 +60,7 @@ class PropagationResult:
     def index_mask(self) -> torch.Tensor:
         """(H, W) int64 map of object ids (0 = background) by arg-max."""
         lut = torch.tensor([0, *self.object_ids], dtype=torch.int64, device=self.prob.device)
-        return lut[self.prob.argmax(dim=0)]
+        return lut[argmax_channels(self.prob)]
 
 
 class Propagator:
@@ -74,8 +75,10 @@ class Propagator:
     The network runs as a cached inference copy of ``model``
     (:func:`~deva.modeling.inference_model.inference_model`): batch norm folded into the
     convolutions, weights stored once in the autocast dtype, channels-last layout when
-    ``channels_last`` (default: on with reduced precision on the CPU). ``model`` itself is
-    never modified; the copy follows it when its weights change.
+    ``channels_last`` (default: on for the CPU), and in float32 on the
+    CPU the wide 3×3 convolutions computed by Winograd's F(4×4, 3×3) (``winograd``, default
+    on there; :mod:`deva.modeling.winograd`). ``model`` itself is never modified; the copy
+    follows it when its weights change.
     """
 
     def __init__(
@@ -87,14 +90,15 @@ class Propagator:
         chunk_size: int = -1,
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool | None = None,
+        winograd: bool | None = None,
     ) -> None:
         if mem_every < 1:
             raise ValueError(f"mem_every must be >= 1, got {mem_every}")
         check_autocast(autocast_dtype, model.device)
         self.model = model.eval()
-        if channels_last is None:
-            channels_last = autocast_dtype is not None and model.device.type == "cpu"
-        self.channels_last = channels_last
+        self.channels_last, self.winograd = inference_options(
+            model.device, autocast_dtype, channels_last=channels_last, winograd=winograd
+        )
         self.memory_config = memory or MemoryConfig()
         self.mem_every = mem_every
         self.chunk_size = chunk_size
@@ -122,7 +126,10 @@ class Propagator:
     def network(self) -> PropagationModel:
         """The inference copy of the model that does the work (see the class docstring)."""
         return inference_model(
-            self.model, dtype=self.autocast_dtype, channels_last=self.channels_last
+            self.model,
+            dtype=self.autocast_dtype,
+            channels_last=self.channels_last,
+            winograd=self.winograd,
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager:

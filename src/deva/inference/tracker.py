@@ -61,7 +61,13 @@ from deva.inference.merging import MAX_MISSED, merge_with_consensus
 from deva.inference.objects import ObjectRegistry
 from deva.inference.propagator import FrameFeatures, PropagationResult, Propagator
 from deva.inference.segmentation import Segment, Segmentation
-from deva.io.frames import FrameGeometry, preprocess_frame, resize_mask, restore_probabilities
+from deva.io.frames import (
+    FrameGeometry,
+    argmax_channels,
+    preprocess_frame,
+    resize_mask,
+    restore_probabilities,
+)
 from deva.modeling.propagation import PropagationModel
 from deva.segmenters.base import ImageSegmenter, check_image, resize_segmentation
 
@@ -367,6 +373,7 @@ class DecoupledTracker:
                 chunk_size=self.config.chunk_size,
                 autocast_dtype=self.config.autocast_dtype,
                 channels_last=self._propagator.channels_last,
+                winograd=self._propagator.winograd,
             )
         return in_clip_consensus(aligned, separate_things=self.config.panoptic)
 
@@ -441,7 +448,7 @@ class DecoupledTracker:
         """A result from probabilities: un-pad, bilinear resize to the original size, arg-max."""
         prob = restore_probabilities(result.prob, frame.geometry)
         lut = torch.tensor([0, *result.object_ids], dtype=torch.long, device=prob.device)
-        ids = lut[prob.argmax(dim=0)].cpu()
+        ids = lut[argmax_channels(prob)].cpu()
         seg = self._as_segmentation(ids)
         return TrackedFrame(
             frame.name, frame.index, ids, seg.segments, list(removed_ids or []), image=frame.rgb

@@ -22,6 +22,7 @@ import torch
 
 from deva.inference.propagator import Propagator
 from deva.io.frames import (
+    argmax_channels,
     list_frame_files,
     preprocess_frame,
     preprocess_mask,
@@ -160,7 +161,7 @@ def segment_frames(
         if output_frames is None or name in output_frames:
             prob = restore_probabilities(result.prob, geometry)
             lut = torch.tensor([0, *result.object_ids], dtype=torch.int64, device=prob.device)
-            yield name, lut[prob.argmax(dim=0)].cpu().numpy()
+            yield name, lut[argmax_channels(prob)].cpu().numpy()
 
 
 def segment_video(

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from deva.modeling.resnet import BasicBlock, Bottleneck
+from deva.modeling.winograd import use_winograd
 
 if TYPE_CHECKING:
     from deva.modeling.propagation import PropagationModel
@@ -75,6 +76,27 @@ def check_autocast(dtype: torch.dtype | None, device: torch.device | str) -> Non
         raise ValueError(f"unsupported autocast dtype {dtype} on the CPU")
 
 
+def inference_options(
+    device: torch.device | str,
+    dtype: torch.dtype | None,
+    *,
+    channels_last: bool | None = None,
+    winograd: bool | None = None,
+) -> tuple[bool, bool]:
+    """The layout options of an inference copy, defaults filled in: channels-last on the
+    CPU (oneDNN's fastest layout there, and the one Winograd convolutions produce); Winograd
+    convolutions in float32 on the CPU. Raises ``ValueError`` when Winograd is asked for
+    elsewhere."""
+    on_cpu = torch.device(device).type == "cpu"
+    if channels_last is None:
+        channels_last = on_cpu
+    if winograd is None:
+        winograd = dtype is None and on_cpu
+    elif winograd and (dtype is not None or not on_cpu):
+        raise ValueError("winograd=True is for float32 inference on the CPU only")
+    return channels_last, winograd
+
+
 def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A convolution equal to ``bn(conv(x))`` with ``bn`` in eval mode (computed in float64)."""
     folded = nn.Conv2d(
@@ -125,14 +147,19 @@ def build_inference_model(
     *,
     dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    winograd: bool = False,
 ) -> PropagationModel:
     """A frozen copy of ``model`` for inference (see the module docstring).
 
-    Without ``dtype`` and ``channels_last`` only the two trunks (the modules with batch norm)
-    are copied; every other parameter is shared with ``model`` (read-only use).
+    ``winograd`` replaces the wide 3×3 convolutions by
+    :class:`~deva.modeling.winograd.WinogradConv2d` (float32 on the CPU). Without any option
+    only the two trunks (the modules with batch norm) are copied; every other parameter is
+    shared with ``model`` (read-only use).
     """
+    if winograd:
+        inference_options(model.device, dtype, winograd=True)  # raises where it does not apply
     shared: dict[int, object] = {}
-    if dtype is None and not channels_last:
+    if dtype is None and not channels_last and not winograd:
         trunks = {*model.pixel_encoder.parameters(), *model.mask_encoder.parameters()}
         trunks |= {*model.pixel_encoder.buffers(), *model.mask_encoder.buffers()}
         for t in [*model.parameters(), *model.buffers()]:
@@ -149,6 +176,9 @@ def build_inference_model(
         fast.to(dtype)
     if channels_last:
         fast.to(memory_format=torch.channels_last)
+    if winograd:
+        replaced = use_winograd(fast)
+        log.debug("%d convolutions use Winograd F(4x4, 3x3)", replaced)
     return fast
 
 
@@ -157,6 +187,7 @@ def inference_model(
     *,
     dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    winograd: bool = False,
 ) -> PropagationModel:
     """The cached :func:`build_inference_model` copy of ``model`` (rebuilt when it changes);
     ``model`` itself inside :func:`reference_mode`."""
@@ -168,10 +199,17 @@ def inference_model(
         # whose parameters are later *replaced* by new objects is not tracked.
         entry = _CACHE[model] = {"tensors": [*model.parameters(), *model.buffers()]}
     signature = _signature(entry["tensors"])
-    key = (dtype, channels_last)
+    key = (dtype, channels_last, winograd)
     cached = entry.get(key)
     if cached is None or cached[0] != signature:
-        log.debug("building an inference copy (dtype %s, channels-last %s)", dtype, channels_last)
-        fast = build_inference_model(model, dtype=dtype, channels_last=channels_last)
+        log.debug(
+            "building an inference copy (dtype %s, channels-last %s, Winograd %s)",
+            dtype,
+            channels_last,
+            winograd,
+        )
+        fast = build_inference_model(
+            model, dtype=dtype, channels_last=channels_last, winograd=winograd
+        )
         entry[key] = (signature, fast)
     return entry[key][1]

@@ -7,6 +7,8 @@ Q query pixels.
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -73,3 +75,94 @@ def readout(affinity: torch.Tensor, memory_value: torch.Tensor) -> torch.Tensor:
     b, n, c, m = memory_value.shape
     out = memory_value.reshape(b, n * c, m) @ affinity.to(memory_value.dtype)
     return out.view(b, n, c, -1)
+
+
+def query_similarity(
+    memory_key: torch.Tensor,
+    memory_shrinkage: torch.Tensor | None,
+    query_key: torch.Tensor,
+    query_selection: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`similarity` laid out query-major, (B, Q, M): the top-k then runs along the
+    contiguous memory axis (several times faster than along dim 1 of (B, M, Q))."""
+    dim = memory_key.shape[1]
+    if query_selection is None:
+        query_selection = torch.ones_like(query_key)
+    sel_t = query_selection.transpose(1, 2)  # (B, Q, C)
+    a_sq = sel_t @ memory_key.pow(2)
+    two_ab = 2 * ((query_key * query_selection).transpose(1, 2) @ memory_key)
+    b_sq = (query_selection * query_key.pow(2)).sum(dim=1).unsqueeze(2)
+    sim = two_ab - a_sq - b_sq
+    if memory_shrinkage is not None:
+        sim = sim * memory_shrinkage
+    return sim / math.sqrt(dim)
+
+
+@dataclass(frozen=True)
+class TopKAffinity:
+    """A top-k softmax affinity kept sparse: per query pixel, the k memory elements it reads
+    and their softmax weights. Reading memory with it costs O(k) per query and value channel
+    instead of O(M) for the dense (B, M, Q) matrix that is almost all zeros."""
+
+    weights: torch.Tensor  # (B, Q, k) float32, each row sums to 1
+    indices: torch.Tensor  # (B, Q, k) int64 memory element indices
+    memory_size: int
+
+    def usage(self) -> torch.Tensor:
+        """(B, M) affinity each memory element received, summed over the query pixels."""
+        b = self.weights.shape[0]
+        out = self.weights.new_zeros(b, self.memory_size)
+        return out.scatter_add_(1, self.indices.flatten(1), self.weights.flatten(1))
+
+    def dense(self) -> torch.Tensor:
+        """The (B, M, Q) matrix :func:`softmax_affinity` would give."""
+        b, q, _ = self.weights.shape
+        out = self.weights.new_zeros(b, q, self.memory_size)
+        return out.scatter_(2, self.indices, self.weights).transpose(1, 2)
+
+    def readout(self, values_t: torch.Tensor) -> torch.Tensor:
+        """Weighted sums of memory values given element-major, (B, M, D) → (B, D, Q).
+
+        Computed in float32 (CPU sparse products have no bfloat16 kernel), returned in the
+        values' dtype.
+        """
+        b, q, k = self.weights.shape
+        if values_t.shape[:2] != (b, self.memory_size):
+            raise ValueError(
+                f"values must be (B={b}, M={self.memory_size}, D), got {tuple(values_t.shape)}"
+            )
+        rows = torch.arange(0, q * k + 1, k, device=self.indices.device)
+        compute = torch.float64 if values_t.dtype == torch.float64 else torch.float32
+        outs = []
+        with (
+            warnings.catch_warnings(),
+            torch.autocast(values_t.device.type, enabled=False),  # would cast to bf16
+        ):
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            for i in range(b):
+                matrix = torch.sparse_csr_tensor(
+                    rows,
+                    self.indices[i].reshape(-1),
+                    self.weights[i].reshape(-1).to(compute),
+                    size=(q, self.memory_size),
+                    check_invariants=False,
+                )
+                outs.append((matrix @ values_t[i].to(compute)).T)
+        return torch.stack(outs).to(values_t.dtype)
+
+
+def top_k_affinity(sim: torch.Tensor, top_k: int) -> TopKAffinity:
+    """Softmax over the ``top_k`` largest of each query's (B, Q, M) logits (query-major, as
+    :func:`query_similarity` gives); equal to :func:`softmax_affinity` on the transpose."""
+    k = min(top_k, sim.shape[2])
+    values, indices = sim.topk(k, dim=2)
+    return TopKAffinity(torch.softmax(values, dim=2), indices, sim.shape[2])
+
+
+def read_values(affinity: torch.Tensor | TopKAffinity, memory_value: torch.Tensor) -> torch.Tensor:
+    """:func:`readout` for a dense (B, M, Q) or a sparse top-k affinity: (B, N, C_v, Q)."""
+    if not isinstance(affinity, TopKAffinity):
+        return readout(affinity, memory_value)
+    b, n, c, m = memory_value.shape
+    out = affinity.readout(memory_value.reshape(b, n * c, m).transpose(1, 2))
+    return out.reshape(b, n, c, -1)

@@ -39,8 +39,39 @@ class GroupedResBlock(nn.Module):
         self.conv2 = GroupedConv2d(out_dim, out_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2(F.relu(self.conv1(F.relu(x)), inplace=True))
+        out = relu_conv(self.conv2, relu_conv(self.conv1, x), inplace=True)
         return _add_into(out, x if self.downsample is None else self.downsample(x))
+
+
+def relu_conv(conv: nn.Module, x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """``conv(relu(x))``; an inference replacement with ``forward_relu`` (such as
+    :class:`~deva.modeling.winograd.WinogradConv2d`) applies the ReLU while reading ``x``.
+    ``inplace``: ``x`` is a temporary that the plain path may overwrite."""
+    fused = getattr(conv, "forward_relu", None)
+    if fused is not None:
+        return fused(x)
+    return conv(F.relu(x, inplace=inplace))
+
+
+def conv_input_slice(
+    conv: nn.Module, x: torch.Tensor, channels: slice, *, bias: bool, relu: bool = False
+) -> torch.Tensor:
+    """``conv`` applied to ``x`` (to ``relu(x)`` with ``relu``), which holds only the input
+    channels ``channels`` of it.
+
+    For a plain convolution this slices the weight; an inference replacement (such as
+    :class:`~deva.modeling.winograd.WinogradConv2d`) provides ``conv_slice`` itself.
+    """
+    if not isinstance(conv, nn.Conv2d):
+        return conv.conv_slice(x, channels, bias=bias, relu=relu)  # type: ignore[operator]
+    return F.conv2d(
+        F.relu(x) if relu else x,
+        conv.weight[:, channels],
+        conv.bias if bias else None,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+    )
 
 
 def _add_into(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -126,18 +157,16 @@ class FeatureFusion(nn.Module):
         block, c_x = self.block1, image.shape[1]
         b, n = objects.shape[:2]
 
-        def split(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-            w = conv.weight
-            shared = F.conv2d(x, w[:, :c_x], conv.bias, padding=conv.padding)
-            own = F.conv2d(g.flatten(0, 1), w[:, c_x:], None, padding=conv.padding)
+        def split(conv: nn.Module, x: torch.Tensor, g: torch.Tensor, relu: bool) -> torch.Tensor:
+            shared = conv_input_slice(conv, x, slice(0, c_x), bias=True, relu=relu)
+            own = conv_input_slice(conv, g.flatten(0, 1), slice(c_x, None), bias=False, relu=relu)
             return own.view(b, n, *own.shape[1:]) + shared.unsqueeze(1)
 
-        hidden = F.relu(split(block.conv1, F.relu(image), F.relu(objects)), inplace=True)
-        out = block.conv2(hidden)
+        out = relu_conv(block.conv2, split(block.conv1, image, objects, True), inplace=True)
         if block.downsample is None:
             skip = torch.cat([image.unsqueeze(1).expand(-1, n, -1, -1, -1), objects], dim=2)
         else:
-            skip = split(block.downsample, image, objects)
+            skip = split(block.downsample, image, objects, False)
         return _add_into(out, skip)
 
 
@@ -176,12 +205,24 @@ class SensoryUpdater(nn.Module):
         self.transform = GroupedConv2d(sensory_dim * 2, sensory_dim * 3, 3, padding=1)
 
     def forward(
-        self, g16: torch.Tensor, g8: torch.Tensor, g4: torch.Tensor, hidden: torch.Tensor
+        self,
+        g16: torch.Tensor,
+        g8: torch.Tensor,
+        g4: torch.Tensor,
+        logits: torch.Tensor,
+        hidden: torch.Tensor,
     ) -> torch.Tensor:
+        """g16 / g8 / g4: (B, N, C, ·) decoder features; logits (B, N, H/4, W/4)."""
+        # The stride-4 input is [g4, logits] pooled ×¼; pooling each part and concatenating
+        # at stride 16 gives the same numbers without a full-resolution concatenation.
+        pooled4 = torch.cat(
+            [resize_grouped(g4, 0.25, "area"), resize_grouped(logits.unsqueeze(2), 0.25, "area")],
+            dim=2,
+        )
         g = (
             self.g16_conv(g16)
             + self.g8_conv(resize_grouped(g8, 0.5, "area"))
-            + self.g4_conv(resize_grouped(g4, 0.25, "area"))
+            + self.g4_conv(pooled4)
         )
         return gated_update(self.transform(torch.cat([g, hidden], dim=2)), hidden)
 

@@ -191,8 +191,7 @@ class MaskDecoder(nn.Module):
         g4 = self.up_8_4(f4, g8)
         logits = self.pred(F.relu(g4.flatten(0, 1))).view(b, n, *g4.shape[-2:])
         if update_sensory:
-            g4_with_logits = torch.cat([g4, logits.unsqueeze(2)], dim=2)
-            sensory = self.sensory_update(g16, g8, g4_with_logits, sensory)
+            sensory = self.sensory_update(g16, g8, g4, logits, sensory)
         return sensory, logits
 
 

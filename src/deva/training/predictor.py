@@ -169,7 +169,12 @@ def propagate_arrays(
     propagator: Any, frames: np.ndarray, first_mask: np.ndarray, shorter_side: int = 480
 ) -> np.ndarray:
     """Propagate ``first_mask`` (H, W) through frames (T, H, W, 3) uint8; (T, H, W) id maps."""
-    from deva.io.frames import preprocess_frame, preprocess_mask, restore_probabilities
+    from deva.io.frames import (
+        argmax_channels,
+        preprocess_frame,
+        preprocess_mask,
+        restore_probabilities,
+    )
 
     propagator.reset()
     out = np.zeros(frames.shape[:3], dtype=np.int64)
@@ -184,7 +189,7 @@ def propagate_arrays(
         result = propagator.step(image, mask, objects if mask is not None else None, end=t == last)
         prob = restore_probabilities(result.prob, geometry)
         lut = torch.tensor([0, *result.object_ids], dtype=torch.int64, device=prob.device)
-        out[t] = lut[prob.argmax(dim=0)].cpu().numpy()
+        out[t] = lut[argmax_channels(prob)].cpu().numpy()
     return out
 
 
