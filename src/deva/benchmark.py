@@ -6,12 +6,15 @@ Suites (``suite=propagation|tracker|consensus|memory|training|all``, ``tasks=`` 
   first-frame masks by several *variants*, stepped interleaved frame by frame in one process
   (so load from other processes hits all of them alike): ``fp32-reference`` (the plain eager
   model, :func:`~deva.modeling.inference_model.reference_mode`), ``fp32`` (inference copy,
-  batch norm folded), ``fp32-channels-last``, and with ``amp``: ``<amp>-reference-autocast``
-  (autocast over the plain model) and ``<amp>-channels-last`` (weights cast once). Every
-  variant's masks are compared with ``fp32-reference``.
+  batch norm folded), ``fp32-channels-last``, on the CPU ``fp32-winograd`` and
+  ``fp32-winograd-channels-last`` (the default fp32 CPU path), and with ``amp``:
+  ``<amp>-reference-autocast`` (autocast over the plain model) and ``<amp>-channels-last``
+  (weights cast once). Every variant's masks are compared with ``fp32-reference``.
 - **tracker**: the semi-online tracker over a stream whose segmenter returns ``segments``
-  drifting Voronoi segments per frame; variants ``fp32-reference`` (plain model, one
-  throw-away propagator per alignment: the previous code path), ``fp32-reference-batched``
+  drifting Voronoi segments per frame (or, ``tracker_detections=video``, the generated
+  video's own simulated detections: its objects and stuff regions with noise); variants
+  ``fp32-reference`` (plain model, one throw-away propagator per alignment: the previous code
+  path), ``fp32-reference-batched``
   (plain model, batched alignment: must be identical), ``fp32`` and ``<amp>``; time shares of
   alignment, consensus and merging.
 - **consensus**: the in-clip consensus alone on ``clip_size`` partitions.
@@ -85,7 +88,8 @@ DEFAULTS: dict[str, Any] = {
     "decisive_margin_amp": 0.05,  # reduced-precision checks
     "weights": "auto",  # auto: the embedded checkpoint for preset small, random otherwise
     # tracker / consensus
-    "segments": 40,
+    "segments": 40,  # Voronoi segments per frame (tracker_detections=partition, consensus)
+    "tracker_detections": "partition",  # or "video": the generator's simulated detections
     "clip_size": 3,
     "detect_every": 5,
     "repeats": 5,
@@ -149,6 +153,10 @@ def parse_options(argv: list[str]) -> DictConfig:
         cfg.presets = [cfg.presets]
     if isinstance(cfg.train_presets, str):
         cfg.train_presets = [cfg.train_presets]
+    if cfg.tracker_detections not in ("partition", "video"):
+        raise ConfigError(
+            f"tracker_detections must be partition or video, got {cfg.tracker_detections!r}"
+        )
     if str(cfg.amp) not in AMP:
         raise ConfigError(f"amp must be one of {sorted(AMP)}, got {cfg.amp!r}")
     return cfg
@@ -415,6 +423,16 @@ def partition(height: int, width: int, count: int, seed: int, shift: float) -> S
     return Segmentation(mask=torch.from_numpy(padded), segments=segments)
 
 
+class ListSegmenter:
+    """Returns precomputed per-frame segmentations (the generator's simulated detections)."""
+
+    def __init__(self, segmentations: list[Segmentation]) -> None:
+        self.segmentations = segmentations
+
+    def __call__(self, image: np.ndarray, *, frame_name: str | None = None) -> Segmentation:
+        return self.segmentations[int(frame_name or 0)]
+
+
 class PartitionSegmenter:
     """Returns a drifting Voronoi partition with a fixed number of segments per frame."""
 
@@ -529,7 +547,12 @@ def bench_tracker(
             memory=MemoryConfig(),
             autocast_dtype=dtype,
         )
-        trackers[name] = DecoupledTracker(model, PartitionSegmenter(cfg.segments), config)
+        segmenter = (
+            ListSegmenter(video.detections)
+            if cfg.tracker_detections == "video"
+            else PartitionSegmenter(int(cfg.segments))
+        )
+        trackers[name] = DecoupledTracker(model, segmenter, config)
         spent[name], outputs[name], timings[name] = defaultdict(float), {}, 0.0
 
     def run(name: str, plain: bool, legacy: bool, call: Callable[[], list]) -> None:
@@ -826,7 +849,12 @@ def run_benchmark(cfg: DictConfig, *, progress: Callable[[str], None] | None = N
             checks += c
     if "tracker" in cfg.suite:
         preset = cfg.presets[0]
-        say(f"tracker: {preset}, {cfg.tracker_frames} frames, {cfg.segments} segments per frame")
+        detections = (
+            "the generator's simulated detections"
+            if cfg.tracker_detections == "video"
+            else f"{cfg.segments} segments per frame"
+        )
+        say(f"tracker: {preset}, {cfg.tracker_frames} frames, {detections}")
         r, c = bench_tracker(preset, cfg, device, amp)
         rows += r
         checks += c

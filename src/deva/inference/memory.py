@@ -113,35 +113,41 @@ class _Bucket:
     working: _Store
     long_term: _Store
     frame_elements: int  # elements per memory frame (h·w)
-    # Long-term + working keys, shrinkage and per-object values joined for reading; built on
-    # the first read after a change (a memory frame comes every few frames, reads every frame).
-    _joined: tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]] | None = None
-    # The joined values of a list of objects, element-major (M, N·C_v) in float32, for the
-    # sparse top-k readout; same lifetime as ``_joined``.
+    # Long-term + working keys and shrinkage joined for reading; built on the first read
+    # after a change (a memory frame comes every few frames, reads every frame).
+    _joined: tuple[torch.Tensor, torch.Tensor] | None = None
+    # Per list of objects, their joined values element-major, (M, N·C_v) in float32, for the
+    # sparse top-k readout; same lifetime. (The stores keep (C_v, M) per object, which
+    # appending frames and consolidation need.)
     _values_t: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
 
     def changed(self) -> None:
         self._joined = None
         self._values_t.clear()
 
-    def values_t(self, objects: list[int]) -> torch.Tensor:
-        """(M, N·C_v) float32 joined values of ``objects``, element-major (cached)."""
-        key = tuple(objects)
-        if key not in self._values_t:
-            values = self.joined()[2]
-            self._values_t[key] = torch.cat([values[o] for o in objects]).T.float().contiguous()
-        return self._values_t[key]
-
-    def joined(self) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
-        """(1, C_k, M) keys, (1, 1, M) shrinkage and object id -> (C_v, M) values."""
+    def joined(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, C_k, M) keys and (1, 1, M) shrinkage of long-term + working memory."""
         if self._joined is None:
             lt, wm = self.long_term, self.working
             self._joined = (
                 torch.cat([lt.key, wm.key], dim=-1).unsqueeze(0),
                 torch.cat([lt.shrinkage, wm.shrinkage], dim=-1).unsqueeze(0),
-                {o: torch.cat([lt.values[o], wm.values[o]], dim=-1) for o in self.objects},
             )
         return self._joined
+
+    def values(self, objects: list[int]) -> torch.Tensor:
+        """(1, N, C_v, M) long-term + working values of ``objects`` (not cached)."""
+        lt, wm = self.long_term, self.working
+        return torch.stack([torch.cat([lt.values[o], wm.values[o]], dim=-1) for o in objects])[None]
+
+    def values_t(self, objects: list[int]) -> torch.Tensor:
+        """(M, N·C_v) float32 long-term + working values of ``objects``, element-major (cached)."""
+        key = tuple(objects)
+        if key not in self._values_t:
+            lt, wm = self.long_term, self.working
+            parts = [torch.cat([lt.values[o], wm.values[o]], dim=-1).float() for o in objects]
+            self._values_t[key] = torch.cat(parts).T.contiguous()
+        return self._values_t[key]
 
     @property
     def working_frames(self) -> int:
@@ -268,7 +274,7 @@ class InferenceMemory:
         readouts: dict[int, torch.Tensor] = {}
         for bucket in self._buckets:
             lt, wm = bucket.long_term, bucket.working
-            m_key, m_shrink, m_values = bucket.joined()
+            m_key, m_shrink = bucket.joined()
             # Affinities in float32: squared distances overflow fp16 under autocast.
             affinity = _affinity(m_key, m_shrink, q_key, q_sel, self.config.top_k)
             if self.config.long_term:
@@ -282,12 +288,11 @@ class InferenceMemory:
             objs = [o for o in bucket.objects if o in object_ids]
             if not objs:
                 continue
-            dtype = m_values[objs[0]].dtype
+            dtype = bucket.working.values[objs[0]].dtype
             if isinstance(affinity, TopKAffinity):
                 out = affinity.readout(bucket.values_t(objs).unsqueeze(0))[0].to(dtype)
             else:
-                m_val = torch.stack([m_values[o] for o in objs]).unsqueeze(0)
-                out = memory_ops.readout(affinity, m_val)[0].flatten(0, 1)
+                out = memory_ops.readout(affinity, bucket.values(objs))[0].flatten(0, 1)
             for obj, part in zip(objs, out.chunk(len(objs)), strict=True):
                 readouts[obj] = part.reshape(-1, h, w)
         missing = [o for o in object_ids if o not in readouts]
