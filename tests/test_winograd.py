@@ -13,6 +13,7 @@ from torch import nn
 from deva.data.synthetic import SyntheticVideoConfig, generate_video
 from deva.inference.propagator import Propagator
 from deva.io.frames import preprocess_frame, preprocess_mask
+from deva.modeling import winograd
 from deva.modeling.config import PropagationConfig
 from deva.modeling.inference_model import build_inference_model, inference_options
 from deva.modeling.modules import GroupedConv2d, conv_input_slice, relu_conv
@@ -166,3 +167,33 @@ def test_trained_model_masks_match_direct_convolutions() -> None:
             total += plain.index_mask().numel()
     assert props[1].winograd and not props[0].winograd
     assert differ <= 1e-4 * total
+
+
+def test_blocked_and_cached_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wide convolutions transform their weights per block of output channels (a partial last
+    block included); a call on a large map keeps its filters; none copies the weights."""
+    monkeypatch.setattr(winograd, "BLOCKED_FILTER_LIMIT", 0)
+    monkeypatch.setattr(winograd, "FILTER_BLOCK", 4)
+    torch.manual_seed(4)
+    conv = nn.Conv2d(6, 10, 3, padding=1)
+    fast = WinogradConv2d(conv)
+    assert fast.weight.data_ptr() == conv.weight.data_ptr()
+    x = torch.randn(2, 6, 9, 11)
+    with torch.no_grad():
+        ref = conv(x)
+        assert _relative_error(fast(x), ref) < 5e-5
+        channels = slice(2, 6)
+        got = fast.conv_slice(x[:, channels], channels, bias=False)
+        want = F.conv2d(x[:, channels], conv.weight[:, channels], None, padding=1)
+        assert _relative_error(got, want) < 5e-5
+    assert fast.u is None
+
+    monkeypatch.setattr(winograd, "BLOCKED_FILTER_LIMIT", 10**9)
+    monkeypatch.setattr(winograd, "CACHE_TILES", 20)
+    with torch.no_grad():
+        small, large = torch.randn(1, 6, 8, 8), torch.randn(2, 6, 20, 20)  # 4 and 50 tiles
+        assert _relative_error(fast(small), conv(small)) < 5e-5
+        assert fast.u is None
+        assert _relative_error(fast(large), conv(large)) < 5e-5
+        assert fast.u is not None and fast.u.shape == (36, 6, 10)
+        assert _relative_error(fast(large), conv(large)) < 5e-5  # from the cached filters

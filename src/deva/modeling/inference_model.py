@@ -152,14 +152,18 @@ def build_inference_model(
     """A frozen copy of ``model`` for inference (see the module docstring).
 
     ``winograd`` replaces the wide 3×3 convolutions by
-    :class:`~deva.modeling.winograd.WinogradConv2d` (float32 on the CPU). Without any option
-    only the two trunks (the modules with batch norm) are copied; every other parameter is
-    shared with ``model`` (read-only use).
+    :class:`~deva.modeling.winograd.WinogradConv2d` (float32 on the CPU). The two trunks (the
+    modules with batch norm) are always copied. In float32, every other parameter is shared
+    with ``model`` (read-only use) unless ``channels_last`` without ``winograd`` asks for
+    channels-last copies of all weights; with ``winograd``, channels-last applies to the
+    trunks only (the remaining convolutions are Winograd, 1×1 or tiny, and Winograd ones
+    read the shared weights), which keeps the copy small.
     """
     if winograd:
         inference_options(model.device, dtype, winograd=True)  # raises where it does not apply
+    share = dtype is None and (winograd or not channels_last)
     shared: dict[int, object] = {}
-    if dtype is None and not channels_last and not winograd:
+    if share:
         trunks = {*model.pixel_encoder.parameters(), *model.mask_encoder.parameters()}
         trunks |= {*model.pixel_encoder.buffers(), *model.mask_encoder.buffers()}
         for t in [*model.parameters(), *model.buffers()]:
@@ -174,7 +178,10 @@ def build_inference_model(
     _fold_trunk(fast.mask_encoder)
     if dtype is not None:
         fast.to(dtype)
-    if channels_last:
+    if channels_last and share:
+        fast.pixel_encoder.to(memory_format=torch.channels_last)
+        fast.mask_encoder.to(memory_format=torch.channels_last)
+    elif channels_last:
         fast.to(memory_format=torch.channels_last)
     if winograd:
         replaced = use_winograd(fast)

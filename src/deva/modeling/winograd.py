@@ -52,6 +52,10 @@ TILE = 4  # output tile side
 WINDOW = 6  # input tile side
 MIN_IN_CHANNELS = 128
 MIN_OUT_CHANNELS = 64
+BLOCKED_FILTER_LIMIT = 256 * 512 * 9  # weights; wider: filters made per block of outputs
+FILTER_BLOCK = 256  # output channels per block
+LARGE_BAND_TILES = 1024  # band size with blocked filters (fewer repeats of the transform)
+CACHE_TILES = 2048  # a call on at least this many tiles keeps its filters
 
 
 def is_same_3x3(conv: nn.Module) -> bool:
@@ -91,8 +95,14 @@ class WinogradConv2d(nn.Module):
     """Inference-only replacement of a 3×3 convolution (plain or grouped over objects).
 
     Accepts (B, C, H, W) or, for a :class:`GroupedConv2d`, (B, N, C, H, W) inputs, any
-    memory format; returns channels-last outputs. ``weight`` / ``bias`` are kept so that
-    code reading a convolution's parameters still works.
+    memory format; returns channels-last outputs.
+
+    Winograd-domain filters are 4× the size of the weights, so they are not kept: each call
+    transforms the (shared, not copied) weights — in blocks of output channels for the widest
+    convolutions, the published decoder's stride-16 fusion and sensory convolutions (80 % of
+    its weights), which run on small maps. That costs a few percent of the convolution and
+    keeps memory at the plain model's. Only a convolution called on a large map (at least
+    ``CACHE_TILES`` tiles, e.g. the decoder's stride-4 block at 480p) keeps its filters.
     """
 
     def __init__(self, conv: nn.Conv2d, *, band_tiles: int = 128) -> None:
@@ -103,14 +113,15 @@ class WinogradConv2d(nn.Module):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.band_tiles = band_tiles
         weight = conv.weight.detach()
-        self.register_buffer("weight", weight.clone())
-        bias = conv.bias.detach().clone() if conv.bias is not None else None
-        self.register_buffer("bias", bias)
-        self.register_buffer("u", filter_transform(weight).contiguous())
+        g = torch.tensor(_G, dtype=torch.float64)
         bt = torch.tensor(_BT, dtype=torch.float64)
         at = torch.tensor(_AT, dtype=torch.float64)
+        self.register_buffer("kg", torch.kron(g, g).to(weight))  # vec(G w Gᵀ) = kg vec(w)
         self.register_buffer("kb", torch.kron(bt, bt).to(weight))
         self.register_buffer("ka", torch.kron(at, at).to(weight))
+        self.register_buffer("bias", conv.bias.detach() if conv.bias is not None else None)
+        self.register_buffer("weight", weight)  # the same storage as ``conv.weight``
+        self.register_buffer("u", None)  # cached filters, see the class docstring
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._grouped(x, relu=False)
@@ -136,24 +147,51 @@ class WinogradConv2d(nn.Module):
     ) -> torch.Tensor:
         """The convolution of (B, C, H, W) ``x`` (of ``relu(x)`` with ``relu``); with
         ``channels``, of only that slice of the input channels (``x`` holds just those)."""
-        u = self.u if channels is None else self.u[:, channels]
+        part = slice(None) if channels is None else channels
+        source = FilterSource(self.weight[:, part], self.kg)
+        filters: torch.Tensor | FilterSource = source
+        band_tiles = LARGE_BAND_TILES
+        if self.weight.numel() <= BLOCKED_FILTER_LIMIT:
+            band_tiles = self.band_tiles
+            if self.u is not None and channels is None:
+                filters = self.u
+            else:
+                filters = source.block(0, source.out_channels)
+                tiles = x.shape[0] * -(-x.shape[2] // TILE) * -(-x.shape[3] // TILE)
+                if tiles >= CACHE_TILES and channels is None:
+                    self.u = filters
         return winograd_conv3x3(
             x,
-            u,
+            filters,
             self.bias if bias else None,
             self.kb,
             self.ka,
-            band_tiles=self.band_tiles,
+            band_tiles=band_tiles,
             relu=relu,
         )
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, grouped={self.grouped}"
+        cached = ", filters cached" if self.u is not None else ""
+        return f"{self.in_channels}, {self.out_channels}, grouped={self.grouped}{cached}"
+
+
+class FilterSource:
+    """Weights (K, C, 3, 3) whose Winograd-domain filters are made per block of outputs."""
+
+    def __init__(self, weight: torch.Tensor, kg: torch.Tensor) -> None:
+        self.weight, self.kg = weight, kg
+        self.in_channels, self.out_channels = weight.shape[1], weight.shape[0]
+
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        """(36, C, stop - start) filters of output channels ``start:stop``."""
+        w = self.weight[start:stop]
+        w9 = w.permute(2, 3, 1, 0).reshape(9, -1)  # (9, C·k), k fastest
+        return (self.kg @ w9).view(36, self.in_channels, stop - start)
 
 
 def winograd_conv3x3(
     x: torch.Tensor,
-    u: torch.Tensor,
+    filters: torch.Tensor | FilterSource,
     bias: torch.Tensor | None,
     kb: torch.Tensor,
     ka: torch.Tensor,
@@ -161,16 +199,22 @@ def winograd_conv3x3(
     band_tiles: int = 128,
     relu: bool = False,
 ) -> torch.Tensor:
-    """``conv2d(x, w, bias, padding=1)`` with ``u = filter_transform(w)`` (36, C, K); of
-    ``relu(x)`` with ``relu`` (applied while copying the input into its padded buffer).
+    """``conv2d(x, w, bias, padding=1)`` with ``filters`` = ``filter_transform(w)``
+    (36, C, K) or a :class:`FilterSource` of ``w``; of ``relu(x)`` with ``relu`` (applied
+    while copying the input into its padded buffer).
 
     ``kb`` = Bᵀ⊗Bᵀ (36×36) and ``ka`` = Aᵀ⊗Aᵀ (16×36) transform whole flattened tiles.
     Returns a channels-last (B, K, H, W) tensor.
     """
     b, c, h, w = x.shape
-    k = u.shape[2]
-    if u.shape[1] != c:
-        raise ValueError(f"expected {u.shape[1]} input channels, got {c}")
+    if isinstance(filters, FilterSource):
+        c_in, k = filters.in_channels, filters.out_channels
+        blocks = [(s, min(s + FILTER_BLOCK, k)) for s in range(0, k, FILTER_BLOCK)]
+    else:
+        c_in, k = filters.shape[1], filters.shape[2]
+        blocks = [(0, k)]
+    if c_in != c:
+        raise ValueError(f"expected {c_in} input channels, got {c}")
     nh, nw = -(-h // TILE), -(-w // TILE)
     # Zero-padded NHWC copy: 1 pixel of padding, plus enough to complete the last tiles.
     padded = x.new_empty(b, TILE * nh + 2, TILE * nw + 2, c)
@@ -194,11 +238,12 @@ def winograd_conv3x3(
 
     rows = max(1, band_tiles // (b * nw))
     most = b * min(rows, nh) * nw
+    widest = max(stop - start for start, stop in blocks)
     area = WINDOW * WINDOW
     gathered = x.new_empty(area, most * c)
     transformed = x.new_empty(area, most * c)
-    products = x.new_empty(area, most, k)
-    outputs = x.new_empty(TILE * TILE, most * k)
+    products = x.new_empty(area, most * widest)
+    outputs = x.new_empty(TILE * TILE, most * widest)
     for top in range(0, nh, rows):
         bottom = min(nh, top + rows)
         count = b * (bottom - top) * nw
@@ -207,14 +252,17 @@ def winograd_conv3x3(
         d = gathered[:, : count * c]
         d.view(WINDOW, WINDOW, b, bottom - top, nw, c).copy_(windows.permute(4, 5, 0, 1, 2, 3))
         v = torch.mm(kb, d, out=transformed[:, : count * c]).view(area, count, c)
-        m = torch.bmm(v, u, out=products[:, :count])
-        y = torch.mm(ka, m.view(area, -1), out=outputs[:, : count * k])
-        y = y.view(TILE, TILE, b, bottom - top, nw, k).permute(2, 3, 0, 4, 1, 5)
-        target = out_tiles[:, top:bottom]
-        if bias is None:
-            target.copy_(y)
-        else:
-            torch.add(y, bias, out=target)
+        for start, stop in blocks:
+            width = stop - start
+            u = filters if isinstance(filters, torch.Tensor) else filters.block(start, stop)
+            m = torch.bmm(v, u, out=products[:, : count * width].view(area, count, width))
+            y = torch.mm(ka, m.view(area, -1), out=outputs[:, : count * width])
+            y = y.view(TILE, TILE, b, bottom - top, nw, width).permute(2, 3, 0, 4, 1, 5)
+            target = out_tiles[:, top:bottom, :, :, :, start:stop]
+            if bias is None:
+                target.copy_(y)
+            else:
+                torch.add(y, bias[start:stop], out=target)
     if exact:
         return result
     return nhwc[:, :h, :w].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
