@@ -20,7 +20,8 @@ Suites (``suite=propagation|tracker|consensus|memory|training|all``, ``tasks=`` 
 - **consensus**: the in-clip consensus alone on ``clip_size`` partitions.
 - **memory**: a long looped video through the small model at low resolution; process RSS and
   stored memory elements per frame, a PNG plot, and whether both are flat once the long-term
-  memory is full.
+  memory is full. Then (CPU) the peak RSS of VOS propagation at ``size`` per ``rss_presets``
+  and variant (``fp32-reference``, ``fp32``, ``bf16``), each in a fresh process.
 - **training**: optimizer step time and samples/s of the training unroll per preset.
 
 Mask checks: fp32 variants pass when at most 0.01 % of the *decisive* pixels differ (pixels
@@ -100,6 +101,8 @@ DEFAULTS: dict[str, Any] = {
     "memory_frames": 10_000,
     "memory_size": 64,
     "memory_record_every": 10,
+    "rss_presets": ["published"],  # peak RSS, each variant in a fresh process ([] to skip)
+    "rss_frames": 10,
     "plot": None,  # PNG path; default next to out, else benchmark_memory.png
     # training
     "train_presets": ["tiny", "small", "published"],
@@ -120,6 +123,8 @@ QUICK: dict[str, Any] = {
     "memory_frames": 40,
     "memory_size": 32,
     "memory_record_every": 1,
+    "rss_presets": ["tiny"],
+    "rss_frames": 2,
     "train_presets": ["tiny"],
     "train_size": 64,
     "train_steps": 1,
@@ -151,6 +156,8 @@ def parse_options(argv: list[str]) -> DictConfig:
     cfg.tasks = names
     if isinstance(cfg.presets, str):
         cfg.presets = [cfg.presets]
+    if isinstance(cfg.rss_presets, str):
+        cfg.rss_presets = [cfg.rss_presets]
     if isinstance(cfg.train_presets, str):
         cfg.train_presets = [cfg.train_presets]
     if cfg.tracker_detections not in ("partition", "video"):
@@ -692,6 +699,76 @@ def bench_memory(cfg: DictConfig, device: torch.device, plot: Path | None) -> di
     return result
 
 
+RSS_VARIANTS = ("fp32-reference", "fp32", "bf16")
+
+
+def _peak_rss_child(options: dict[str, Any]) -> dict[str, float]:
+    """In a fresh process: VOS propagation of a generated video with one variant; the RSS
+    before the first frame (interpreter, model, video) and the process peak (MiB)."""
+    torch.set_num_threads(int(options["threads"]))
+    height = int(options["size"])
+    video = generate_video(
+        SyntheticVideoConfig(
+            num_frames=int(options["frames"]),
+            height=height,
+            width=_width(height),
+            num_objects=int(options["objects"]),
+            enter_leave=False,
+            exit_and_return=False,
+        ),
+        seed=int(options["seed"]),
+    )
+    model, _ = _model(options["preset"], torch.device("cpu"), int(options["seed"]), "auto")
+    variant = options["variant"]
+    dtype = torch.bfloat16 if variant == "bf16" else None
+    context = reference_mode() if variant == "fp32-reference" else contextlib.nullcontext()
+    before = _rss_mib()
+    first = torch.from_numpy(video.masks[0].astype(np.int64))
+    with context, torch.inference_mode():
+        propagator = Propagator(model, autocast_dtype=dtype)
+        for t, frame in enumerate(video.frames):
+            image, geometry = preprocess_frame(frame, -1)
+            mask = preprocess_mask(first, geometry) if t == 0 else None
+            propagator.step(image, mask).index_mask()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"rss_before_mib": before, "peak_rss_mib": peak}
+
+
+def bench_peak_rss(cfg: DictConfig, amp: torch.dtype | None) -> list[dict]:
+    """Peak RSS of VOS propagation per preset and variant, each run in its own process
+    (``ru_maxrss`` is a per-process high-water mark). CPU only."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for preset in cfg.rss_presets:
+        for variant in RSS_VARIANTS:
+            if variant == "bf16" and amp != torch.bfloat16:
+                continue
+            options = {
+                "preset": preset,
+                "variant": variant,
+                "size": int(cfg.size),
+                "frames": int(cfg.rss_frames),
+                "objects": int(cfg.objects),
+                "seed": int(cfg.seed),
+                "threads": int(cfg.threads) or torch.get_num_threads(),
+            }
+            with context.Pool(1) as pool:
+                measured = pool.apply(_peak_rss_child, (options,))
+            rows.append(
+                {
+                    "suite": "peak_rss",
+                    "preset": preset,
+                    "variant": variant,
+                    "frame": f"{options['size']}x{_width(options['size'])}",
+                    "frames": options["frames"],
+                    **measured,
+                }
+            )
+    return rows
+
+
 def plot_memory_trace(result: dict, path: Path) -> None:
     """Two stacked line plots (RSS, stored elements) over frames, drawn with PIL."""
     from PIL import Image, ImageDraw
@@ -869,6 +946,9 @@ def run_benchmark(cfg: DictConfig, *, progress: Callable[[str], None] | None = N
         memory = bench_memory(cfg, device, Path(plot) if plot else None)
         extra["memory_trace"] = memory.pop("trace")
         rows.append(memory)
+        if device.type == "cpu" and cfg.rss_presets:
+            say(f"peak RSS: {list(cfg.rss_presets)}, {cfg.rss_frames} frames, fresh processes")
+            rows += bench_peak_rss(cfg, amp)
     if "training" in cfg.suite:
         for preset in cfg.train_presets:
             say(f"training: {preset}, batch {cfg.train_batch} x {cfg.train_frames} frames")
@@ -923,6 +1003,12 @@ def format_table(result: dict) -> str:
             lines.append(
                 f"| memory | {row['preset']} | {row['frames']} frames | {row['frame']} | "
                 f"{row['fps']:.1f} | {1000 / row['fps']:.1f} | {note} |"
+            )
+        elif suite == "peak_rss":
+            lines.append(
+                f"| peak RSS | {row['preset']} | {row['variant']} | {row['frame']} | - | - | "
+                f"peak {row['peak_rss_mib']:.0f} MiB (before the first frame "
+                f"{row['rss_before_mib']:.0f}) |"
             )
         elif suite == "training":
             lines.append(
