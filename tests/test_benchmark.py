@@ -33,7 +33,10 @@ def test_every_suite_reports(result: dict) -> None:
     assert {"fp32-reference", "fp32", "fp32-channels-last"} <= variants
     training = next(r for r in result["rows"] if r["suite"] == "training")
     assert training["preset"] == "tiny" and training["samples_per_s"] > 0
-    memory = next(r for r in result["rows"] if r["suite"] == "memory")
+    rss = [r for r in result["rows"] if r.get("measure") == "peak_rss"]
+    assert {r["variant"] for r in rss} >= {"fp32-reference", "fp32"}
+    assert all(r["peak_rss_mib"] >= r["rss_before_mib"] > 0 for r in rss)
+    memory = next(r for r in result["rows"] if r["suite"] == "memory" and "measure" not in r)
     trace = result["memory_trace"]
     assert (
         len(trace["frame"]) == len(trace["rss_mib"]) == len(trace["elements"]) == memory["frames"]

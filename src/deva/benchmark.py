@@ -124,7 +124,7 @@ QUICK: dict[str, Any] = {
     "memory_size": 32,
     "memory_record_every": 1,
     "rss_presets": ["tiny"],
-    "rss_frames": 2,
+    "rss_frames": 3,
     "train_presets": ["tiny"],
     "train_size": 64,
     "train_steps": 1,
@@ -758,7 +758,8 @@ def bench_peak_rss(cfg: DictConfig, amp: torch.dtype | None) -> list[dict]:
                 measured = pool.apply(_peak_rss_child, (options,))
             rows.append(
                 {
-                    "suite": "peak_rss",
+                    "suite": "memory",
+                    "measure": "peak_rss",
                     "preset": preset,
                     "variant": variant,
                     "frame": f"{options['size']}x{_width(options['size'])}",
@@ -992,6 +993,12 @@ def format_table(result: dict) -> str:
                 f"| consensus | - | - | {row['frame']} | - | {row['ms_median']:.1f} | "
                 f"{row['proposals']} proposals |"
             )
+        elif suite == "memory" and row.get("measure") == "peak_rss":
+            lines.append(
+                f"| peak RSS | {row['preset']} | {row['variant']} | {row['frame']} | - | - | "
+                f"peak {row['peak_rss_mib']:.0f} MiB (before the first frame "
+                f"{row['rss_before_mib']:.0f}) |"
+            )
         elif suite == "memory":
             flat = row["flatness"]
             note = f"full at frame {flat.get('saturated_at_frame')}"
@@ -1003,12 +1010,6 @@ def format_table(result: dict) -> str:
             lines.append(
                 f"| memory | {row['preset']} | {row['frames']} frames | {row['frame']} | "
                 f"{row['fps']:.1f} | {1000 / row['fps']:.1f} | {note} |"
-            )
-        elif suite == "peak_rss":
-            lines.append(
-                f"| peak RSS | {row['preset']} | {row['variant']} | {row['frame']} | - | - | "
-                f"peak {row['peak_rss_mib']:.0f} MiB (before the first frame "
-                f"{row['rss_before_mib']:.0f}) |"
             )
         elif suite == "training":
             lines.append(
