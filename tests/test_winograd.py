@@ -126,6 +126,13 @@ def test_only_wide_convolutions_are_replaced() -> None:
     assert "pixel_encoder.layer2.0.conv2" not in replaced  # stride 2
     assert "mask_decoder.pred" not in replaced  # one output channel
     assert not any(isinstance(m, WinogradConv2d) for m in model.modules())  # original intact
+    # Memory frames only: the mask encoder makes its filters per call from shared weights.
+    sensory = fast.mask_encoder.sensory_update.transform
+    assert sensory.u is None
+    assert (
+        sensory.weight.data_ptr() == model.mask_encoder.sensory_update.transform.weight.data_ptr()
+    )
+    assert fast.mask_decoder.sensory_update.transform.u is not None
     assert use_winograd(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1))) == 0
 
 
@@ -169,31 +176,21 @@ def test_trained_model_masks_match_direct_convolutions() -> None:
     assert differ <= 1e-4 * total
 
 
-def test_blocked_and_cached_filters(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Wide convolutions transform their weights per block of output channels (a partial last
-    block included); a call on a large map keeps its filters; none copies the weights."""
-    monkeypatch.setattr(winograd, "BLOCKED_FILTER_LIMIT", 0)
+def test_per_call_filters_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without stored filters, each call transforms the shared (not copied) weights per block
+    of output channels, a partial last block included."""
     monkeypatch.setattr(winograd, "FILTER_BLOCK", 4)
     torch.manual_seed(4)
     conv = nn.Conv2d(6, 10, 3, padding=1)
-    fast = WinogradConv2d(conv)
-    assert fast.weight.data_ptr() == conv.weight.data_ptr()
+    fast = WinogradConv2d(conv, store_filters=False)
+    assert fast.u is None and fast.weight.data_ptr() == conv.weight.data_ptr()
     x = torch.randn(2, 6, 9, 11)
     with torch.no_grad():
-        ref = conv(x)
-        assert _relative_error(fast(x), ref) < 5e-5
+        assert _relative_error(fast(x), conv(x)) < 5e-5
+        assert _relative_error(fast.forward_relu(x), conv(F.relu(x))) < 5e-5
         channels = slice(2, 6)
         got = fast.conv_slice(x[:, channels], channels, bias=False)
         want = F.conv2d(x[:, channels], conv.weight[:, channels], None, padding=1)
         assert _relative_error(got, want) < 5e-5
-    assert fast.u is None
-
-    monkeypatch.setattr(winograd, "BLOCKED_FILTER_LIMIT", 10**9)
-    monkeypatch.setattr(winograd, "CACHE_TILES", 20)
-    with torch.no_grad():
-        small, large = torch.randn(1, 6, 8, 8), torch.randn(2, 6, 20, 20)  # 4 and 50 tiles
-        assert _relative_error(fast(small), conv(small)) < 5e-5
-        assert fast.u is None
-        assert _relative_error(fast(large), conv(large)) < 5e-5
-        assert fast.u is not None and fast.u.shape == (36, 6, 10)
-        assert _relative_error(fast(large), conv(large)) < 5e-5  # from the cached filters
+    stored = WinogradConv2d(conv)
+    assert stored.weight is None and stored.u is not None and stored.u.shape == (36, 6, 10)

@@ -926,16 +926,16 @@ def run_benchmark(cfg: DictConfig, *, progress: Callable[[str], None] | None = N
             rows += r
             checks += c
     if "tracker" in cfg.suite:
-        preset = cfg.presets[0]
-        detections = (
-            "the generator's simulated detections"
-            if cfg.tracker_detections == "video"
-            else f"{cfg.segments} segments per frame"
-        )
-        say(f"tracker: {preset}, {cfg.tracker_frames} frames, {detections}")
-        r, c = bench_tracker(preset, cfg, device, amp)
-        rows += r
-        checks += c
+        for preset in cfg.presets:
+            detections = (
+                "the generator's simulated detections"
+                if cfg.tracker_detections == "video"
+                else f"{cfg.segments} segments per frame"
+            )
+            say(f"tracker: {preset}, {cfg.tracker_frames} frames, {detections}")
+            r, c = bench_tracker(preset, cfg, device, amp)
+            rows += r
+            checks += c
     if "consensus" in cfg.suite:
         say(f"consensus: {cfg.clip_size} frames of {cfg.segments} segments")
         rows.append(bench_consensus(cfg))

@@ -137,6 +137,15 @@ def _fold_trunk(module: nn.Module) -> None:
         module.bn1 = nn.Identity()  # type: ignore[assignment]
 
 
+def _trunk_modules(model: PropagationModel) -> list[nn.Module]:
+    """The modules whose convolutions :func:`_fold_trunk` folds batch norms into."""
+    modules: list[nn.Module] = []
+    for encoder in (model.pixel_encoder, model.mask_encoder):
+        modules += [encoder.conv1, encoder.bn1]  # type: ignore[list-item]
+        modules += [m for m in encoder.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    return modules
+
+
 def _signature(tensors: list[torch.Tensor]) -> tuple:
     """Changes whenever one of ``tensors`` is updated in place or moved."""
     return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
@@ -164,10 +173,9 @@ def build_inference_model(
     share = dtype is None and (winograd or not channels_last)
     shared: dict[int, object] = {}
     if share:
-        trunks = {*model.pixel_encoder.parameters(), *model.mask_encoder.parameters()}
-        trunks |= {*model.pixel_encoder.buffers(), *model.mask_encoder.buffers()}
+        folded = {id(t) for m in _trunk_modules(model) for t in [*m.parameters(), *m.buffers()]}
         for t in [*model.parameters(), *model.buffers()]:
-            if t not in trunks:
+            if id(t) not in folded:
                 shared[id(t)] = t
     fast = copy.deepcopy(model, memo=shared)
     fast.eval()
@@ -179,12 +187,14 @@ def build_inference_model(
     if dtype is not None:
         fast.to(dtype)
     if channels_last and share:
-        fast.pixel_encoder.to(memory_format=torch.channels_last)
-        fast.mask_encoder.to(memory_format=torch.channels_last)
+        for module in _trunk_modules(fast):
+            module.to(memory_format=torch.channels_last)
     elif channels_last:
         fast.to(memory_format=torch.channels_last)
     if winograd:
-        replaced = use_winograd(fast)
+        # The mask encoder runs on memory frames only: its filters are made per call, which
+        # saves ~0.4 GB (published size) for a few percent of the frame time.
+        replaced = use_winograd(fast.mask_encoder, store_filters=False) + use_winograd(fast)
         log.debug("%d convolutions use Winograd F(4x4, 3x3)", replaced)
     return fast
 

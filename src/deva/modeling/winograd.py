@@ -52,10 +52,8 @@ TILE = 4  # output tile side
 WINDOW = 6  # input tile side
 MIN_IN_CHANNELS = 128
 MIN_OUT_CHANNELS = 64
-BLOCKED_FILTER_LIMIT = 256 * 512 * 9  # weights; wider: filters made per block of outputs
-FILTER_BLOCK = 256  # output channels per block
-LARGE_BAND_TILES = 1024  # band size with blocked filters (fewer repeats of the transform)
-CACHE_TILES = 2048  # a call on at least this many tiles keeps its filters
+FILTER_BLOCK = 256  # output channels per block of per-call filters
+LARGE_BAND_TILES = 1024  # band size with per-call filters (fewer repeats of the transform)
 
 
 def is_same_3x3(conv: nn.Module) -> bool:
@@ -97,15 +95,16 @@ class WinogradConv2d(nn.Module):
     Accepts (B, C, H, W) or, for a :class:`GroupedConv2d`, (B, N, C, H, W) inputs, any
     memory format; returns channels-last outputs.
 
-    Winograd-domain filters are 4× the size of the weights, so they are not kept: each call
-    transforms the (shared, not copied) weights — in blocks of output channels for the widest
-    convolutions, the published decoder's stride-16 fusion and sensory convolutions (80 % of
-    its weights), which run on small maps. That costs a few percent of the convolution and
-    keeps memory at the plain model's. Only a convolution called on a large map (at least
-    ``CACHE_TILES`` tiles, e.g. the decoder's stride-4 block at 480p) keeps its filters.
+    Winograd-domain filters are 4× the size of the weights. With ``store_filters`` (the
+    default) they are computed once; without, each call transforms the weights (which are
+    then shared with ``conv``, not copied) one block of output channels at a time — slower
+    (the published sensory convolution: ~75 ms more per call) but without the filters'
+    memory, the choice for modules that run every few frames only (the mask encoder).
     """
 
-    def __init__(self, conv: nn.Conv2d, *, band_tiles: int = 128) -> None:
+    def __init__(
+        self, conv: nn.Conv2d, *, band_tiles: int = 128, store_filters: bool = True
+    ) -> None:
         super().__init__()
         if not is_same_3x3(conv):
             raise ValueError(f"not a 3×3 stride-1 padding-1 convolution: {conv}")
@@ -120,8 +119,9 @@ class WinogradConv2d(nn.Module):
         self.register_buffer("kb", torch.kron(bt, bt).to(weight))
         self.register_buffer("ka", torch.kron(at, at).to(weight))
         self.register_buffer("bias", conv.bias.detach() if conv.bias is not None else None)
-        self.register_buffer("weight", weight)  # the same storage as ``conv.weight``
-        self.register_buffer("u", None)  # cached filters, see the class docstring
+        self.register_buffer("u", filter_transform(weight).contiguous() if store_filters else None)
+        # Per-call filters read the weights: the same storage as ``conv.weight``, no copy.
+        self.register_buffer("weight", None if store_filters else weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._grouped(x, relu=False)
@@ -148,18 +148,12 @@ class WinogradConv2d(nn.Module):
         """The convolution of (B, C, H, W) ``x`` (of ``relu(x)`` with ``relu``); with
         ``channels``, of only that slice of the input channels (``x`` holds just those)."""
         part = slice(None) if channels is None else channels
-        source = FilterSource(self.weight[:, part], self.kg)
-        filters: torch.Tensor | FilterSource = source
-        band_tiles = LARGE_BAND_TILES
-        if self.weight.numel() <= BLOCKED_FILTER_LIMIT:
-            band_tiles = self.band_tiles
-            if self.u is not None and channels is None:
-                filters = self.u
-            else:
-                filters = source.block(0, source.out_channels)
-                tiles = x.shape[0] * -(-x.shape[2] // TILE) * -(-x.shape[3] // TILE)
-                if tiles >= CACHE_TILES and channels is None:
-                    self.u = filters
+        filters: torch.Tensor | FilterSource
+        if self.u is not None:
+            filters, band_tiles = self.u[:, part], self.band_tiles
+        else:
+            assert self.weight is not None
+            filters, band_tiles = FilterSource(self.weight[:, part], self.kg), LARGE_BAND_TILES
         return winograd_conv3x3(
             x,
             filters,
@@ -171,8 +165,8 @@ class WinogradConv2d(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        cached = ", filters cached" if self.u is not None else ""
-        return f"{self.in_channels}, {self.out_channels}, grouped={self.grouped}{cached}"
+        filters = "stored" if self.u is not None else "per call"
+        return f"{self.in_channels}, {self.out_channels}, grouped={self.grouped}, {filters}"
 
 
 class FilterSource:
@@ -182,11 +176,14 @@ class FilterSource:
         self.weight, self.kg = weight, kg
         self.in_channels, self.out_channels = weight.shape[1], weight.shape[0]
 
-    def block(self, start: int, stop: int) -> torch.Tensor:
-        """(36, C, stop - start) filters of output channels ``start:stop``."""
+    def block(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(36, C, stop - start) filters of output channels ``start:stop`` (into ``out``, a
+        buffer of at least 36 · C · (stop - start) elements, when given)."""
         w = self.weight[start:stop]
         w9 = w.permute(2, 3, 1, 0).reshape(9, -1)  # (9, C·k), k fastest
-        return (self.kg @ w9).view(36, self.in_channels, stop - start)
+        size = WINDOW * WINDOW * w9.shape[1]
+        target = None if out is None else out[:size].view(WINDOW * WINDOW, -1)
+        return torch.mm(self.kg, w9, out=target).view(36, self.in_channels, stop - start)
 
 
 def winograd_conv3x3(
@@ -244,6 +241,8 @@ def winograd_conv3x3(
     transformed = x.new_empty(area, most * c)
     products = x.new_empty(area, most * widest)
     outputs = x.new_empty(TILE * TILE, most * widest)
+    # One buffer for every block of per-call filters (fresh allocations page-fault).
+    block_buffer = None if isinstance(filters, torch.Tensor) else x.new_empty(area * c * widest)
     for top in range(0, nh, rows):
         bottom = min(nh, top + rows)
         count = b * (bottom - top) * nw
@@ -254,7 +253,10 @@ def winograd_conv3x3(
         v = torch.mm(kb, d, out=transformed[:, : count * c]).view(area, count, c)
         for start, stop in blocks:
             width = stop - start
-            u = filters if isinstance(filters, torch.Tensor) else filters.block(start, stop)
+            if isinstance(filters, torch.Tensor):
+                u = filters
+            else:
+                u = filters.block(start, stop, out=block_buffer)
             m = torch.bmm(v, u, out=products[:, : count * width].view(area, count, width))
             y = torch.mm(ka, m.view(area, -1), out=outputs[:, : count * width])
             y = y.view(TILE, TILE, b, bottom - top, nw, width).permute(2, 3, 0, 4, 1, 5)
@@ -268,13 +270,14 @@ def winograd_conv3x3(
     return nhwc[:, :h, :w].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
-def use_winograd(module: nn.Module, *, band_tiles: int = 128) -> int:
+def use_winograd(module: nn.Module, *, band_tiles: int = 128, store_filters: bool = True) -> int:
     """Replace, in place, every convolution of ``module`` for which :func:`worth_winograd`
     holds by a :class:`WinogradConv2d`; returns how many were replaced."""
     replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if worth_winograd(child):
-                setattr(parent, name, WinogradConv2d(child, band_tiles=band_tiles))
+                fast = WinogradConv2d(child, band_tiles=band_tiles, store_filters=store_filters)
+                setattr(parent, name, fast)
                 replaced += 1
     return replaced
