@@ -14,6 +14,7 @@ from PIL import Image
 
 from deva.data.synthetic import SyntheticVideoConfig, write_synthetic_dataset
 from deva.io.masks import read_index_png, write_index_png
+from deva.modeling.inference_model import cpu_supports_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "evaluate.py"
@@ -170,3 +171,30 @@ def test_first_frame_mask_is_resized_with_pixel_centre_nearest() -> None:
     expected = restore_probabilities(prob, geometry).argmax(dim=0).numpy()
     assert name == "a"
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bfloat16")
+def test_bf16_on_the_cpu_matches_fp32_masks(synthetic: Path, tmp_path: Path) -> None:
+    """``amp=bf16`` on the CPU (channels-last bf16 path) against the default fp32 path
+    (Winograd) with the embedded trained checkpoint: nearly the same masks."""
+    weights = REPO / "checkpoints" / "deva-small-synthetic.pth"
+    outs = {}
+    for amp in ("none", "bf16"):
+        outs[amp] = tmp_path / amp
+        result = _evaluate(
+            "benchmark=generic",
+            f"data.root={synthetic}",
+            f"output={outs[amp]}",
+            "size=64",
+            "model=small",
+            f"model.weights={weights}",
+            f"amp={amp}",
+        )
+        assert result.returncode == 0, result.stderr
+    same = total = 0
+    for png in sorted(outs["none"].rglob("*.png")):
+        a = read_index_png(png)
+        b = read_index_png(outs["bf16"] / png.relative_to(outs["none"]))
+        same += int((a == b).sum())
+        total += a.size
+    assert total > 0 and same / total > 0.99

@@ -194,3 +194,21 @@ def test_per_call_filters_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
         assert _relative_error(got, want) < 5e-5
     stored = WinogradConv2d(conv)
     assert stored.weight is None and stored.u is not None and stored.u.shape == (36, 6, 10)
+
+
+def test_tracker_and_tools_can_turn_winograd_off() -> None:
+    from omegaconf import OmegaConf
+
+    from deva.config.options import tracker_config
+    from deva.inference.tracker import DecoupledTracker
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "evaluate.yaml")
+    cfg.model = {"preset": "tiny", "weights": None}
+    model = PropagationModel(PropagationConfig.preset("tiny"))
+    assert cfg.winograd is None
+    on = DecoupledTracker(model, lambda image, **_: None, tracker_config(cfg, torch.device("cpu")))
+    cfg.winograd = False
+    config = tracker_config(cfg, torch.device("cpu"))
+    off = DecoupledTracker(model, lambda image, **_: None, config)
+    assert config.winograd is False
+    assert on._new_propagator().winograd and not off._new_propagator().winograd

@@ -117,6 +117,7 @@ def run_vos(cfg) -> int:
         mem_every=cfg.mem_every,
         chunk_size=cfg.chunk_size,
         autocast_dtype=amp,
+        winograd=cfg.get("winograd"),
     )
     log.info(
         "%s: %d videos from %s -> %s on %s (size %s, weights %s)",

@@ -62,6 +62,7 @@ def tracker_config(cfg: Any, device: torch.device) -> TrackerConfig:
         memory=memory_config(cfg),
         chunk_size=cfg.chunk_size,
         autocast_dtype=autocast_dtype(cfg.amp, device),
+        winograd=cfg.get("winograd"),
         panoptic=cfg.get("benchmark") == "vipseg",
         incremental=bool(cfg.get("incremental", False)),
     )

@@ -113,6 +113,8 @@ class TrackerConfig:
         memory: sizes of the propagator memory; its ``top_k`` is also used for alignment.
         chunk_size: objects per network pass (-1: all).
         autocast_dtype: mixed precision for the network (None: float32).
+        winograd: float32 on the CPU: Winograd convolutions (None: the default, on there; they
+            hold ~0.5 GB of filters at the published size — False trades speed for memory).
         num_key_candidates: offline mode: frames considered for the key frame.
         panoptic: the detections are panoptic (VIPSeg-style): things, stuff and unknown
             ``isthing`` are matched separately, in consensus and merging. False (generic,
@@ -131,6 +133,7 @@ class TrackerConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     chunk_size: int = -1
     autocast_dtype: torch.dtype | None = None
+    winograd: bool | None = None
     num_key_candidates: int = 10
     panoptic: bool = False
     incremental: bool = False
@@ -253,6 +256,7 @@ class DecoupledTracker:
             mem_every=c.mem_every,
             chunk_size=c.chunk_size,
             autocast_dtype=c.autocast_dtype,
+            winograd=c.winograd,
         )
 
     @property
