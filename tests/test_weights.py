@@ -177,22 +177,31 @@ def test_imagenet_init_copies_trunks_and_orthogonal_mask_channel(tmp_path: Path)
         init_from_imagenet(model, mask_trunk=r50)
 
 
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="shared reference check not available")
-def test_matches_published_implementation_numerically() -> None:
+@pytest.fixture(scope="module")
+def published_reference() -> tuple[PropagationModel, dict[str, torch.Tensor]]:
+    """The network with the shared synthetic weights, and the published implementation's
+    outputs for them (``../shared/formats/reference_check``)."""
+    if not REFERENCE.is_dir():
+        pytest.skip("shared reference check not available")
     sys.path.insert(0, str(REFERENCE))
     try:
         from synthetic_weights import make_state_dict
     finally:
         sys.path.pop(0)
-    from deva.modeling import memory_ops
-    from deva.modeling.propagation import aggregate_probabilities
-
     state = make_state_dict(str(SHARED / "formats" / "deva_propagation_state_dict.json"), 0)
     model = PropagationModel().eval()
     model.load_state_dict(state, strict=True)
     ref = {
         k: torch.from_numpy(v) for k, v in np.load(REFERENCE / "module_outputs_seed0.npz").items()
     }
+    return model, ref
+
+
+def test_matches_published_implementation_numerically(published_reference) -> None:
+    from deva.modeling import memory_ops
+    from deva.modeling.propagation import aggregate_probabilities
+
+    model, ref = published_reference
 
     def check(name: str, value: torch.Tensor) -> None:
         expected = ref[name]
@@ -229,30 +238,21 @@ def test_matches_published_implementation_numerically() -> None:
         check("agg_logits0", aggregate_probabilities(ref["masks0"][0], dim=0))
 
 
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="shared reference check not available")
 @pytest.mark.parametrize(
     ("channels_last", "winograd"), [(False, False), (True, False), (True, True)]
 )
-def test_fast_cpu_path_matches_published_masks(channels_last: bool, winograd: bool) -> None:
+def test_fast_cpu_path_matches_published_masks(
+    published_reference, channels_last: bool, winograd: bool
+) -> None:
     """The fp32 CPU inference copy (folded batch norms, channels-last, Winograd) with the
     sparse query-major top-k read: outputs within 1e-4 of the published implementation's and
     the same arg-max masks wherever the published probabilities are not an exact tie."""
-    sys.path.insert(0, str(REFERENCE))
-    try:
-        from synthetic_weights import make_state_dict
-    finally:
-        sys.path.pop(0)
     from deva.io.frames import argmax_channels
     from deva.modeling import memory_ops
     from deva.modeling.inference_model import build_inference_model
 
-    state = make_state_dict(str(SHARED / "formats" / "deva_propagation_state_dict.json"), 0)
-    model = PropagationModel().eval()
-    model.load_state_dict(state, strict=True)
+    model, ref = published_reference
     net = build_inference_model(model, channels_last=channels_last, winograd=winograd)
-    ref = {
-        k: torch.from_numpy(v) for k, v in np.load(REFERENCE / "module_outputs_seed0.npz").items()
-    }
 
     def layout(x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
