@@ -213,16 +213,7 @@ def winograd_conv3x3(
     if c_in != c:
         raise ValueError(f"expected {c_in} input channels, got {c}")
     nh, nw = -(-h // TILE), -(-w // TILE)
-    # Zero-padded NHWC copy: 1 pixel of padding, plus enough to complete the last tiles.
-    padded = x.new_empty(b, TILE * nh + 2, TILE * nw + 2, c)
-    padded[:, 0].zero_()
-    padded[:, h + 1 :].zero_()
-    padded[:, :, 0].zero_()
-    padded[:, :, w + 1 :].zero_()
-    if relu:
-        torch.clamp_min(x.permute(0, 2, 3, 1), 0, out=padded[:, 1 : h + 1, 1 : w + 1])
-    else:
-        padded[:, 1 : h + 1, 1 : w + 1].copy_(x.permute(0, 2, 3, 1))
+    source = x.permute(0, 2, 3, 1)  # NHWC view (a plain view when x is channels-last)
     exact = h % TILE == 0 and w % TILE == 0
     if exact:
         result = torch.empty(
@@ -243,11 +234,27 @@ def winograd_conv3x3(
     outputs = x.new_empty(TILE * TILE, most * widest)
     # One buffer for every block of per-call filters (fresh allocations page-fault).
     block_buffer = None if isinstance(filters, torch.Tensor) else x.new_empty(area * c * widest)
+    # The zero-padded input of one band of tile rows at a time (1 pixel of padding, plus
+    # what completes the last tiles), with the ReLU applied while copying: a band stays in
+    # cache, where a padded copy of the whole input would not.
+    band = x.new_empty(b, TILE * min(rows, nh) + 2, TILE * nw + 2, c)
+    band[:, :, 0].zero_()
+    band[:, :, w + 1 :].zero_()
     for top in range(0, nh, rows):
         bottom = min(nh, top + rows)
         count = b * (bottom - top) * nw
-        band = padded[:, TILE * top : TILE * bottom + 2]
-        windows = band.unfold(1, WINDOW, TILE).unfold(2, WINDOW, TILE)  # b, r, nw, c, 6, 6
+        first = TILE * top - 1  # input row at the band's first padded row
+        height = TILE * (bottom - top) + 2
+        lo, hi = max(first, 0), min(first + height, h)
+        padded = band[:, :height]
+        padded[:, : lo - first].zero_()
+        padded[:, hi - first :].zero_()
+        inside = padded[:, lo - first : hi - first, 1 : w + 1]
+        if relu:
+            torch.clamp_min(source[:, lo:hi], 0, out=inside)
+        else:
+            inside.copy_(source[:, lo:hi])
+        windows = padded.unfold(1, WINDOW, TILE).unfold(2, WINDOW, TILE)  # b, r, nw, c, 6, 6
         d = gathered[:, : count * c]
         d.view(WINDOW, WINDOW, b, bottom - top, nw, c).copy_(windows.permute(4, 5, 0, 1, 2, 3))
         v = torch.mm(kb, d, out=transformed[:, : count * c]).view(area, count, c)
