@@ -51,7 +51,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import deva.inference.tracker as tracker_module
 from deva.config import ConfigError
-from deva.data.synthetic import SyntheticVideoConfig, generate_video
+from deva.data.synthetic import SyntheticVideo, SyntheticVideoConfig, generate_video
 from deva.inference.alignment import _align_with_propagator
 from deva.inference.consensus import build_consensus
 from deva.inference.memory import MemoryConfig
@@ -185,6 +185,19 @@ def _width(height: int) -> int:
     return (height * 16 // 9) // 2 * 2
 
 
+def _steady_video(height: int, frames: int, objects: int, seed: int) -> SyntheticVideo:
+    """A generated 16:9 video whose objects stay in view (VOS from the first frame's masks)."""
+    config = SyntheticVideoConfig(
+        num_frames=frames,
+        height=height,
+        width=_width(height),
+        num_objects=objects,
+        enter_leave=False,
+        exit_and_return=False,
+    )
+    return generate_video(config, seed=seed)
+
+
 def _rss_mib() -> float:
     """Current resident set size of this process (MiB)."""
     try:
@@ -308,17 +321,7 @@ def bench_propagation(
 ) -> tuple[list[dict], list[dict]]:
     """Time the propagation variants of one preset, interleaved; compare their masks."""
     height, width = int(cfg.size), _width(int(cfg.size))
-    video = generate_video(
-        SyntheticVideoConfig(
-            num_frames=cfg.frames + cfg.warmup,
-            height=height,
-            width=width,
-            num_objects=cfg.objects,
-            enter_leave=False,
-            exit_and_return=False,
-        ),
-        seed=cfg.seed,
-    )
+    video = _steady_video(height, cfg.frames + cfg.warmup, cfg.objects, cfg.seed)
     model, source = _model(preset, device, cfg.seed, cfg.weights)
     # (name, autocast dtype, channels-last, plain reference model, Winograd)
     variants: list[tuple[str, torch.dtype | None, bool, bool, bool]] = [
@@ -633,17 +636,7 @@ def bench_memory(cfg: DictConfig, device: torch.device, plot: Path | None) -> di
     stored memory elements per frame; flat after the long-term memory saturates?"""
     height = int(cfg.memory_size)
     width = _width(height)
-    base = generate_video(
-        SyntheticVideoConfig(
-            num_frames=min(100, int(cfg.memory_frames)),
-            height=height,
-            width=width,
-            num_objects=cfg.objects,
-            enter_leave=False,
-            exit_and_return=False,
-        ),
-        seed=cfg.seed,
-    )
+    base = _steady_video(height, min(100, int(cfg.memory_frames)), cfg.objects, cfg.seed)
     order = list(range(base.num_frames)) + list(range(base.num_frames - 2, 0, -1))
     model, _ = _model(cfg.memory_preset, device, cfg.seed, cfg.weights)
     memory_config = MemoryConfig()
@@ -711,17 +704,8 @@ def _peak_rss_child(options: dict[str, Any]) -> dict[str, float]:
     """In a fresh process: VOS propagation of a generated video with one variant; the RSS
     before the first frame (interpreter, model, video) and the process peak (MiB)."""
     torch.set_num_threads(int(options["threads"]))
-    height = int(options["size"])
-    video = generate_video(
-        SyntheticVideoConfig(
-            num_frames=int(options["frames"]),
-            height=height,
-            width=_width(height),
-            num_objects=int(options["objects"]),
-            enter_leave=False,
-            exit_and_return=False,
-        ),
-        seed=int(options["seed"]),
+    video = _steady_video(
+        int(options["size"]), int(options["frames"]), int(options["objects"]), int(options["seed"])
     )
     model, _ = _model(options["preset"], torch.device("cpu"), int(options["seed"]), "auto")
     variant = options["variant"]
