@@ -35,6 +35,7 @@ def test_every_suite_reports(result: dict) -> None:
     assert training["preset"] == "tiny" and training["samples_per_s"] > 0
     rss = [r for r in result["rows"] if r.get("measure") == "peak_rss"]
     assert {r["variant"] for r in rss} >= {"fp32-reference", "fp32"}
+    assert {r["mode"] for r in rss} == {"vos", "semionline", "online"}
     assert all(r["peak_rss_mib"] >= r["rss_before_mib"] > 0 for r in rss)
     memory = next(r for r in result["rows"] if r["suite"] == "memory" and "measure" not in r)
     trace = result["memory_trace"]
@@ -91,3 +92,6 @@ def test_options() -> None:
         parse_options(["frame=3"])
     with pytest.raises(ConfigError, match="amp"):
         parse_options(["amp=int8"])
+    assert list(parse_options(["rss_modes=vos"]).rss_modes) == ["vos"]
+    with pytest.raises(ConfigError, match="rss_modes"):
+        parse_options(["rss_modes=[offline]"])

@@ -62,6 +62,47 @@ def test_fused_relu_equals_relu_then_convolution() -> None:
     assert x.min() < 0  # the input itself is left alone
 
 
+@pytest.mark.parametrize("store_filters", [True, False])
+@pytest.mark.parametrize("band_tiles", [1, 3, 1000])
+def test_overwriting_the_input_equals_a_fresh_output(
+    store_filters: bool, band_tiles: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The result written into the input's own memory (one band behind) is the convolution
+    of the untouched input, over one band, several, and with blocks of per-call filters."""
+    monkeypatch.setattr(winograd, "FILTER_BLOCK", 48)  # three blocks of output channels
+    torch.manual_seed(4)
+    conv = GroupedConv2d(130, 130, 3, padding=1)
+    fast = WinogradConv2d(conv, band_tiles=band_tiles, store_filters=store_filters)
+    x = torch.randn(1, 2, 130, 12, 16).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    x = x.view(1, 2, 130, 12, 16)
+    with torch.no_grad():
+        want = conv(F.relu(x.clone()))
+        fresh = fast.forward_relu(x)
+        storage = x.untyped_storage().data_ptr()
+        got = fast.forward_relu(x, overwrite=True)
+    assert got.untyped_storage().data_ptr() == storage  # no new output tensor
+    assert torch.equal(got, fresh)  # bit-identical to writing a fresh tensor
+    assert _relative_error(got, want) < 5e-5
+    # Where the layout does not allow it, a fresh tensor is returned and the input kept.
+    odd = torch.randn(1, 2, 130, 10, 9)
+    with torch.no_grad():
+        kept = odd.clone()
+        assert _relative_error(fast.forward_relu(odd, overwrite=True), conv(F.relu(odd))) < 5e-5
+    assert torch.equal(odd, kept)
+
+
+def test_output_buffer_is_checked() -> None:
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    fast = WinogradConv2d(conv)
+    x = torch.randn(1, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="channels-last"):
+        fast.conv_slice(x, out=torch.empty(1, 8, 8, 8))
+    with pytest.raises(ValueError, match="out must be"):
+        fast.conv_slice(
+            x, out=torch.empty(1, 8, 4, 8).contiguous(memory_format=torch.channels_last)
+        )
+
+
 def test_without_bias_and_channel_slices() -> None:
     torch.manual_seed(1)
     conv = nn.Conv2d(12, 8, 3, padding=1)
@@ -132,7 +173,16 @@ def test_only_wide_convolutions_are_replaced() -> None:
     assert (
         sensory.weight.data_ptr() == model.mask_encoder.sensory_update.transform.weight.data_ptr()
     )
-    assert fast.mask_decoder.sensory_update.transform.u is not None
+    # Per frame: filters stored, except the largest (over STORED_FILTER_LIMIT elements).
+    assert fast.mask_decoder.up_8_4.out_conv.conv1.u is not None
+    for name in ("sensory_update.transform", "fuser.block2.conv1"):
+        big = fast.mask_decoder.get_submodule(name)
+        assert big.u is None
+        assert big.weight.data_ptr() == model.mask_decoder.get_submodule(name).weight.data_ptr()
+    stored = sum(
+        m.u.numel() for m in fast.modules() if isinstance(m, WinogradConv2d) and m.u is not None
+    )
+    assert stored < 30_000_000  # ~111 MiB; all stored would be ~502 MiB
     assert use_winograd(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1))) == 0
 
 

@@ -70,6 +70,8 @@ SUITES = ("propagation", "tracker", "consensus", "memory", "training")
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FP32_MAX_DIFFER_PCT = 0.01
 MIN_IOU = 0.99
+RSS_VARIANTS = ("fp32-reference", "fp32", "bf16")
+RSS_MODES = ("vos", "semionline", "online")
 
 DEFAULTS: dict[str, Any] = {
     "suite": None,  # list or name; default [propagation]
@@ -103,6 +105,7 @@ DEFAULTS: dict[str, Any] = {
     "memory_record_every": 10,
     "rss_presets": ["published"],  # peak RSS, each variant in a fresh process ([] to skip)
     "rss_frames": 10,
+    "rss_modes": list(RSS_MODES),  # vos, semionline, online (tracker with detections)
     "plot": None,  # PNG path; default next to out, else benchmark_memory.png
     # training
     "train_presets": ["tiny", "small", "published"],
@@ -158,6 +161,11 @@ def parse_options(argv: list[str]) -> DictConfig:
         cfg.presets = [cfg.presets]
     if isinstance(cfg.rss_presets, str):
         cfg.rss_presets = [cfg.rss_presets]
+    if isinstance(cfg.rss_modes, str):
+        cfg.rss_modes = [cfg.rss_modes]
+    bad_modes = sorted(set(cfg.rss_modes) - set(RSS_MODES))
+    if bad_modes:
+        raise ConfigError(f"rss_modes must be among {list(RSS_MODES)}, got {bad_modes}")
     if isinstance(cfg.train_presets, str):
         cfg.train_presets = [cfg.train_presets]
     if cfg.tracker_detections not in ("partition", "video"):
@@ -697,65 +705,82 @@ def bench_memory(cfg: DictConfig, device: torch.device, plot: Path | None) -> di
     return result
 
 
-RSS_VARIANTS = ("fp32-reference", "fp32", "bf16")
-
-
 def _peak_rss_child(options: dict[str, Any]) -> dict[str, float]:
-    """In a fresh process: VOS propagation of a generated video with one variant; the RSS
-    before the first frame (interpreter, model, video) and the process peak (MiB)."""
+    """In a fresh process, one variant on a generated video: VOS propagation from the first
+    frame's masks, or the decoupled tracker (``semionline`` / ``online``) fed the
+    generator's own detections. Returns the RSS before the first frame (interpreter, model,
+    video) and the process peak (MiB)."""
     torch.set_num_threads(int(options["threads"]))
     video = _steady_video(
         int(options["size"]), int(options["frames"]), int(options["objects"]), int(options["seed"])
     )
     model, _ = _model(options["preset"], torch.device("cpu"), int(options["seed"]), "auto")
-    variant = options["variant"]
+    variant, mode = options["variant"], options["mode"]
     dtype = torch.bfloat16 if variant == "bf16" else None
     context = reference_mode() if variant == "fp32-reference" else contextlib.nullcontext()
     before = _rss_mib()
-    first = torch.from_numpy(video.masks[0].astype(np.int64))
     with context, torch.inference_mode():
-        propagator = Propagator(model, autocast_dtype=dtype)
-        for t, frame in enumerate(video.frames):
-            image, geometry = preprocess_frame(frame, -1)
-            mask = preprocess_mask(first, geometry) if t == 0 else None
-            propagator.step(image, mask).index_mask()
+        if mode == "vos":
+            first = torch.from_numpy(video.masks[0].astype(np.int64))
+            propagator = Propagator(model, autocast_dtype=dtype)
+            for t, frame in enumerate(video.frames):
+                image, geometry = preprocess_frame(frame, -1)
+                mask = preprocess_mask(first, geometry) if t == 0 else None
+                propagator.step(image, mask).index_mask()
+        else:
+            config = TrackerConfig(
+                mode=TrackingMode.parse(mode),
+                clip_size=int(options["clip_size"]),
+                detect_every=int(options["detect_every"]),
+                shorter_side=-1,
+                memory=MemoryConfig(),
+                autocast_dtype=dtype,
+            )
+            tracker = DecoupledTracker(model, ListSegmenter(video.detections), config)
+            for _ in tracker.stream((f"{t:05d}", f) for t, f in enumerate(video.frames)):
+                pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"rss_before_mib": before, "peak_rss_mib": peak}
 
 
 def bench_peak_rss(cfg: DictConfig, amp: torch.dtype | None) -> list[dict]:
-    """Peak RSS of VOS propagation per preset and variant, each run in its own process
+    """Peak RSS per preset, mode (``rss_modes``) and variant, each run in its own process
     (``ru_maxrss`` is a per-process high-water mark). CPU only."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     rows = []
     for preset in cfg.rss_presets:
-        for variant in RSS_VARIANTS:
-            if variant == "bf16" and amp != torch.bfloat16:
-                continue
-            options = {
-                "preset": preset,
-                "variant": variant,
-                "size": int(cfg.size),
-                "frames": int(cfg.rss_frames),
-                "objects": int(cfg.objects),
-                "seed": int(cfg.seed),
-                "threads": int(cfg.threads) or torch.get_num_threads(),
-            }
-            with context.Pool(1) as pool:
-                measured = pool.apply(_peak_rss_child, (options,))
-            rows.append(
-                {
-                    "suite": "memory",
-                    "measure": "peak_rss",
+        for mode in cfg.rss_modes:
+            for variant in RSS_VARIANTS:
+                if variant == "bf16" and amp != torch.bfloat16:
+                    continue
+                options = {
                     "preset": preset,
+                    "mode": mode,
                     "variant": variant,
-                    "frame": f"{options['size']}x{_width(options['size'])}",
-                    "frames": options["frames"],
-                    **measured,
+                    "size": int(cfg.size),
+                    "frames": int(cfg.rss_frames),
+                    "objects": int(cfg.objects),
+                    "seed": int(cfg.seed),
+                    "clip_size": int(cfg.clip_size),
+                    "detect_every": int(cfg.detect_every),
+                    "threads": int(cfg.threads) or torch.get_num_threads(),
                 }
-            )
+                with context.Pool(1) as pool:
+                    measured = pool.apply(_peak_rss_child, (options,))
+                rows.append(
+                    {
+                        "suite": "memory",
+                        "measure": "peak_rss",
+                        "preset": preset,
+                        "mode": mode,
+                        "variant": variant,
+                        "frame": f"{options['size']}x{_width(options['size'])}",
+                        "frames": options["frames"],
+                        **measured,
+                    }
+                )
     return rows
 
 
@@ -984,7 +1009,8 @@ def format_table(result: dict) -> str:
             )
         elif suite == "memory" and row.get("measure") == "peak_rss":
             lines.append(
-                f"| peak RSS | {row['preset']} | {row['variant']} | {row['frame']} | - | - | "
+                f"| peak RSS {row['mode']} | {row['preset']} | {row['variant']} | {row['frame']} | "
+                "- | - | "
                 f"peak {row['peak_rss_mib']:.0f} MiB (before the first frame "
                 f"{row['rss_before_mib']:.0f}) |"
             )

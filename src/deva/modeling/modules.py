@@ -46,10 +46,11 @@ class GroupedResBlock(nn.Module):
 def relu_conv(conv: nn.Module, x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """``conv(relu(x))``; an inference replacement with ``forward_relu`` (such as
     :class:`~deva.modeling.winograd.WinogradConv2d`) applies the ReLU while reading ``x``.
-    ``inplace``: ``x`` is a temporary that the plain path may overwrite."""
+    ``inplace``: ``x`` is a temporary that may be overwritten (by the ReLU on the plain path,
+    by the result on the fused one)."""
     fused = getattr(conv, "forward_relu", None)
     if fused is not None:
-        return fused(x)
+        return fused(x, overwrite=inplace)
     return conv(F.relu(x, inplace=inplace))
 
 
@@ -208,17 +209,16 @@ class SensoryUpdater(nn.Module):
         self,
         g16: torch.Tensor,
         g8: torch.Tensor,
-        g4: torch.Tensor,
+        g4_pooled: torch.Tensor,
         logits: torch.Tensor,
         hidden: torch.Tensor,
     ) -> torch.Tensor:
-        """g16 / g8 / g4: (B, N, C, ·) decoder features; logits (B, N, H/4, W/4)."""
+        """g16 / g8: (B, N, C, ·) decoder features at strides 16 and 8; ``g4_pooled``: the
+        stride-4 features already area-pooled to stride 16 (so the caller may overwrite
+        them); logits (B, N, H/4, W/4)."""
         # The stride-4 input is [g4, logits] pooled ×¼; pooling each part and concatenating
         # at stride 16 gives the same numbers without a full-resolution concatenation.
-        pooled4 = torch.cat(
-            [resize_grouped(g4, 0.25, "area"), resize_grouped(logits.unsqueeze(2), 0.25, "area")],
-            dim=2,
-        )
+        pooled4 = torch.cat([g4_pooled, resize_grouped(logits.unsqueeze(2), 0.25, "area")], dim=2)
         g = (
             self.g16_conv(g16)
             + self.g8_conv(resize_grouped(g8, 0.5, "area"))
@@ -235,8 +235,10 @@ class UpsampleBlock(nn.Module):
         self.out_conv = GroupedResBlock(in_dim, out_dim)
 
     def forward(self, skip: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        # Added into the fresh upsampled tensor: one full-resolution allocation fewer.
         g = resize_grouped(g, 2.0, "bilinear")
-        return self.out_conv(g + skip.unsqueeze(1))
+        skip = skip.unsqueeze(1)
+        return self.out_conv(g.add_(skip) if g.dtype == skip.dtype else g + skip)
 
 
 class SkipProcessor(nn.Module):

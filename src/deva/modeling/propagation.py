@@ -26,6 +26,7 @@ from deva.modeling.modules import (
     SensoryUpdater,
     SkipProcessor,
     UpsampleBlock,
+    resize_grouped,
 )
 from deva.modeling.resnet import ResNetTrunk
 
@@ -189,9 +190,12 @@ class MaskDecoder(nn.Module):
         f8, f4 = self.decoder_feat_proc(features.f8, features.f4)
         g8 = self.up_16_8(f8, g16)
         g4 = self.up_8_4(f4, g8)
-        logits = self.pred(F.relu(g4.flatten(0, 1))).view(b, n, *g4.shape[-2:])
-        if update_sensory:
-            sensory = self.sensory_update(g16, g8, g4, logits, sensory)
+        g4_pooled = resize_grouped(g4, 0.25, "area") if update_sensory else None
+        # Without autograd g4 is not needed after this: ReLU in place (no fresh stride-4 copy).
+        relu_g4 = F.relu(g4.flatten(0, 1), inplace=not torch.is_grad_enabled())
+        logits = self.pred(relu_g4).view(b, n, *g4.shape[-2:])
+        if g4_pooled is not None:
+            sensory = self.sensory_update(g16, g8, g4_pooled, logits, sensory)
         return sensory, logits
 
 

@@ -52,7 +52,10 @@ TILE = 4  # output tile side
 WINDOW = 6  # input tile side
 MIN_IN_CHANNELS = 128
 MIN_OUT_CHANNELS = 64
-FILTER_BLOCK = 256  # output channels per block of per-call filters
+FILTER_BLOCK = 128  # output channels per block of per-call filters
+# Filters above this many elements (32 MiB in float32) are made per call in the inference
+# copy: the published decoder's stride-16 convolutions, ~0.4 GB stored, for ~5 % of a frame.
+STORED_FILTER_LIMIT = 2**23
 LARGE_BAND_TILES = 1024  # band size with per-call filters (fewer repeats of the transform)
 
 
@@ -126,16 +129,27 @@ class WinogradConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._grouped(x, relu=False)
 
-    def forward_relu(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward(relu(x))`` without a separate ReLU pass over ``x``."""
-        return self._grouped(x, relu=True)
+    def forward_relu(self, x: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
+        """``forward(relu(x))`` without a separate ReLU pass over ``x``. With ``overwrite``
+        (``x`` is a temporary the caller no longer needs), the result may be written into
+        ``x``'s memory instead of a fresh tensor (when shapes and layout allow)."""
+        return self._grouped(x, relu=True, overwrite=overwrite)
 
-    def _grouped(self, x: torch.Tensor, *, relu: bool) -> torch.Tensor:
-        if self.grouped:
-            b, n = x.shape[:2]
-            out = self.conv_slice(x.flatten(0, 1), relu=relu)
-            return out.view(b, n, *out.shape[1:])
-        return self.conv_slice(x, relu=relu)
+    def _grouped(self, x: torch.Tensor, *, relu: bool, overwrite: bool = False) -> torch.Tensor:
+        flat = x.flatten(0, 1) if self.grouped else x
+        target = flat if overwrite and self._fits(flat) else None
+        out = self.conv_slice(flat, relu=relu, out=target)
+        return out.view(x.shape[:2] + out.shape[1:]) if self.grouped else out
+
+    def _fits(self, x: torch.Tensor) -> bool:
+        """Whether the output can overwrite ``x`` (same shape, channels-last, whole tiles)."""
+        return (
+            self.in_channels == self.out_channels
+            and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and x.shape[-2] % TILE == 0
+            and x.shape[-1] % TILE == 0
+        )
 
     def conv_slice(
         self,
@@ -144,9 +158,11 @@ class WinogradConv2d(nn.Module):
         *,
         bias: bool = True,
         relu: bool = False,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The convolution of (B, C, H, W) ``x`` (of ``relu(x)`` with ``relu``); with
-        ``channels``, of only that slice of the input channels (``x`` holds just those)."""
+        ``channels``, of only that slice of the input channels (``x`` holds just those);
+        written into ``out`` when given (see :func:`winograd_conv3x3`)."""
         part = slice(None) if channels is None else channels
         filters: torch.Tensor | FilterSource
         if self.u is not None:
@@ -162,6 +178,7 @@ class WinogradConv2d(nn.Module):
             self.ka,
             band_tiles=band_tiles,
             relu=relu,
+            out=out,
         )
 
     def extra_repr(self) -> str:
@@ -195,13 +212,18 @@ def winograd_conv3x3(
     *,
     band_tiles: int = 128,
     relu: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``conv2d(x, w, bias, padding=1)`` with ``filters`` = ``filter_transform(w)``
     (36, C, K) or a :class:`FilterSource` of ``w``; of ``relu(x)`` with ``relu`` (applied
     while copying the input into its padded buffer).
 
     ``kb`` = Bᵀ⊗Bᵀ (36×36) and ``ka`` = Aᵀ⊗Aᵀ (16×36) transform whole flattened tiles.
-    Returns a channels-last (B, K, H, W) tensor.
+    Returns a channels-last (B, K, H, W) tensor: ``out`` when given, a channels-last tensor
+    of that shape whose sides are multiples of 4. ``out`` may be ``x`` itself: each band's
+    result is then written after the next band's input has been read, so no input row is
+    overwritten before it is used, and no fresh output (a page-faulting allocation at
+    stride 4) is needed.
     """
     b, c, h, w = x.shape
     if isinstance(filters, FilterSource):
@@ -215,9 +237,18 @@ def winograd_conv3x3(
     nh, nw = -(-h // TILE), -(-w // TILE)
     source = x.permute(0, 2, 3, 1)  # NHWC view (a plain view when x is channels-last)
     exact = h % TILE == 0 and w % TILE == 0
+    if out is not None:
+        if not exact or out.shape != (b, k, h, w):
+            raise ValueError(f"out must be a ({b}, {k}, {h}, {w}) tensor with sides % {TILE} == 0")
+        if not out.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError("out must be channels-last")
     if exact:
-        result = torch.empty(
-            b, k, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+        result = (
+            out
+            if out is not None
+            else torch.empty(
+                b, k, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+            )
         )
         nhwc = result.permute(0, 2, 3, 1)
     else:
@@ -231,7 +262,11 @@ def winograd_conv3x3(
     gathered = x.new_empty(area, most * c)
     transformed = x.new_empty(area, most * c)
     products = x.new_empty(area, most * widest)
-    outputs = x.new_empty(TILE * TILE, most * widest)
+    # When writing into the input's memory, a band's outputs wait (one segment per block)
+    # until the next band's input has been copied.
+    deferred = out is not None and _same_memory(out, x)
+    outputs = x.new_empty(TILE * TILE * most * (k if deferred else widest))
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
     # One buffer for every block of per-call filters (fresh allocations page-fault).
     block_buffer = None if isinstance(filters, torch.Tensor) else x.new_empty(area * c * widest)
     # The zero-padded input of one band of tile rows at a time (1 pixel of padding, plus
@@ -254,6 +289,7 @@ def winograd_conv3x3(
             torch.clamp_min(source[:, lo:hi], 0, out=inside)
         else:
             inside.copy_(source[:, lo:hi])
+        _write_tiles(pending)
         windows = padded.unfold(1, WINDOW, TILE).unfold(2, WINDOW, TILE)  # b, r, nw, c, 6, 6
         d = gathered[:, : count * c]
         d.view(WINDOW, WINDOW, b, bottom - top, nw, c).copy_(windows.permute(4, 5, 0, 1, 2, 3))
@@ -265,26 +301,49 @@ def winograd_conv3x3(
             else:
                 u = filters.block(start, stop, out=block_buffer)
             m = torch.bmm(v, u, out=products[:, : count * width].view(area, count, width))
-            y = torch.mm(ka, m.view(area, -1), out=outputs[:, : count * width])
+            at = TILE * TILE * count * start if deferred else 0
+            segment = outputs[at : at + TILE * TILE * count * width].view(TILE * TILE, -1)
+            y = torch.mm(ka, m.view(area, -1), out=segment)
             y = y.view(TILE, TILE, b, bottom - top, nw, width).permute(2, 3, 0, 4, 1, 5)
             target = out_tiles[:, top:bottom, :, :, :, start:stop]
-            if bias is None:
-                target.copy_(y)
-            else:
-                torch.add(y, bias[start:stop], out=target)
+            pending.append((target, y, None if bias is None else bias[start:stop]))
+            if not deferred:
+                _write_tiles(pending)
+    _write_tiles(pending)
     if exact:
         return result
     return nhwc[:, :h, :w].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
-def use_winograd(module: nn.Module, *, band_tiles: int = 128, store_filters: bool = True) -> int:
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _write_tiles(pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> None:
+    """Write each (target, tiles, bias) of ``pending`` (``target = tiles + bias``) and empty
+    the list."""
+    for target, tiles, bias in pending:
+        if bias is None:
+            target.copy_(tiles)
+        else:
+            torch.add(tiles, bias, out=target)
+    pending.clear()
+
+
+def use_winograd(module: nn.Module, *, band_tiles: int = 128, max_stored: int | None = None) -> int:
     """Replace, in place, every convolution of ``module`` for which :func:`worth_winograd`
-    holds by a :class:`WinogradConv2d`; returns how many were replaced."""
+    holds by a :class:`WinogradConv2d`; returns how many were replaced.
+
+    Convolutions whose Winograd-domain filters would hold more than ``max_stored`` elements
+    (``None``: no limit; 0: none stored) make them per call from the shared weights.
+    """
     replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if worth_winograd(child):
-                fast = WinogradConv2d(child, band_tiles=band_tiles, store_filters=store_filters)
+                size = WINDOW * WINDOW * child.in_channels * child.out_channels
+                store = max_stored is None or size <= max_stored
+                fast = WinogradConv2d(child, band_tiles=band_tiles, store_filters=store)
                 setattr(parent, name, fast)
                 replaced += 1
     return replaced
