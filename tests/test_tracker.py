@@ -277,3 +277,37 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="max_missed"):
         TrackerConfig(max_missed=-1)
     assert not TrackerConfig().incremental and not TrackerConfig().panoptic
+
+
+def test_consensus_has_nothing_in_the_padding(model) -> None:
+    """Frames whose sides are not multiples of 16 are padded; the network also predicts in
+    that border, but the projected proposals are cropped to the image before the vote (as
+    detections are), so the consensus written to memory has background there."""
+    from deva.inference.alignment import align_segmentations
+
+    h, w = 90, 120  # padded to 96 × 128
+    clip_video = generate_video(SyntheticVideoConfig(num_frames=3, height=h, width=w), seed=1)
+    mask = torch.zeros(h, w, dtype=torch.long)
+    mask[30:, 40:] = 7  # touches the bottom and right edges
+    seg = Segmentation(mask=mask, segments=[Segment(id=7, category_id=1, score=0.9)])
+    tracker = DecoupledTracker(model, ListSegmenter([seg] * 3), _config(TrackingMode.SEMI_ONLINE))
+    clip = [tracker._prepare(t, frame_name(t), f) for t, f in enumerate(clip_video.frames)]
+    segs = [tracker._detect(frame) for frame in clip]
+    p = clip[0].geometry.padding
+    assert (p.top + p.bottom, p.left + p.right) == (6, 8)
+
+    def border(ids: torch.Tensor) -> torch.Tensor:
+        inside = torch.zeros_like(ids, dtype=torch.bool)
+        inside[p.top : ids.shape[0] - p.bottom, p.left : ids.shape[1] - p.right] = True
+        return ids[~inside]
+
+    projected = align_segmentations(
+        model, [(f.features, s) for f, s in zip(clip[1:], segs[1:])], clip[0].features
+    )
+    assert any(border(s.mask).any() for s in projected)  # the network predicts there
+    assert not border(segs[0].mask).any()
+    consensus = tracker._consensus(clip, segs)
+    assert consensus.mask.shape == segs[0].mask.shape
+    assert not border(consensus.mask).any()
+    assert len(consensus.segments) == 1  # ids are renumbered by the vote
+    assert (consensus.mask == consensus.segments[0].id).any()

@@ -46,6 +46,7 @@ input (``TrackerConfig.panoptic``).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -68,6 +69,7 @@ from deva.io.frames import (
     resize_mask,
     restore_probabilities,
 )
+from deva.io.padding import clear_padding
 from deva.modeling.propagation import PropagationModel
 from deva.segmenters.base import ImageSegmenter, check_image, resize_segmentation
 
@@ -369,7 +371,7 @@ class DecoupledTracker:
         # the cached features and the propagator's network settings (precision, layout).
         aligned = [segs[0]]
         if len(clip) > 1:
-            aligned += align_segmentations(
+            projected = align_segmentations(
                 self.model,
                 [(frame.features, seg) for frame, seg in zip(clip[1:], segs[1:])],
                 key.features,
@@ -379,6 +381,13 @@ class DecoupledTracker:
                 channels_last=self._propagator.channels_last,
                 winograd=self._propagator.winograd,
             )
+            # The network also predicts in the frame's padding; the vote (and the memory the
+            # consensus is written to) sees the image only, as detections are padded with
+            # background — the published code crops the projected masks the same way.
+            padding = key.geometry.padding
+            aligned += [
+                dataclasses.replace(seg, mask=clear_padding(seg.mask, padding)) for seg in projected
+            ]
         return in_clip_consensus(aligned, separate_things=self.config.panoptic)
 
     def _process_clip(self, clip: list[_Frame]) -> list[TrackedFrame]:

@@ -37,3 +37,15 @@ def unpad(x: torch.Tensor, padding: Padding) -> torch.Tensor:
     """Remove the padding added by :func:`pad_to_multiple` from the last two dims."""
     h, w = x.shape[-2:]
     return x[..., padding.top : h - padding.bottom, padding.left : w - padding.right]
+
+
+def clear_padding(x: torch.Tensor, padding: Padding) -> torch.Tensor:
+    """A copy of ``x`` with the ``padding`` border of its last two dims set to zero (for id
+    maps: background), so that nothing lies outside the image."""
+    h, w = x.shape[-2:]
+    out = x.clone()
+    out[..., : padding.top, :] = 0
+    out[..., h - padding.bottom :, :] = 0
+    out[..., : padding.left] = 0
+    out[..., w - padding.right :] = 0
+    return out
