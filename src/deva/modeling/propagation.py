@@ -188,12 +188,16 @@ class MaskDecoder(nn.Module):
         )
         g16 = self.fuser(features.f16, g16)
         f8, f4 = self.decoder_feat_proc(features.f8, features.f4)
+        # Each full-resolution temporary is dropped as soon as it is used (peak memory).
         g8 = self.up_16_8(f8, g16)
+        del f8
         g4 = self.up_8_4(f4, g8)
+        del f4
         g4_pooled = resize_grouped(g4, 0.25, "area") if update_sensory else None
         # Without autograd g4 is not needed after this: ReLU in place (no fresh stride-4 copy).
         relu_g4 = F.relu(g4.flatten(0, 1), inplace=not torch.is_grad_enabled())
         logits = self.pred(relu_g4).view(b, n, *g4.shape[-2:])
+        del g4, relu_g4
         if g4_pooled is not None:
             sensory = self.sensory_update(g16, g8, g4_pooled, logits, sensory)
         return sensory, logits
