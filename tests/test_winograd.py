@@ -167,22 +167,13 @@ def test_only_wide_convolutions_are_replaced() -> None:
     assert "pixel_encoder.layer2.0.conv2" not in replaced  # stride 2
     assert "mask_decoder.pred" not in replaced  # one output channel
     assert not any(isinstance(m, WinogradConv2d) for m in model.modules())  # original intact
-    # Memory frames only: the mask encoder makes its filters per call from shared weights.
-    sensory = fast.mask_encoder.sensory_update.transform
-    assert sensory.u is None
-    assert (
-        sensory.weight.data_ptr() == model.mask_encoder.sensory_update.transform.weight.data_ptr()
-    )
-    # Per frame: filters stored, except the largest (over STORED_FILTER_LIMIT elements).
-    assert fast.mask_decoder.up_8_4.out_conv.conv1.u is not None
-    for name in ("sensory_update.transform", "fuser.block2.conv1"):
-        big = fast.mask_decoder.get_submodule(name)
-        assert big.u is None
-        assert big.weight.data_ptr() == model.mask_decoder.get_submodule(name).weight.data_ptr()
-    stored = sum(
-        m.u.numel() for m in fast.modules() if isinstance(m, WinogradConv2d) and m.u is not None
-    )
-    assert stored < 30_000_000  # ~111 MiB; all stored would be ~502 MiB
+    # Every filter is made per call: nothing 4× the weights is kept, and outside the two
+    # trunks (copied, batch norm folded) the weights are the user's model's own.
+    for name, module in fast.named_modules():
+        if isinstance(module, WinogradConv2d):
+            assert module.u is None
+            if not name.startswith(("pixel_encoder", "mask_encoder.layer")):
+                assert module.weight.data_ptr() == model.get_submodule(name).weight.data_ptr()
     assert use_winograd(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1))) == 0
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from deva.modeling.resnet import BasicBlock, Bottleneck
-from deva.modeling.winograd import STORED_FILTER_LIMIT, use_winograd
+from deva.modeling.winograd import use_winograd
 
 if TYPE_CHECKING:
     from deva.modeling.propagation import PropagationModel
@@ -192,11 +192,9 @@ def build_inference_model(
     elif channels_last:
         fast.to(memory_format=torch.channels_last)
     if winograd:
-        # The mask encoder runs on memory frames only: its filters are made per call (~0.4 GB
-        # saved at the published size, a few percent of a memory frame), as are the largest
-        # ones of the per-frame modules (another ~0.4 GB).
-        replaced = use_winograd(fast.mask_encoder, max_stored=0)
-        replaced += use_winograd(fast, max_stored=STORED_FILTER_LIMIT)
+        # Filters made per call from the shared weights: stored, they would take 4× the
+        # weights (~0.9 GB at the published size) for a few percent of speed.
+        replaced = use_winograd(fast, max_stored=0)
         log.debug("%d convolutions use Winograd F(4x4, 3x3)", replaced)
     return fast
 

@@ -52,11 +52,13 @@ TILE = 4  # output tile side
 WINDOW = 6  # input tile side
 MIN_IN_CHANNELS = 128
 MIN_OUT_CHANNELS = 64
-FILTER_BLOCK = 128  # output channels per block of per-call filters
-# Filters above this many elements (32 MiB in float32) are made per call in the inference
-# copy: the published decoder's stride-16 convolutions, ~0.4 GB stored, for ~5 % of a frame.
-STORED_FILTER_LIMIT = 2**23
-LARGE_BAND_TILES = 1024  # band size with per-call filters (fewer repeats of the transform)
+# Per-call filters of at most this many elements (32 MiB in float32, small enough for the
+# allocator to reuse without page faults) are made whole, once per call; larger ones (the
+# published decoder's stride-16 convolutions) one block of FILTER_BLOCK outputs at a time,
+# inside each band of LARGE_BAND_TILES tiles (fewer repeats of the transform).
+WHOLE_FILTER_LIMIT = 2**23
+FILTER_BLOCK = 128
+LARGE_BAND_TILES = 1024
 
 
 def is_same_3x3(conv: nn.Module) -> bool:
@@ -101,8 +103,11 @@ class WinogradConv2d(nn.Module):
     Winograd-domain filters are 4× the size of the weights. With ``store_filters`` (the
     default) they are computed once; without, each call transforms the weights (which are
     then shared with ``conv``, not copied) one block of output channels at a time — slower
-    (the published sensory convolution: ~75 ms more per call) but without the filters'
-    memory, the choice for modules that run every few frames only (the mask encoder).
+    (the published decoder's 1024 → 1536 convolution at stride 16: ~20–40 ms more per call,
+    ~15–20 %) but without the filters' memory: the choice for modules that run every few
+    frames only (the mask encoder) and where memory matters (the inference copy makes all its
+    filters per call: whole, once per call, up to :data:`WHOLE_FILTER_LIMIT` elements, at
+    ~1 ms per 256 × 256 convolution).
     """
 
     def __init__(
@@ -169,7 +174,11 @@ class WinogradConv2d(nn.Module):
             filters, band_tiles = self.u[:, part], self.band_tiles
         else:
             assert self.weight is not None
-            filters, band_tiles = FilterSource(self.weight[:, part], self.kg), LARGE_BAND_TILES
+            source = FilterSource(self.weight[:, part], self.kg)
+            if source.elements <= WHOLE_FILTER_LIMIT:
+                filters, band_tiles = source.block(0, source.out_channels), self.band_tiles
+            else:
+                filters, band_tiles = source, LARGE_BAND_TILES
         return winograd_conv3x3(
             x,
             filters,
@@ -192,6 +201,7 @@ class FilterSource:
     def __init__(self, weight: torch.Tensor, kg: torch.Tensor) -> None:
         self.weight, self.kg = weight, kg
         self.in_channels, self.out_channels = weight.shape[1], weight.shape[0]
+        self.elements = WINDOW * WINDOW * self.in_channels * self.out_channels
 
     def block(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """(36, C, stop - start) filters of output channels ``start:stop`` (into ``out``, a
