@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from deva.benchmark import SUITES, MaskComparison, format_table, parse_options, run_benchmark
+from deva.benchmark import (
+    SUITES,
+    MaskComparison,
+    _compile_variants,
+    format_table,
+    parse_options,
+    run_benchmark,
+)
 from deva.config import ConfigError
 
 
@@ -95,3 +102,11 @@ def test_options() -> None:
     assert list(parse_options(["rss_modes=vos"]).rss_modes) == ["vos"]
     with pytest.raises(ConfigError, match="rss_modes"):
         parse_options(["rss_modes=[offline]"])
+    # torch.compile variants: by default on a GPU only; forced either way.
+    auto = parse_options([])
+    assert not _compile_variants(auto, torch.device("cpu"))
+    assert _compile_variants(auto, torch.device("cuda"))
+    assert _compile_variants(parse_options(["compile=true"]), torch.device("cpu"))
+    assert not _compile_variants(parse_options(["compile=false"]), torch.device("cuda"))
+    with pytest.raises(ConfigError, match="compile"):
+        parse_options(["compile=maybe"])

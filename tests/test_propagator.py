@@ -235,3 +235,27 @@ def test_amp_option_on_the_cpu(model: PropagationModel) -> None:
         assert prop.channels_last
         assert next(prop.network.parameters()).dtype == torch.bfloat16  # cast once
         assert next(model.parameters()).dtype == torch.float32  # the model is untouched
+
+
+def test_compiled_network_agrees_and_follows_new_objects(model: PropagationModel) -> None:
+    """``compile=True`` runs the sub-networks through ``torch.compile`` (recompiling when an
+    object is added) and gives the eager probabilities; the model itself stays eager."""
+    frames = _frames(5)
+    new = torch.zeros(40, 56, dtype=torch.long)
+    new[20:30, 2:12] = 12
+    eager = Propagator(model, mem_every=2, winograd=False)
+    compiled = Propagator(model, mem_every=2, compile=True)
+    assert not compiled.winograd  # the default gives way to compile
+    for t, frame in enumerate(frames):
+        mask, objects = (_first_mask(), None) if t == 0 else (new, [12]) if t == 3 else (None, None)
+        want = eager.step(frame, mask, objects)
+        got = compiled.step(frame, mask, objects)
+        assert got.object_ids == want.object_ids
+        torch.testing.assert_close(got.prob, want.prob, atol=1e-5, rtol=0)
+    assert compiled.object_ids == [3, 7, 12]
+    network = compiled.network
+    assert network is not model and network is not eager.network
+    assert network.mask_decoder._compiled_call_impl is not None
+    assert model.mask_decoder._compiled_call_impl is None
+    with pytest.raises(ValueError, match="exclude each other"):
+        Propagator(model, winograd=True, compile=True)

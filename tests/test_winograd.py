@@ -182,6 +182,7 @@ def test_options_and_refusals() -> None:
     assert inference_options("cpu", None, channels_last=False, winograd=False) == (False, False)
     assert inference_options("cpu", torch.bfloat16) == (True, False)
     assert inference_options("cuda", None) == (False, False)
+    assert inference_options("cpu", None, compile=True) == (True, False)
     with pytest.raises(ValueError, match="float32 inference on the CPU only"):
         inference_options("cpu", torch.bfloat16, winograd=True)
     with pytest.raises(ValueError, match="float32 inference on the CPU only"):
@@ -253,3 +254,10 @@ def test_tracker_and_tools_can_turn_winograd_off() -> None:
     off = DecoupledTracker(model, lambda image, **_: None, config)
     assert config.winograd is False
     assert on._new_propagator().winograd and not off._new_propagator().winograd
+    assert cfg.compile is False and not on._new_propagator().compile
+    cfg.compile = True
+    cfg.winograd = None
+    compiled = DecoupledTracker(
+        model, lambda image, **_: None, tracker_config(cfg, torch.device("cpu"))
+    )
+    assert compiled._new_propagator().compile and not compiled._new_propagator().winograd

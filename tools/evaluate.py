@@ -118,6 +118,7 @@ def run_vos(cfg) -> int:
         chunk_size=cfg.chunk_size,
         autocast_dtype=amp,
         winograd=cfg.get("winograd"),
+        compile=bool(cfg.get("compile", False)),
     )
     log.info(
         "%s: %d videos from %s -> %s on %s (size %s, weights %s)",

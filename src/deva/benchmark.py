@@ -9,7 +9,9 @@ Suites (``suite=propagation|tracker|consensus|memory|training|all``, ``tasks=`` 
   batch norm folded), ``fp32-channels-last``, on the CPU ``fp32-winograd`` and
   ``fp32-winograd-channels-last`` (the default fp32 CPU path), and with ``amp``:
   ``<amp>-reference-autocast`` (autocast over the plain model) and ``<amp>-channels-last``
-  (weights cast once). Every variant's masks are compared with ``fp32-reference``.
+  (weights cast once); with ``compile`` (default on a GPU) also ``fp32-compiled`` and
+  ``<amp>-compiled`` (``torch.compile``; warm-up frames absorb the compilation). Every
+  variant's masks are compared with ``fp32-reference``.
 - **tracker**: the semi-online tracker over a stream whose segmenter returns ``segments``
   drifting Voronoi segments per frame (or, ``tracker_detections=video``, the generated
   video's own simulated detections: its objects and stuff regions with noise); variants
@@ -83,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
     "objects": 2,
     "device": "auto",
     "amp": "bf16",
+    "compile": "auto",  # torch.compile variants: auto = on a GPU only (CPU compiles take minutes)
     "threads": 0,
     "quick": False,
     "out": None,
@@ -174,7 +177,14 @@ def parse_options(argv: list[str]) -> DictConfig:
         )
     if str(cfg.amp) not in AMP:
         raise ConfigError(f"amp must be one of {sorted(AMP)}, got {cfg.amp!r}")
+    if cfg.compile not in ("auto", True, False):
+        raise ConfigError(f"compile must be auto, true or false, got {cfg.compile!r}")
     return cfg
+
+
+def _compile_variants(cfg: DictConfig, device: torch.device) -> bool:
+    """Whether to time ``torch.compile`` variants (``compile=auto``: on a GPU)."""
+    return device.type == "cuda" if cfg.compile == "auto" else bool(cfg.compile)
 
 
 def _amp_dtype(cfg: DictConfig, device: torch.device) -> tuple[torch.dtype | None, str | None]:
@@ -331,26 +341,31 @@ def bench_propagation(
     height, width = int(cfg.size), _width(int(cfg.size))
     video = _steady_video(height, cfg.frames + cfg.warmup, cfg.objects, cfg.seed)
     model, source = _model(preset, device, cfg.seed, cfg.weights)
-    # (name, autocast dtype, channels-last, plain reference model, Winograd)
-    variants: list[tuple[str, torch.dtype | None, bool, bool, bool]] = [
-        ("fp32-reference", None, False, True, False),
-        ("fp32", None, False, False, False),
-        ("fp32-channels-last", None, True, False, False),
+    # (name, autocast dtype, channels-last, plain reference model, Winograd, compiled)
+    variants: list[tuple[str, torch.dtype | None, bool, bool, bool, bool]] = [
+        ("fp32-reference", None, False, True, False, False),
+        ("fp32", None, False, False, False, False),
+        ("fp32-channels-last", None, True, False, False, False),
     ]
     if device.type == "cpu":
         variants += [
-            ("fp32-winograd", None, False, False, True),
-            ("fp32-winograd-channels-last", None, True, False, True),
+            ("fp32-winograd", None, False, False, True, False),
+            ("fp32-winograd-channels-last", None, True, False, True, False),
         ]
+    compiled = _compile_variants(cfg, device)
+    if compiled:
+        variants.append(("fp32-compiled", None, False, False, False, True))
     if amp is not None:
         name = str(cfg.amp)
         variants += [
-            (f"{name}-reference-autocast", amp, False, True, False),
-            (f"{name}-channels-last", amp, True, False, False),
+            (f"{name}-reference-autocast", amp, False, True, False, False),
+            (f"{name}-channels-last", amp, True, False, False, False),
         ]
+        if compiled:
+            variants.append((f"{name}-compiled", amp, True, False, False, True))
     props = {
-        v: Propagator(model, autocast_dtype=dt, channels_last=cl, winograd=wg)
-        for v, dt, cl, _, wg in variants
+        v: Propagator(model, autocast_dtype=dt, channels_last=cl, winograd=wg, compile=cp)
+        for v, dt, cl, _, wg, cp in variants
     }
     comparisons = {v: MaskComparison(v, "fp32-reference", _kind(dt)) for v, dt, *_ in variants[1:]}
     timings: dict[str, list[float]] = defaultdict(list)
@@ -364,7 +379,7 @@ def bench_propagation(
             # that no variant always follows the same one.
             rest = variants[1:]
             shift = t % len(rest) if rest else 0
-            for variant, _, _, reference, _ in [variants[0], *rest[shift:], *rest[:shift]]:
+            for variant, _, _, reference, *_ in [variants[0], *rest[shift:], *rest[:shift]]:
                 context = reference_mode() if reference else contextlib.nullcontext()
                 start = time.perf_counter()
                 with context:
@@ -387,7 +402,7 @@ def bench_propagation(
                     comparison = comparisons[variant]
                     comparison.add(ids, ref_mask, decisive[comparison.kind])
     rows = []
-    for variant, dt, cl, reference, wg in variants:
+    for variant, dt, cl, reference, wg, cp in variants:
         seconds = float(np.sum(timings[variant]))
         frames = len(timings[variant])
         rows.append(
@@ -399,6 +414,7 @@ def bench_propagation(
                 "precision": "fp32" if dt is None else str(cfg.amp),
                 "channels_last": cl,
                 "winograd": wg,
+                "compiled": cp,
                 "inference_copy": not reference,
                 "frame": f"{height}x{width}",
                 "objects": len(video.objects),

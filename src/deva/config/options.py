@@ -63,6 +63,7 @@ def tracker_config(cfg: Any, device: torch.device) -> TrackerConfig:
         chunk_size=cfg.chunk_size,
         autocast_dtype=autocast_dtype(cfg.amp, device),
         winograd=cfg.get("winograd"),
+        compile=bool(cfg.get("compile", False)),
         panoptic=cfg.get("benchmark") == "vipseg",
         incremental=bool(cfg.get("incremental", False)),
     )

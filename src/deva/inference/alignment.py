@@ -62,6 +62,7 @@ def align_segmentation(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool | None = None,
     winograd: bool | None = None,
+    compile: bool = False,
 ) -> Segmentation:
     """Propagate ``segmentation`` of the source frame onto the target frame (eq. 1).
 
@@ -73,8 +74,8 @@ def align_segmentation(
         top_k: memory elements kept per query pixel (30 in the paper; None: full softmax).
         chunk_size: objects per network pass (-1: all at once).
         autocast_dtype: mixed precision dtype (e.g. ``torch.bfloat16``) or None.
-        channels_last, winograd: as for :class:`Propagator` (None: its default); the same
-            as the propagator that computed the features.
+        channels_last, winograd, compile: as for :class:`Propagator` (None: its default);
+            the same as the propagator that computed the features.
 
     Returns:
         A CPU ``Segmentation`` at ``target.size`` with the same segment ids and metadata;
@@ -89,6 +90,7 @@ def align_segmentation(
         autocast_dtype=autocast_dtype,
         channels_last=channels_last,
         winograd=winograd,
+        compile=compile,
     )[0]
 
 
@@ -103,6 +105,7 @@ def align_segmentations(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool | None = None,
     winograd: bool | None = None,
+    compile: bool = False,
 ) -> list[Segmentation]:
     """:func:`align_segmentation` of several (frame, segmentation) pairs onto one target.
 
@@ -122,10 +125,18 @@ def align_segmentations(
     if active:
         check_autocast(autocast_dtype, model.device)
         channels_last, winograd = inference_options(
-            model.device, autocast_dtype, channels_last=channels_last, winograd=winograd
+            model.device,
+            autocast_dtype,
+            channels_last=channels_last,
+            winograd=winograd,
+            compile=compile,
         )
         network = inference_model(
-            model, dtype=autocast_dtype, channels_last=channels_last, winograd=winograd
+            model,
+            dtype=autocast_dtype,
+            channels_last=channels_last,
+            winograd=winograd,
+            compile=compile,
         )
         autocast = (
             torch.autocast(model.device.type, dtype=autocast_dtype)
@@ -211,6 +222,7 @@ def _align_with_propagator(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool | None = None,
     winograd: bool | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Reference: the (H, W) id map a throw-away :class:`Propagator` gives (for tests)."""
     from deva.inference.memory import MemoryConfig
@@ -223,6 +235,7 @@ def _align_with_propagator(
         autocast_dtype=autocast_dtype,
         channels_last=channels_last,
         winograd=winograd,
+        compile=compile,
     )
     temporary.step(features=source, mask=masks.to(source.image.device), objects=ids)
     return temporary.step(features=target, end=True).index_mask().cpu()

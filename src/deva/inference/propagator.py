@@ -77,8 +77,10 @@ class Propagator:
     convolutions, weights stored once in the autocast dtype, channels-last layout when
     ``channels_last`` (default: on for the CPU), and in float32 on the
     CPU the wide 3×3 convolutions computed by Winograd's F(4×4, 3×3) (``winograd``, default
-    on there; :mod:`deva.modeling.winograd`). ``model`` itself is never modified; the copy
-    follows it when its weights change.
+    on there; :mod:`deva.modeling.winograd`). ``compile`` wraps the copy's sub-networks in
+    ``torch.compile`` (the first frames, and the first frame after the object count
+    changes, pay the compilation; meant for long runs on a GPU). ``model`` itself is never
+    modified; the copy follows it when its weights change.
     """
 
     def __init__(
@@ -91,14 +93,20 @@ class Propagator:
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool | None = None,
         winograd: bool | None = None,
+        compile: bool = False,
     ) -> None:
         if mem_every < 1:
             raise ValueError(f"mem_every must be >= 1, got {mem_every}")
         check_autocast(autocast_dtype, model.device)
         self.model = model.eval()
         self.channels_last, self.winograd = inference_options(
-            model.device, autocast_dtype, channels_last=channels_last, winograd=winograd
+            model.device,
+            autocast_dtype,
+            channels_last=channels_last,
+            winograd=winograd,
+            compile=compile,
         )
+        self.compile = compile
         self.memory_config = memory or MemoryConfig()
         self.mem_every = mem_every
         self.chunk_size = chunk_size
@@ -130,6 +138,7 @@ class Propagator:
             dtype=self.autocast_dtype,
             channels_last=self.channels_last,
             winograd=self.winograd,
+            compile=self.compile,
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager:

@@ -115,8 +115,9 @@ class TrackerConfig:
         memory: sizes of the propagator memory; its ``top_k`` is also used for alignment.
         chunk_size: objects per network pass (-1: all).
         autocast_dtype: mixed precision for the network (None: float32).
-        winograd: float32 on the CPU: Winograd convolutions (None: the default, on there; they
-            hold ~0.5 GB of filters at the published size — False trades speed for memory).
+        winograd: float32 on the CPU: Winograd convolutions (None: the default, on there
+            unless ``compile``; False: oneDNN's direct convolutions, slower).
+        compile: ``torch.compile`` the network's sub-networks (GPU; see :class:`Propagator`).
         num_key_candidates: offline mode: frames considered for the key frame.
         panoptic: the detections are panoptic (VIPSeg-style): things, stuff and unknown
             ``isthing`` are matched separately, in consensus and merging. False (generic,
@@ -136,6 +137,7 @@ class TrackerConfig:
     chunk_size: int = -1
     autocast_dtype: torch.dtype | None = None
     winograd: bool | None = None
+    compile: bool = False
     num_key_candidates: int = 10
     panoptic: bool = False
     incremental: bool = False
@@ -259,6 +261,7 @@ class DecoupledTracker:
             chunk_size=c.chunk_size,
             autocast_dtype=c.autocast_dtype,
             winograd=c.winograd,
+            compile=c.compile,
         )
 
     @property
@@ -380,6 +383,7 @@ class DecoupledTracker:
                 autocast_dtype=self.config.autocast_dtype,
                 channels_last=self._propagator.channels_last,
                 winograd=self._propagator.winograd,
+                compile=self._propagator.compile,
             )
             # The network also predicts in the frame's padding; the vote (and the memory the
             # consensus is written to) sees the image only, as detections are padded with

@@ -82,18 +82,22 @@ def inference_options(
     *,
     channels_last: bool | None = None,
     winograd: bool | None = None,
+    compile: bool = False,
 ) -> tuple[bool, bool]:
     """The layout options of an inference copy, defaults filled in: channels-last on the
     CPU (oneDNN's fastest layout there, and the one Winograd convolutions produce); Winograd
-    convolutions in float32 on the CPU. Raises ``ValueError`` when Winograd is asked for
-    elsewhere."""
+    convolutions in float32 on the CPU unless the copy is compiled (``torch.compile`` makes
+    its own convolution choices). Raises ``ValueError`` when Winograd is asked for elsewhere
+    or together with ``compile``."""
     on_cpu = torch.device(device).type == "cpu"
     if channels_last is None:
         channels_last = on_cpu
     if winograd is None:
-        winograd = dtype is None and on_cpu
+        winograd = dtype is None and on_cpu and not compile
     elif winograd and (dtype is not None or not on_cpu):
         raise ValueError("winograd=True is for float32 inference on the CPU only")
+    elif winograd and compile:
+        raise ValueError("winograd=True and compile=True exclude each other")
     return channels_last, winograd
 
 
@@ -157,8 +161,13 @@ def build_inference_model(
     dtype: torch.dtype | None = None,
     channels_last: bool = False,
     winograd: bool = False,
+    compile: bool = False,
 ) -> PropagationModel:
     """A frozen copy of ``model`` for inference (see the module docstring).
+
+    ``compile`` wraps the copy's four sub-networks (pixel encoder, key projection, mask
+    encoder, decoder) in ``torch.compile``; each compiles on its first call and again when
+    its input shapes change (e.g. the number of objects). The memory read stays eager.
 
     ``winograd`` replaces the wide 3×3 convolutions by
     :class:`~deva.modeling.winograd.WinogradConv2d` (float32 on the CPU). The two trunks (the
@@ -169,7 +178,8 @@ def build_inference_model(
     read the shared weights), which keeps the copy small.
     """
     if winograd:
-        inference_options(model.device, dtype, winograd=True)  # raises where it does not apply
+        # raises where it does not apply
+        inference_options(model.device, dtype, winograd=True, compile=compile)
     share = dtype is None and (winograd or not channels_last)
     shared: dict[int, object] = {}
     if share:
@@ -196,6 +206,9 @@ def build_inference_model(
         # weights (~0.9 GB at the published size) for a few percent of speed.
         replaced = use_winograd(fast, max_stored=0)
         log.debug("%d convolutions use Winograd F(4x4, 3x3)", replaced)
+    if compile:
+        for module in (fast.pixel_encoder, fast.key_proj, fast.mask_encoder, fast.mask_decoder):
+            module.compile()
     return fast
 
 
@@ -205,6 +218,7 @@ def inference_model(
     dtype: torch.dtype | None = None,
     channels_last: bool = False,
     winograd: bool = False,
+    compile: bool = False,
 ) -> PropagationModel:
     """The cached :func:`build_inference_model` copy of ``model`` (rebuilt when it changes);
     ``model`` itself inside :func:`reference_mode`."""
@@ -216,17 +230,18 @@ def inference_model(
         # whose parameters are later *replaced* by new objects is not tracked.
         entry = _CACHE[model] = {"tensors": [*model.parameters(), *model.buffers()]}
     signature = _signature(entry["tensors"])
-    key = (dtype, channels_last, winograd)
+    key = (dtype, channels_last, winograd, compile)
     cached = entry.get(key)
     if cached is None or cached[0] != signature:
         log.debug(
-            "building an inference copy (dtype %s, channels-last %s, Winograd %s)",
+            "building an inference copy (dtype %s, channels-last %s, Winograd %s, compiled %s)",
             dtype,
             channels_last,
             winograd,
+            compile,
         )
         fast = build_inference_model(
-            model, dtype=dtype, channels_last=channels_last, winograd=winograd
+            model, dtype=dtype, channels_last=channels_last, winograd=winograd, compile=compile
         )
         entry[key] = (signature, fast)
     return entry[key][1]
