@@ -11,6 +11,7 @@ from PIL import Image
 
 from deva.io.frames import (
     FrameReader,
+    image_to_tensor,
     iter_frames,
     list_frame_files,
     natural_sorted,
@@ -290,3 +291,18 @@ def test_argmax_channels_equals_torch_argmax_with_ties_and_nan() -> None:
     assert torch.equal(argmax_channels(plane), torch.zeros(5, 6, dtype=torch.int64))
     with pytest.raises(ValueError, match="zero channels"):
         argmax_channels(torch.zeros(0, 2, 2))
+
+
+def test_image_to_tensor_converts_on_the_device() -> None:
+    """The uint8 frame moves first and is converted where it lands (a quarter of the bytes to
+    copy to a GPU); on the CPU the result is unchanged."""
+    frame = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    want = torch.from_numpy(frame).permute(2, 0, 1).double() / 255
+    got = image_to_tensor(frame, "cpu")
+    assert got.dtype == torch.float32 and got.shape == (3, 5, 7)
+    torch.testing.assert_close(got.double(), want, atol=1e-7, rtol=0)
+    assert torch.equal(got, image_to_tensor(frame))
+    on_meta = image_to_tensor(frame, "meta")  # no data, but shows where the work happens
+    assert on_meta.device.type == "meta" and on_meta.dtype == torch.float32
+    with pytest.raises(ValueError, match="RGB frame"):
+        image_to_tensor(frame[..., :2], "cpu")

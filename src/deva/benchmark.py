@@ -639,7 +639,10 @@ def bench_tracker(
         )
         if name == "fp32-reference":
             continue
-        kind = "identical" if name == "fp32-reference-batched" else _kind(dtype)
+        # Bit-identical on the CPU; cuDNN may pick other algorithms for the batched decoder's
+        # larger batch, so on a GPU the batched alignment is an fp32 variant like the others.
+        identical = name == "fp32-reference-batched" and device.type == "cpu"
+        kind = "identical" if identical else _kind(dtype)
         comparison = MaskComparison(name, "fp32-reference", kind)
         for index, mask in outputs["fp32-reference"].items():
             comparison.add(outputs[name][index], mask, None)
