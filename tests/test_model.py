@@ -114,6 +114,25 @@ def test_similarity_matches_direct_definition() -> None:
     torch.testing.assert_close(sim[0], direct, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_query_chunked_top_k_is_bit_identical(chunk: int, weighted: bool) -> None:
+    """The chunked read gives exactly the two-step (whole logits) affinity: same weights and
+    same indices, for partial last chunks, batches, no selection / shrinkage and k > M."""
+    g = torch.Generator().manual_seed(chunk)
+    mk, ms = torch.randn(2, 16, 300, generator=g), torch.rand(2, 1, 300, generator=g) + 1
+    qk, qe = torch.randn(2, 16, 150, generator=g), torch.rand(2, 16, 150, generator=g)
+    if not weighted:
+        ms = qe = None
+    for k in (30, 400):
+        want = memory_ops.top_k_affinity(memory_ops.query_similarity(mk, ms, qk, qe), k)
+        got = memory_ops.top_k_query_affinity(mk, ms, qk, qe, k, query_chunk=chunk)
+        assert torch.equal(got.weights, want.weights) and torch.equal(got.indices, want.indices)
+        assert got.memory_size == 300 and got.weights.shape == (2, 150, min(k, 300))
+    with pytest.raises(ValueError, match="query_chunk"):
+        memory_ops.top_k_query_affinity(mk, ms, qk, qe, 30, query_chunk=0)
+
+
 def test_chunked_objects_equal_all_together(tiny: PropagationModel) -> None:
     image = _frame(48, 64)
     masks = torch.rand(1, 5, 48, 64)

@@ -355,5 +355,5 @@ def _affinity(
     )
     with torch.autocast(memory_key.device.type, enabled=False):
         if top_k is not None and top_k < memory_key.shape[-1]:
-            return memory_ops.top_k_affinity(memory_ops.query_similarity(*args), top_k)
+            return memory_ops.top_k_query_affinity(*args, top_k)
         return memory_ops.softmax_affinity(memory_ops.similarity(*args), None)

@@ -161,6 +161,60 @@ def top_k_affinity(sim: torch.Tensor, top_k: int) -> TopKAffinity:
     return TopKAffinity(torch.softmax(values, dim=2), indices, sim.shape[2])
 
 
+QUERY_CHUNK = 64
+
+
+def top_k_query_affinity(
+    memory_key: torch.Tensor,
+    memory_shrinkage: torch.Tensor | None,
+    query_key: torch.Tensor,
+    query_selection: torch.Tensor | None,
+    top_k: int,
+    *,
+    query_chunk: int = QUERY_CHUNK,
+) -> TopKAffinity:
+    """:func:`top_k_affinity` of :func:`query_similarity`, ``query_chunk`` query pixels at a
+    time, with the same arithmetic (bit-identical).
+
+    The whole (B, Q, M) logits would be 50–100+ MB at 480p once the memory holds a few frames,
+    several fresh copies of them per read (each page-faulted, as large blocks are mapped
+    anew), and would leave the cache between steps. Per chunk they are computed in two
+    buffers reused by every chunk, reduced to the top k at once, and never held whole.
+    """
+    if query_chunk < 1:
+        raise ValueError(f"query_chunk must be >= 1, got {query_chunk}")
+    dim = memory_key.shape[1]
+    b, _, q = query_key.shape
+    m = memory_key.shape[2]
+    k = min(top_k, m)
+    if query_selection is None:
+        query_selection = torch.ones_like(query_key)
+    sel_t = query_selection.transpose(1, 2)  # (B, Q, C)
+    weighted_t = (query_key * query_selection).transpose(1, 2)
+    key_sq = memory_key.pow(2)
+    b_sq = (query_selection * query_key.pow(2)).sum(dim=1).unsqueeze(2)  # (B, Q, 1)
+    rows = min(query_chunk, q)
+    a_buffer = memory_key.new_empty(b * rows * m)
+    sim_buffer = memory_key.new_empty(b * rows * m)
+    weights = memory_key.new_empty(b, q, k)
+    indices = torch.empty(b, q, k, dtype=torch.long, device=memory_key.device)
+    for start in range(0, q, rows):
+        stop = min(q, start + rows)
+        shape = (b, stop - start, m)
+        a_sq = torch.bmm(sel_t[:, start:stop], key_sq, out=a_buffer[: math.prod(shape)].view(shape))
+        sim = torch.bmm(
+            weighted_t[:, start:stop], memory_key, out=sim_buffer[: a_sq.numel()].view(shape)
+        )
+        sim.mul_(2).sub_(a_sq).sub_(b_sq[:, start:stop])
+        if memory_shrinkage is not None:
+            sim.mul_(memory_shrinkage)
+        sim.div_(math.sqrt(dim))
+        values, chosen = sim.topk(k, dim=2)
+        weights[:, start:stop] = torch.softmax(values, dim=2)
+        indices[:, start:stop] = chosen
+    return TopKAffinity(weights, indices, m)
+
+
 def read_values(affinity: torch.Tensor | TopKAffinity, memory_value: torch.Tensor) -> torch.Tensor:
     """:func:`readout` for a dense (B, M, Q) or a sparse top-k affinity: (B, N, C_v, Q)."""
     if not isinstance(affinity, TopKAffinity):
