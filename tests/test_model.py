@@ -129,6 +129,11 @@ def test_query_chunked_top_k_is_bit_identical(chunk: int, weighted: bool) -> Non
         got = memory_ops.top_k_query_affinity(mk, ms, qk, qe, k, query_chunk=chunk)
         assert torch.equal(got.weights, want.weights) and torch.equal(got.indices, want.indices)
         assert got.memory_size == 300 and got.weights.shape == (2, 150, min(k, 300))
+    default = memory_ops.top_k_query_affinity(mk, ms, qk, qe, 30)  # CPU: QUERY_CHUNK rows
+    assert torch.equal(
+        default.indices,
+        memory_ops.top_k_affinity(memory_ops.query_similarity(mk, ms, qk, qe), 30).indices,
+    )
     with pytest.raises(ValueError, match="query_chunk"):
         memory_ops.top_k_query_affinity(mk, ms, qk, qe, 30, query_chunk=0)
 

@@ -171,20 +171,24 @@ def top_k_query_affinity(
     query_selection: torch.Tensor | None,
     top_k: int,
     *,
-    query_chunk: int = QUERY_CHUNK,
+    query_chunk: int | None = None,
 ) -> TopKAffinity:
     """:func:`top_k_affinity` of :func:`query_similarity`, ``query_chunk`` query pixels at a
-    time, with the same arithmetic (bit-identical).
+    time, with the same arithmetic (bit-identical). ``None``: :data:`QUERY_CHUNK` on the CPU,
+    all at once elsewhere (a GPU's caching allocator has no page faults to avoid, and every
+    chunk costs kernel launches, which bound the GPU path).
 
     The whole (B, Q, M) logits would be 50–100+ MB at 480p once the memory holds a few frames,
     several fresh copies of them per read (each page-faulted, as large blocks are mapped
     anew), and would leave the cache between steps. Per chunk they are computed in two
     buffers reused by every chunk, reduced to the top k at once, and never held whole.
     """
+    b, _, q = query_key.shape
+    if query_chunk is None:
+        query_chunk = QUERY_CHUNK if memory_key.device.type == "cpu" else q
     if query_chunk < 1:
         raise ValueError(f"query_chunk must be >= 1, got {query_chunk}")
     dim = memory_key.shape[1]
-    b, _, q = query_key.shape
     m = memory_key.shape[2]
     k = min(top_k, m)
     if query_selection is None:
