@@ -216,7 +216,9 @@ def test_track_through_gradio_client(served: str, clip: Path, tmp_path: Path, ba
     seen = [u.desc for u in progress if u.desc in stages]
     assert seen == sorted(seen, key=stages.index) and "tracking" in seen
     frames = [u.index for u in progress if u.unit == "frame" and u.length == T]
-    assert frames and frames == sorted(set(frames)) and set(frames) <= set(range(T))
+    # tqdm counts frames done, 0..T; the last state (T) arrives only when no later update
+    # replaces it within gradio's 10 ms, so it may or may not be seen.
+    assert frames and frames == sorted(set(frames)) and set(frames) <= set(range(T + 1))
     overlay_path = Path(overlay["video"] if isinstance(overlay, dict) else overlay)
     count, rate, size = mp4_info(overlay_path)
     assert (count, size) == (T, (H, W))
