@@ -284,10 +284,10 @@ def preprocess_frame(
         image = frame.float()
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(image.shape)}")
+        if device is not None:
+            image = image.to(device)
     else:
         image = image_to_tensor(frame, device)
-    if device is not None:
-        image = image.to(device)
     original = (int(image.shape[-2]), int(image.shape[-1]))
     size = resized_size(*original, shorter_side)
     image = normalize_image(resize_image(image, size))

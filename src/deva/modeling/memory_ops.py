@@ -85,17 +85,59 @@ def query_similarity(
 ) -> torch.Tensor:
     """:func:`similarity` laid out query-major, (B, Q, M): the top-k then runs along the
     contiguous memory axis (several times faster than along dim 1 of (B, M, Q))."""
-    dim = memory_key.shape[1]
-    if query_selection is None:
-        query_selection = torch.ones_like(query_key)
-    sel_t = query_selection.transpose(1, 2)  # (B, Q, C)
-    a_sq = sel_t @ memory_key.pow(2)
-    two_ab = 2 * ((query_key * query_selection).transpose(1, 2) @ memory_key)
-    b_sq = (query_selection * query_key.pow(2)).sum(dim=1).unsqueeze(2)
-    sim = two_ab - a_sq - b_sq
-    if memory_shrinkage is not None:
-        sim = sim * memory_shrinkage
-    return sim / math.sqrt(dim)
+    terms = _QueryTerms.of(memory_key, memory_shrinkage, query_key, query_selection)
+    return terms.logits(0, query_key.shape[2])
+
+
+@dataclass(frozen=True)
+class _QueryTerms:
+    """What the query-major logits of any block of query pixels are computed from:
+    ``(2·(k_q·e)ᵀk_m − eᵀk_m² − Σ e·k_q²) · s / √C_k``, in this order of operations."""
+
+    memory_key: torch.Tensor  # (B, C, M)
+    key_sq: torch.Tensor  # (B, C, M)
+    shrinkage: torch.Tensor | None  # (B, 1, M)
+    selection_t: torch.Tensor  # (B, Q, C)
+    weighted_t: torch.Tensor  # (B, Q, C) key · selection
+    query_sq: torch.Tensor  # (B, Q, 1)
+
+    @staticmethod
+    def of(
+        memory_key: torch.Tensor,
+        memory_shrinkage: torch.Tensor | None,
+        query_key: torch.Tensor,
+        query_selection: torch.Tensor | None,
+    ) -> _QueryTerms:
+        if query_selection is None:
+            query_selection = torch.ones_like(query_key)
+        return _QueryTerms(
+            memory_key,
+            memory_key.pow(2),
+            memory_shrinkage,
+            query_selection.transpose(1, 2),
+            (query_key * query_selection).transpose(1, 2),
+            (query_selection * query_key.pow(2)).sum(dim=1).unsqueeze(2),
+        )
+
+    def logits(
+        self,
+        start: int,
+        stop: int,
+        a_buffer: torch.Tensor | None = None,
+        sim_buffer: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, stop − start, M) logits of query pixels ``start:stop``, written into the flat
+        buffers when given (each of at least B·(stop − start)·M elements)."""
+        shape = (self.memory_key.shape[0], stop - start, self.memory_key.shape[2])
+        size = math.prod(shape)
+        a_out = None if a_buffer is None else a_buffer[:size].view(shape)
+        sim_out = None if sim_buffer is None else sim_buffer[:size].view(shape)
+        a_sq = torch.bmm(self.selection_t[:, start:stop], self.key_sq, out=a_out)
+        sim = torch.bmm(self.weighted_t[:, start:stop], self.memory_key, out=sim_out)
+        sim.mul_(2).sub_(a_sq).sub_(self.query_sq[:, start:stop])
+        if self.shrinkage is not None:
+            sim.mul_(self.shrinkage)
+        return sim.div_(math.sqrt(self.memory_key.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -188,15 +230,9 @@ def top_k_query_affinity(
         query_chunk = QUERY_CHUNK if memory_key.device.type == "cpu" else q
     if query_chunk < 1:
         raise ValueError(f"query_chunk must be >= 1, got {query_chunk}")
-    dim = memory_key.shape[1]
     m = memory_key.shape[2]
     k = min(top_k, m)
-    if query_selection is None:
-        query_selection = torch.ones_like(query_key)
-    sel_t = query_selection.transpose(1, 2)  # (B, Q, C)
-    weighted_t = (query_key * query_selection).transpose(1, 2)
-    key_sq = memory_key.pow(2)
-    b_sq = (query_selection * query_key.pow(2)).sum(dim=1).unsqueeze(2)  # (B, Q, 1)
+    terms = _QueryTerms.of(memory_key, memory_shrinkage, query_key, query_selection)
     rows = min(query_chunk, q)
     a_buffer = memory_key.new_empty(b * rows * m)
     sim_buffer = memory_key.new_empty(b * rows * m)
@@ -204,15 +240,7 @@ def top_k_query_affinity(
     indices = torch.empty(b, q, k, dtype=torch.long, device=memory_key.device)
     for start in range(0, q, rows):
         stop = min(q, start + rows)
-        shape = (b, stop - start, m)
-        a_sq = torch.bmm(sel_t[:, start:stop], key_sq, out=a_buffer[: math.prod(shape)].view(shape))
-        sim = torch.bmm(
-            weighted_t[:, start:stop], memory_key, out=sim_buffer[: a_sq.numel()].view(shape)
-        )
-        sim.mul_(2).sub_(a_sq).sub_(b_sq[:, start:stop])
-        if memory_shrinkage is not None:
-            sim.mul_(memory_shrinkage)
-        sim.div_(math.sqrt(dim))
+        sim = terms.logits(start, stop, a_buffer, sim_buffer)
         values, chosen = sim.topk(k, dim=2)
         weights[:, start:stop] = torch.softmax(values, dim=2)
         indices[:, start:stop] = chosen
