@@ -116,9 +116,11 @@ def test_similarity_matches_direct_definition() -> None:
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
 @pytest.mark.parametrize("weighted", [True, False])
-def test_query_chunked_top_k_is_bit_identical(chunk: int, weighted: bool) -> None:
-    """The chunked read gives exactly the two-step (whole logits) affinity: same weights and
-    same indices, for partial last chunks, batches, no selection / shrinkage and k > M."""
+def test_query_chunked_top_k_equals_the_whole_read(chunk: int, weighted: bool) -> None:
+    """The chunked read gives the two-step (whole logits) affinity: the same indices and the
+    same weights to float rounding, for partial last chunks, batches, no selection /
+    shrinkage and k > M. (Not bitwise everywhere: MKL picks other kernels, with another
+    summation order, for other row counts and thread splits, e.g. on AMD EPYC.)"""
     g = torch.Generator().manual_seed(chunk)
     mk, ms = torch.randn(2, 16, 300, generator=g), torch.rand(2, 1, 300, generator=g) + 1
     qk, qe = torch.randn(2, 16, 150, generator=g), torch.rand(2, 16, 150, generator=g)
@@ -127,7 +129,8 @@ def test_query_chunked_top_k_is_bit_identical(chunk: int, weighted: bool) -> Non
     for k in (30, 400):
         want = memory_ops.top_k_affinity(memory_ops.query_similarity(mk, ms, qk, qe), k)
         got = memory_ops.top_k_query_affinity(mk, ms, qk, qe, k, query_chunk=chunk)
-        assert torch.equal(got.weights, want.weights) and torch.equal(got.indices, want.indices)
+        torch.testing.assert_close(got.weights, want.weights, rtol=1e-5, atol=1e-7)
+        assert torch.equal(got.indices, want.indices)
         assert got.memory_size == 300 and got.weights.shape == (2, 150, min(k, 300))
     default = memory_ops.top_k_query_affinity(mk, ms, qk, qe, 30)  # CPU: QUERY_CHUNK rows
     assert torch.equal(

@@ -216,7 +216,8 @@ def top_k_query_affinity(
     query_chunk: int | None = None,
 ) -> TopKAffinity:
     """:func:`top_k_affinity` of :func:`query_similarity`, ``query_chunk`` query pixels at a
-    time, with the same arithmetic (bit-identical). ``None``: :data:`QUERY_CHUNK` on the CPU,
+    time, with the same arithmetic (equal to float rounding: BLAS may sum in another order
+    for other row counts). ``None``: :data:`QUERY_CHUNK` on the CPU,
     all at once elsewhere (a GPU's caching allocator has no page faults to avoid, and every
     chunk costs kernel launches, which bound the GPU path).
 
