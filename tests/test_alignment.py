@@ -12,9 +12,9 @@ from deva.inference.alignment import (
 )
 from deva.inference.memory import MemoryConfig
 from deva.inference.propagator import Propagator
-from deva.inference.segmentation import Segment, Segmentation
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
+from deva.types import Segment, Segmentation
 
 H, W = 40, 56
 

@@ -167,7 +167,7 @@ def check_zip(archive: Path, folder: Path) -> dict:
 
 def test_import_deva_does_not_load_gradio() -> None:
     code = (
-        "import sys, deva, deva.app, deva.segmenters, deva.inference.video_tracking; "
+        "import sys, deva, deva.app, deva.segmenters, deva.pipelines.video_tracking; "
         "assert 'gradio' not in sys.modules, 'gradio imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=os.environ.copy())

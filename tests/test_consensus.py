@@ -15,7 +15,7 @@ from deva.inference.consensus import (
     max_weight_independent_set,
     support_matrix,
 )
-from deva.inference.segmentation import Segment, Segmentation
+from deva.types import Segment, Segmentation
 
 H, W = 40, 40
 

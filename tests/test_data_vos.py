@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from deva.data.sample import IMAGENET_MEAN, IMAGENET_STD, denormalise_frames
-from deva.data.vos import (
+from deva.data.video import (
     ClipSampler,
     VOSVideoDataset,
     build_video_mix,
@@ -203,7 +203,7 @@ def test_small_objects_are_never_selected(tmp_path: Path) -> None:
 
 
 def youtube_records_from(root: Path):
-    from deva.data.vos import scan_vos_folder
+    from deva.data.video import scan_vos_folder
 
     return scan_vos_folder(root / "img", root / "ann", dataset="test")
 
@@ -219,7 +219,7 @@ def test_videos_without_usable_objects_fall_back_to_others(tmp_path: Path) -> No
 
 def test_short_videos_are_sampled_with_repetition(tmp_path: Path, caplog) -> None:
     write_video(tmp_path / "img" / "v", tmp_path / "ann" / "v", video_masks(2, 40, 40, 1))
-    with caplog.at_level(logging.WARNING, logger="deva.data.vos"):
+    with caplog.at_level(logging.WARNING, logger="deva.data.video"):
         dataset = VOSVideoDataset(youtube_records_from(tmp_path), sampler(num_frames=8))
     assert "fewer than 8" in caplog.text
     sample = dataset[0]

@@ -142,11 +142,11 @@ def test_youtube_vos_objects_enter_late_and_only_listed_frames(tmp_path: Path) -
 def test_first_frame_mask_is_resized_with_pixel_centre_nearest() -> None:
     import torch
 
+    from deva.inference.preprocess import preprocess_frame, restore_probabilities
     from deva.inference.propagator import Propagator
-    from deva.inference.vos import segment_frames
-    from deva.io.frames import preprocess_frame, restore_probabilities
     from deva.modeling.config import PropagationConfig
     from deva.modeling.propagation import PropagationModel, aggregate_probabilities
+    from deva.pipelines.vos import segment_frames
 
     torch.manual_seed(0)
     model = PropagationModel(PropagationConfig.preset("tiny")).eval()

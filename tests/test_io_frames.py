@@ -9,23 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
-from deva.io.frames import (
-    FrameReader,
+from deva.inference.preprocess import (
+    Padding,
     image_to_tensor,
-    iter_frames,
-    list_frame_files,
-    natural_sorted,
     normalize_image,
     preprocess_frame,
     preprocess_mask,
     probabilities_to_mask,
-    read_frame,
     resize_image,
     resized_size,
     restore_probabilities,
 )
+from deva.io.frames import FrameReader, iter_frames, list_frame_files, natural_sorted, read_frame
 from deva.io.masks import id_colours, read_mask_png, write_mask_png
-from deva.io.padding import Padding
 from deva.io.video import Mp4Writer, mask_boundaries, overlay_mask, write_mp4
 
 
@@ -279,7 +275,7 @@ def test_mask_png_auto_format(tmp_path: Path) -> None:
 
 
 def test_argmax_channels_equals_torch_argmax_with_ties_and_nan() -> None:
-    from deva.io.frames import argmax_channels
+    from deva.inference.preprocess import argmax_channels
 
     torch.manual_seed(0)
     prob = torch.rand(2, 4, 7, 9).round(decimals=1)  # many exact ties: the first channel wins

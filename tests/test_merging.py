@@ -10,7 +10,7 @@ import torch
 
 from deva.inference.merging import associate, merge_with_consensus
 from deva.inference.objects import ObjectRegistry
-from deva.inference.segmentation import Segment, Segmentation
+from deva.types import Segment, Segmentation
 
 H, W = 40, 40
 

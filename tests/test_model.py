@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deva.io.padding import pad_to_multiple, unpad
+from deva.inference.preprocess import pad_to_multiple, unpad
 from deva.modeling import memory_ops
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel, aggregate_probabilities

@@ -7,8 +7,8 @@ import torch
 
 from deva.data.synthetic import SyntheticVideoConfig, generate_video
 from deva.inference.memory import InferenceMemory, MemoryConfig
+from deva.inference.preprocess import image_to_tensor, normalize_image
 from deva.inference.propagator import Propagator
-from deva.io.frames import image_to_tensor, normalize_image
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 

@@ -10,15 +10,10 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from deva.inference.segmentation import Segment, Segmentation
 from deva.io.detections import write_frame_segmentation
 from deva.io.masks import write_id_png
-from deva.segmenters import (
-    BurstSegmenter,
-    ImageSegmenter,
-    PrecomputedSegmenter,
-    VipsegSegmenter,
-)
+from deva.segmenters import BurstSegmenter, PrecomputedSegmenter, VipsegSegmenter
+from deva.types import ImageSegmenter, Segment, Segmentation
 
 H, W = 12, 16
 

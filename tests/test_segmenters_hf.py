@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from deva.inference.segmentation import Segment
-from deva.segmenters import ImageSegmenter, ModelNotAvailableError, parse_prompt
+from deva.segmenters import ModelNotAvailableError, parse_prompt
 from deva.segmenters.hf import (
     ImageTransform,
     box_nms,
@@ -20,6 +19,7 @@ from deva.segmenters.hf import (
     pick_dtype,
     stability_scores,
 )
+from deva.types import ImageSegmenter, Segment
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ from deva.data.shards import (
     write_shards,
 )
 from deva.data.static import PseudoVideoSampler, StaticPseudoVideoDataset, scan_image_pairs
-from deva.data.vos import ClipSampler, VOSVideoDataset, davis_records
+from deva.data.video import ClipSampler, VOSVideoDataset, davis_records
 from deva.io.masks import write_index_png
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from deva.data.synthetic import SyntheticVideoConfig, frame_name, generate_video
-from deva.inference.segmentation import Segment, Segmentation
 from deva.inference.tracker import (
     DecoupledTracker,
     TrackedFrame,
@@ -19,6 +18,7 @@ from deva.inference.tracker import (
 )
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
+from deva.types import Segment, Segmentation
 
 H, W, T = 96, 128, 12
 

@@ -18,18 +18,23 @@ from deva.config import compose
 from deva.config.options import tracker_config
 from deva.data.synthetic import SyntheticVideoConfig, frame_name, generate_video
 from deva.inference import tracker as tracker_module
+from deva.inference.preprocess import (
+    preprocess_frame,
+    preprocess_mask,
+    resize_mask,
+    resize_segmentation,
+    restore_probabilities,
+)
 from deva.inference.propagator import Propagator
-from deva.inference.segmentation import Segment, Segmentation
 from deva.inference.tracker import (
     DecoupledTracker,
     TrackedFrame,
     TrackerConfig,
     TrackingMode,
 )
-from deva.io.frames import preprocess_frame, preprocess_mask, resize_mask, restore_probabilities
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel, aggregate_probabilities
-from deva.segmenters.base import resize_segmentation
+from deva.types import Segment, Segmentation
 
 H, W, T = 96, 128, 12
 

@@ -12,12 +12,14 @@ from lightning.pytorch import Callback
 from torch.utils.data import default_collate
 
 from deva.config import compose
+from deva.data.synthetic_clips import SyntheticClipDataset
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 from deva.training.callbacks import MaxSkipCurriculum
-from deva.training.data import SyntheticClipDataset
 from deva.training.module import LRSchedule, PropagationTrainingModule, clip_grid
-from deva.training.predictor import SyntheticVideos, VOSTask, build_tasks, rank_indices
+from deva.training.tasks.base import rank_indices
+from deva.training.tasks.build import build_tasks
+from deva.training.tasks.vos import SyntheticVideos, VOSTask
 from deva.training.train import per_device_batch_size, train
 
 TINY = PropagationConfig.preset("tiny").to_dict()

@@ -25,9 +25,11 @@ from deva.io.masks import read_id_png
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 from deva.modeling.weights import build_model, save_weights
-from deva.segmenters.base import empty_segmentation
-from deva.training.predictor import build_tasks, run_tasks
-from deva.training.tracking_tasks import BurstTask, SyntheticPanopticTask, VipsegTask
+from deva.training.tasks.base import run_tasks
+from deva.training.tasks.build import build_tasks
+from deva.training.tasks.burst import BurstTask
+from deva.training.tasks.panoptic import SyntheticPanopticTask, VipsegTask
+from deva.types import empty_segmentation
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO = SyntheticVideoConfig(num_frames=8, height=64, width=96, num_objects=3)

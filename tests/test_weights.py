@@ -12,17 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from deva.modeling.checkpoint import WeightsMismatchError, download, infer_config
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 from deva.modeling.resnet import ResNetTrunk
-from deva.modeling.weights import (
-    WeightsMismatchError,
-    download,
-    infer_config,
-    init_from_imagenet,
-    load_pretrained,
-    save_weights,
-)
+from deva.modeling.weights import init_from_imagenet, save_weights
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "formats" / "reference_check"
@@ -72,7 +66,7 @@ def test_mismatch_names_first_offending_keys(tmp_path: Path, published_shapes) -
     torch.save(state, path)
     model = PropagationModel()
     with pytest.raises(WeightsMismatchError) as info:
-        load_pretrained(model, path)
+        model.load_weights(path)
     message = str(info.value)
     assert "\n" not in message
     assert "key_proj.d_proj.bias" in message
@@ -247,7 +241,7 @@ def test_fast_cpu_path_matches_published_masks(
     """The fp32 CPU inference copy (folded batch norms, channels-last, Winograd) with the
     sparse query-major top-k read: outputs within 1e-4 of the published implementation's and
     the same arg-max masks wherever the published probabilities are not an exact tie."""
-    from deva.io.frames import argmax_channels
+    from deva.inference.preprocess import argmax_channels
     from deva.modeling import memory_ops
     from deva.modeling.inference_model import build_inference_model
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from deva.data.synthetic import SyntheticVideoConfig, generate_video
+from deva.inference.preprocess import preprocess_frame, preprocess_mask
 from deva.inference.propagator import Propagator
-from deva.io.frames import preprocess_frame, preprocess_mask
 from deva.modeling import winograd
 from deva.modeling.config import PropagationConfig
 from deva.modeling.inference_model import build_inference_model, inference_options

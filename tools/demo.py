@@ -24,10 +24,10 @@ from deva.config import ConfigError, compose
 from deva.config.options import autocast_dtype
 from deva.data.synthetic import SyntheticVideoConfig, generate_video
 from deva.inference.propagator import Propagator
-from deva.inference.vos import segment_frames
 from deva.io.video import Mp4Writer, overlay_mask
 from deva.metrics import jf_sequence, jf_summary
 from deva.modeling.weights import build_model, pick_device
+from deva.pipelines.vos import segment_frames
 
 log = logging.getLogger("demo")
 REPO = Path(__file__).resolve().parents[1]

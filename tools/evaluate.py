@@ -25,16 +25,11 @@ from tqdm import tqdm
 
 from deva.config import ConfigError, compose
 from deva.config.options import autocast_dtype, memory_config, output_folder, tracker_config
-from deva.inference.detection_eval import run_benchmark
 from deva.inference.propagator import Propagator
-from deva.inference.vos import (
-    davis_videos,
-    generic_videos,
-    segment_video,
-    youtube_vos_videos,
-)
 from deva.io.masks import write_mask_png
 from deva.modeling.weights import build_model, pick_device
+from deva.pipelines.dataset_tracking import run_benchmark
+from deva.pipelines.vos import davis_videos, generic_videos, segment_video, youtube_vos_videos
 
 log = logging.getLogger("evaluate")
 

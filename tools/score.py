@@ -34,8 +34,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from deva import scoring
 from deva.io import burst, davis, vipseg
+from deva.metrics import scoring
 from deva.metrics._common import nan_to_none
 from deva.metrics.jf import JAndF
 from deva.metrics.owta import OpenWorldTrackingAccuracy, owta_summary

@@ -8,7 +8,7 @@
 Writes ``DIR/masks/<frame>.png`` (palette ids, RGB-encoded beyond 255) + ``<frame>.json``
 (``[{id, label, category_id, score, isthing, area, box}]``), ``DIR/coco_rle.json`` (whole
 video, per object label, score and per-frame COCO RLE), ``DIR/overlay.mp4`` (input frame
-rate) and ``DIR/summary.json``; see ``deva.inference.video_tracking``. Segmenter options are
+rate) and ``DIR/summary.json``; see ``deva.pipelines.video_tracking``. Segmenter options are
 ``segmenter.KEY=VALUE`` (``configs/segmenter/<name>.yaml``). Precomputed detections use the
 generic per-frame format (``deva.io.detections``), named like the frames (video files:
 ``00000``, ``00001``, ...).
@@ -29,8 +29,8 @@ from omegaconf import OmegaConf
 
 from deva.config import ConfigError, compose
 from deva.config.options import output_folder, tracker_config
-from deva.inference.video_tracking import clear_outputs, track_video
 from deva.modeling.weights import build_model, pick_device
+from deva.pipelines.video_tracking import clear_outputs, track_video
 from deva.segmenters import SEGMENTERS, build_segmenter, check_segmenter_name
 from deva.segmenters.registry import PROMPTED
 

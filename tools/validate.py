@@ -53,7 +53,7 @@ def run(cfg) -> int:
     import torch
     from lightning.fabric import Fabric
 
-    from deva.training.predictor import build_tasks
+    from deva.training.tasks.build import build_tasks
     from deva.training.train import validation_autocast
     from deva.training.validate import (
         ResultsFile,

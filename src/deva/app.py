@@ -2,7 +2,7 @@
 
 :class:`TrackingApp` holds the models (loaded on first use, then kept) and runs one request
 with :meth:`TrackingApp.run_tracking`, which calls
-:func:`deva.inference.video_tracking.track_video` (the code behind ``tools/track.py``) and
+:func:`deva.pipelines.video_tracking.track_video` (the code behind ``tools/track.py``) and
 packs ``masks/``, ``coco_rle.json`` and ``summary.json`` into a zip. :func:`build_demo` wraps
 it in a Gradio page and :func:`launch_demo` serves that page; ``tools/app.py`` is the
 command line. Gradio is imported only by these two functions (``pip install 'deva[app]'``),
@@ -34,17 +34,17 @@ from typing import Any
 import torch
 
 from deva.inference.tracker import TrackerConfig, TrackingMode
-from deva.inference.video_tracking import (
+from deva.modeling.propagation import PropagationModel
+from deva.modeling.weights import build_model
+from deva.pipelines.video_tracking import (
     MASKS_DIR,
     OVERLAY_FILE,
     RLE_FILE,
     SUMMARY_FILE,
     track_video,
 )
-from deva.modeling.propagation import PropagationModel
-from deva.modeling.weights import build_model
-from deva.segmenters.base import ImageSegmenter
 from deva.segmenters.registry import PROMPTED, build_segmenter, check_segmenter_name
+from deva.types import ImageSegmenter
 
 logger = logging.getLogger(__name__)
 

@@ -57,14 +57,14 @@ from deva.data.synthetic import SyntheticVideo, SyntheticVideoConfig, generate_v
 from deva.inference.alignment import _align_with_propagator
 from deva.inference.consensus import build_consensus
 from deva.inference.memory import MemoryConfig
+from deva.inference.preprocess import preprocess_frame, preprocess_mask
 from deva.inference.propagator import Propagator
-from deva.inference.segmentation import Segment, Segmentation
 from deva.inference.tracker import DecoupledTracker, TrackerConfig, TrackingMode
-from deva.io.frames import preprocess_frame, preprocess_mask
 from deva.modeling.config import PropagationConfig
 from deva.modeling.inference_model import check_autocast, reference_mode
 from deva.modeling.propagation import PropagationModel
 from deva.modeling.weights import pick_device
+from deva.types import Segment, Segmentation
 
 log = logging.getLogger(__name__)
 

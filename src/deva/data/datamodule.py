@@ -1,10 +1,10 @@
 """Lightning data module for propagation training (static and video stages).
 
-Training data come from folders (:mod:`deva.data.static`, :mod:`deva.data.vos`), from
+Training data come from folders (:mod:`deva.data.static`, :mod:`deva.data.video`), from
 webdataset shards (:mod:`deva.data.shards`), or from any ready-made dataset (e.g. the
 synthetic videos). The curriculum's maximum frame gap reaches the datasets through
 :meth:`VOSDataModule.set_max_skip`; the training code calls it with
-:func:`deva.data.vos.max_skip_at`.
+:func:`deva.data.video.max_skip_at`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from deva.data.shards import ShardClipDataset
 from deva.data.static import PseudoVideoSampler, StaticPseudoVideoDataset
-from deva.data.vos import DEFAULT_SKIP_DIVISORS, ClipSampler, build_video_mix
+from deva.data.video import DEFAULT_SKIP_DIVISORS, ClipSampler, build_video_mix
 
 logger = logging.getLogger(__name__)
 

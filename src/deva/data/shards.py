@@ -8,7 +8,7 @@ un-augmented, with key ``<8-digit index>``:
   (arrays are encoded as JPEG quality 95 / palette PNG).
 
 **Reading.** :class:`ShardClipDataset` streams shards and feeds each video to the same
-sampler the folder datasets use (:class:`deva.data.vos.ClipSampler` or
+sampler the folder datasets use (:class:`deva.data.video.ClipSampler` or
 :class:`deva.data.static.PseudoVideoSampler`), so sampling and augmentation exist once.
 Work is split over ranks × DataLoader workers ("consumers"): by shard when there are at
 least as many shards as consumers, otherwise by sample (each consumer reads every shard and
@@ -34,6 +34,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
+from deva.data import synthetic
 from deva.data.sample import MediaRef, RecordSampler, Sample, VideoRecord, read_bytes, sample_rng
 from deva.io.masks import davis_palette
 
@@ -160,7 +161,7 @@ def records_from_arrays(
     """Records of in-memory videos: ``(frames (T, H, W, 3) uint8, masks (T, H, W) labels)``.
 
     The hook for generated data: the records feed :func:`write_shards` directly, or the
-    folder-free :class:`deva.data.vos.VOSVideoDataset`.
+    folder-free :class:`deva.data.video.VOSVideoDataset`.
     """
     for index, (frames, masks) in enumerate(videos):
         frames = np.asarray(frames)
@@ -188,7 +189,6 @@ def synthetic_records(
     Video ``i`` uses the generator's seed for index ``i``, so the set matches the synthetic
     folder dataset written with the same seed.
     """
-    from deva.data import synthetic
 
     def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i in range(num_videos):

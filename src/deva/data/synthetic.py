@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from scipy.interpolate import PchipInterpolator
 
-from deva.inference.segmentation import Segment, Segmentation
 from deva.io.detections import write_frame_segmentation
 from deva.io.masks import write_index_png
+from deva.types import Segment, Segmentation
 
 logger = logging.getLogger(__name__)
 

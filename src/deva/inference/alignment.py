@@ -24,14 +24,13 @@ import dataclasses
 
 import torch
 
-from deva.inference.memory import _affinity
+from deva.inference.memory import MemoryConfig, _affinity
+from deva.inference.preprocess import argmax_channels, pad_to_multiple, unpad
 from deva.inference.propagator import FrameFeatures, Propagator
-from deva.inference.segmentation import Segmentation
-from deva.io.frames import argmax_channels
-from deva.io.padding import pad_to_multiple, unpad
 from deva.modeling import memory_ops
 from deva.modeling.inference_model import check_autocast, inference_model, inference_options
 from deva.modeling.propagation import PropagationModel, aggregate_probabilities
+from deva.types import Segmentation
 
 DEFAULT_TOP_K = 30
 
@@ -225,7 +224,6 @@ def _align_with_propagator(
     compile: bool = False,
 ) -> torch.Tensor:
     """Reference: the (H, W) id map a throw-away :class:`Propagator` gives (for tests)."""
-    from deva.inference.memory import MemoryConfig
 
     ids, masks = _one_hot(segmentation, source.size)
     temporary = Propagator(

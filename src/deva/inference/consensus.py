@@ -35,7 +35,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from deva.inference.segmentation import Segment, Segmentation
+from deva.types import Segment, Segmentation
 
 logger = logging.getLogger(__name__)
 

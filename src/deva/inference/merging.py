@@ -47,7 +47,7 @@ import torch
 
 from deva.inference.consensus import IOU_THRESHOLD, build_proposals, paint_by_area
 from deva.inference.objects import ObjectRegistry
-from deva.inference.segmentation import Segmentation
+from deva.types import Segmentation
 
 logger = logging.getLogger(__name__)
 

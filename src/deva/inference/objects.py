@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from deva.inference.segmentation import Detection, Segment
+from deva.types import Detection, Segment
 
 
 @dataclass

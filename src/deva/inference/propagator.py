@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from deva.inference.memory import InferenceMemory, MemoryConfig
-from deva.io.frames import argmax_channels
-from deva.io.padding import Padding, pad_to_multiple, unpad
+from deva.inference.preprocess import Padding, argmax_channels, pad_to_multiple, unpad
 from deva.modeling.inference_model import check_autocast, inference_model, inference_options
 from deva.modeling.propagation import (
     KeyProjection,

@@ -60,18 +60,18 @@ from deva.inference.consensus import in_clip_consensus
 from deva.inference.memory import MemoryConfig
 from deva.inference.merging import MAX_MISSED, merge_with_consensus
 from deva.inference.objects import ObjectRegistry
-from deva.inference.propagator import FrameFeatures, PropagationResult, Propagator
-from deva.inference.segmentation import Segment, Segmentation
-from deva.io.frames import (
+from deva.inference.preprocess import (
     FrameGeometry,
     argmax_channels,
+    clear_padding,
     preprocess_frame,
     resize_mask,
+    resize_segmentation,
     restore_probabilities,
 )
-from deva.io.padding import clear_padding
+from deva.inference.propagator import FrameFeatures, PropagationResult, Propagator
 from deva.modeling.propagation import PropagationModel
-from deva.segmenters.base import ImageSegmenter, check_image, resize_segmentation
+from deva.types import ImageSegmenter, Segment, Segmentation, check_image
 
 logger = logging.getLogger(__name__)
 

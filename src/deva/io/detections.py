@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deva.inference.segmentation import Segment, Segmentation
 from deva.io.masks import read_mask_png, write_mask_png
+from deva.types import Segment, Segmentation
 
 
 def segment_boxes(mask: np.ndarray) -> dict[int, tuple[list[int], int]]:

@@ -1,8 +1,9 @@
 """The propagation network, its building blocks and weight loading."""
 
+from deva.modeling.checkpoint import WeightsMismatchError
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import KeyProjection, PixelFeatures, PropagationModel
-from deva.modeling.weights import WeightsMismatchError, load_pretrained, save_weights
+from deva.modeling.weights import save_weights
 
 __all__ = [
     "KeyProjection",
@@ -10,6 +11,5 @@ __all__ = [
     "PropagationConfig",
     "PropagationModel",
     "WeightsMismatchError",
-    "load_pretrained",
     "save_weights",
 ]

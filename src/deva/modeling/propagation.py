@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deva.modeling import memory_ops
+from deva.modeling.checkpoint import check_state_dict, infer_config, read_checkpoint
 from deva.modeling.config import PropagationConfig
 from deva.modeling.modules import (
     FeatureFusion,
@@ -207,7 +208,7 @@ class PropagationModel(nn.Module):
     """The temporal propagation network. Call its named methods; ``forward`` refuses to run.
 
     Inputs are ImageNet-normalised RGB images whose sides are multiples of 16
-    (see :func:`deva.io.padding.pad_to_multiple`).
+    (see :func:`deva.inference.preprocess.pad_to_multiple`).
     """
 
     def __init__(self, config: PropagationConfig | None = None) -> None:
@@ -235,9 +236,23 @@ class PropagationModel(nn.Module):
         """Build a model and load weights strictly: the published DEVA checkpoint, our
         Lightning checkpoints or a plain state dict (local path or URL). The architecture is
         taken from ``config``, else from the checkpoint, else inferred from tensor shapes."""
-        from deva.modeling.weights import build_from_checkpoint
+        state, stored = read_checkpoint(path_or_url, map_location=map_location)
+        model = cls(config or stored or infer_config(state))
+        model.load_state(state)
+        return model
 
-        return build_from_checkpoint(path_or_url, config, map_location=map_location)
+    def load_weights(
+        self, path_or_url: str | Path, *, map_location: str | torch.device = "cpu"
+    ) -> PropagationModel:
+        """Load weights of any supported format into this model, strictly; returns it."""
+        state, _ = read_checkpoint(path_or_url, map_location=map_location)
+        return self.load_state(state)
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> PropagationModel:
+        """Load a network state dict strictly, with one error naming what does not match."""
+        check_state_dict(self, state)
+        self.load_state_dict(state, strict=True)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -267,7 +282,7 @@ class PropagationModel(nn.Module):
         if image.shape[-2] % 16 or image.shape[-1] % 16:
             raise ValueError(
                 f"image size {tuple(image.shape[-2:])} is not a multiple of 16; "
-                "pad it with deva.io.padding.pad_to_multiple"
+                "pad it with deva.inference.preprocess.pad_to_multiple"
             )
         return self.pixel_encoder(image)
 

@@ -5,13 +5,13 @@ Model-backed adapters (SAM, Grounding-DINO + SAM, Mask2Former, OneFormer) need t
 built, so importing this package never loads it nor downloads anything.
 """
 
-from deva.segmenters.base import ImageSegmenter
 from deva.segmenters.grounded_sam import GroundedSamSegmenter, parse_prompt
 from deva.segmenters.hf import ModelNotAvailableError
 from deva.segmenters.panoptic import Mask2FormerSegmenter, OneFormerSegmenter
 from deva.segmenters.precomputed import BurstSegmenter, PrecomputedSegmenter, VipsegSegmenter
 from deva.segmenters.registry import SEGMENTERS, build_segmenter, check_segmenter_name
 from deva.segmenters.sam import SamAutomaticSegmenter, SamPromptDecoder
+from deva.types import ImageSegmenter
 
 __all__ = [
     "SEGMENTERS",

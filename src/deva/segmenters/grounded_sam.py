@@ -19,8 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from deva.inference.segmentation import Segment, Segmentation
-from deva.segmenters.base import check_image, empty_segmentation
 from deva.segmenters.hf import (
     ImageTransform,
     box_nms,
@@ -34,6 +32,7 @@ from deva.segmenters.hf import (
     to_frame_size,
 )
 from deva.segmenters.sam import DEFAULT_SAM, SamPromptDecoder
+from deva.types import Segment, Segmentation, check_image, empty_segmentation
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deva.inference.segmentation import Segment, Segmentation
-from deva.segmenters.base import resize_segmentation
+from deva.inference.preprocess import resize_segmentation
+from deva.types import Segment, Segmentation
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deva.inference.segmentation import Segment, Segmentation
-from deva.segmenters.base import check_image, empty_segmentation
 from deva.segmenters.hf import (
     ImageTransform,
     load_pretrained,
@@ -35,6 +33,7 @@ from deva.segmenters.hf import (
     resolve_device,
     to_frame_size,
 )
+from deva.types import Segment, Segmentation, check_image, empty_segmentation
 
 logger = logging.getLogger(__name__)
 

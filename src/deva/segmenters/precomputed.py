@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from deva.inference.segmentation import Segment, Segmentation
+from deva.inference.preprocess import resize_segmentation
 from deva.io.detections import read_frame_segmentation
 from deva.io.masks import decode_rgb_ids
-from deva.segmenters.base import check_image, empty_segmentation, resize_segmentation
+from deva.types import Segment, Segmentation, check_image, empty_segmentation
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,16 @@ from typing import Any
 
 import torch
 
-from deva.segmenters.base import ImageSegmenter
+from deva.segmenters.grounded_sam import GroundedSamSegmenter
+from deva.segmenters.panoptic import (
+    DEFAULT_MASK2FORMER,
+    DEFAULT_ONEFORMER,
+    Mask2FormerSegmenter,
+    OneFormerSegmenter,
+)
+from deva.segmenters.precomputed import PrecomputedSegmenter
+from deva.segmenters.sam import SamAutomaticSegmenter
+from deva.types import ImageSegmenter
 
 SEGMENTERS = ("sam", "grounded_sam", "mask2former", "oneformer", "precomputed")
 PROMPTED = ("grounded_sam",)
@@ -56,7 +65,6 @@ def build_segmenter(
     loaders: dict[str, Callable[[], ImageSegmenter]] = {}
 
     def sam() -> ImageSegmenter:
-        from deva.segmenters.sam import SamAutomaticSegmenter
 
         return SamAutomaticSegmenter.from_pretrained(
             options.get("model") or "facebook/sam-vit-base",
@@ -67,7 +75,6 @@ def build_segmenter(
         )
 
     def grounded_sam() -> ImageSegmenter:
-        from deva.segmenters.grounded_sam import GroundedSamSegmenter
 
         if not prompt:
             raise ValueError('segmenter=grounded_sam needs a text prompt: prompt="person. dog."')
@@ -82,7 +89,6 @@ def build_segmenter(
         )
 
     def mask2former() -> ImageSegmenter:
-        from deva.segmenters.panoptic import DEFAULT_MASK2FORMER, Mask2FormerSegmenter
 
         return Mask2FormerSegmenter.from_pretrained(
             options.get("model") or DEFAULT_MASK2FORMER,
@@ -93,7 +99,6 @@ def build_segmenter(
         )
 
     def oneformer() -> ImageSegmenter:
-        from deva.segmenters.panoptic import DEFAULT_ONEFORMER, OneFormerSegmenter
 
         return OneFormerSegmenter.from_pretrained(
             options.get("model") or DEFAULT_ONEFORMER,
@@ -104,7 +109,6 @@ def build_segmenter(
         )
 
     def precomputed() -> ImageSegmenter:
-        from deva.segmenters.precomputed import PrecomputedSegmenter
 
         folder = detections or options.get("detections")
         if not folder:

@@ -22,8 +22,6 @@ import cv2
 import numpy as np
 import torch
 
-from deva.inference.segmentation import Segment, Segmentation
-from deva.segmenters.base import check_image, empty_segmentation
 from deva.segmenters.hf import (
     ImageTransform,
     box_nms,
@@ -39,6 +37,7 @@ from deva.segmenters.hf import (
     to_frame_size,
     upsample_logits,
 )
+from deva.types import Segment, Segmentation, check_image, empty_segmentation
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from deva.data.video import max_skip_at
+
 log = logging.getLogger(__name__)
 
 
@@ -17,7 +19,7 @@ class MaxSkipCurriculum(Callback):
     """Sets the data's maximum frame gap from the training progress before every step.
 
     progress = global step / ``total_steps`` (default: the trainer's ``max_steps``); the gap
-    is :func:`deva.data.vos.max_skip_at` (5 → 10 → 15 → 5 at 10 %, 30 %, 80 % by default).
+    is :func:`deva.data.video.max_skip_at` (5 → 10 → 15 → 5 at 10 %, 30 %, 80 % by default).
     The data module (or its dataset) must have ``set_max_skip``; the datasets keep the value
     in shared memory, so running DataLoader workers see it (with prefetching, a few batches
     late). A resumed run gets the gap of its step at once.
@@ -47,7 +49,6 @@ class MaxSkipCurriculum(Callback):
 
     def value_at(self, step: int, total: int) -> int:
         """The maximum gap at ``step`` of ``total`` steps."""
-        from deva.data.vos import max_skip_at
 
         return max_skip_at(step / total, values=self.values, boundaries=self.boundaries)
 

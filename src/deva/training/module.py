@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from deva.data.sample import denormalise_frames
 from deva.io.masks import davis_palette
 from deva.modeling.config import PropagationConfig
 from deva.modeling.losses import (
@@ -432,7 +433,6 @@ def clip_grid(frames: torch.Tensor, masks: torch.Tensor, predicted: torch.Tensor
     Args:
         frames: (T, 3, H, W) normalised; masks: (T, H, W) labels; predicted: (T-1, H, W).
     """
-    from deva.data.sample import denormalise_frames
 
     rgb = denormalise_frames(frames.detach().float().cpu()).clamp(0, 1)
     gt = masks.detach().cpu().long()

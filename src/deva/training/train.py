@@ -33,11 +33,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from deva.config.options import autocast_dtype
 from deva.modeling.config import PropagationConfig
+from deva.modeling.propagation import PropagationModel
+from deva.modeling.weights import init_from_imagenet, save_weights
 from deva.training.callbacks import MaxSkipCurriculum, SaveConfig, StepCheckpoint
 from deva.training.data import build_datamodule
 from deva.training.module import PropagationTrainingModule
-from deva.training.predictor import Predictor, build_tasks
+from deva.training.predictor import Predictor
+from deva.training.tasks.build import build_tasks
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +92,7 @@ def initial_model(cfg: DictConfig) -> tuple[PropagationConfig, dict[str, torch.T
     architecture wins over ``model.preset``) or a random ``model.preset``."""
     weights = cfg.model.get("weights")
     if weights:
-        from deva.modeling.weights import build_from_checkpoint
-
-        model = build_from_checkpoint(weights)
+        model = PropagationModel.from_pretrained(weights)
         if model.config != PropagationConfig.preset(cfg.model.preset):
             log.info("architecture taken from %s (not preset %r)", weights, cfg.model.preset)
         return model.config, model.state_dict()
@@ -129,7 +131,6 @@ def build_module(cfg: DictConfig, model_config: PropagationConfig) -> Propagatio
 def validation_autocast(name: str | None, accelerator: str) -> torch.dtype | None:
     """``validation.autocast`` as a dtype, checked now against the device validation will run
     on (``trainer.accelerator``), so that a bad choice fails before training starts."""
-    from deva.config.options import autocast_dtype
 
     gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     return autocast_dtype(name, torch.device("cuda" if gpu else "cpu"))
@@ -249,8 +250,6 @@ def train(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, A
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     weights = None
     if trainer.is_global_zero and not trainer.fast_dev_run and cfg.get("export", {}).get("weights"):
-        from deva.modeling.weights import save_weights
-
         weights = str(
             save_weights(module.model, output_dir / "model.pth", half=bool(cfg.export.half))
         )
@@ -283,8 +282,6 @@ def _imagenet_init(cfg: DictConfig, module: PropagationTrainingModule) -> None:
     init = cfg.get("init") or {}
     pixel, mask = init.get("pixel_trunk"), init.get("mask_trunk")
     if pixel or mask:
-        from deva.modeling.weights import init_from_imagenet
-
         init_from_imagenet(module.model, pixel, mask)
         log.info("trunks initialised from ImageNet weights: %s, %s", pixel, mask)
 

@@ -22,6 +22,9 @@ from typing import Any
 
 import torch
 
+from deva.modeling.propagation import PropagationModel
+from deva.training.tasks.base import run_tasks
+
 log = logging.getLogger(__name__)
 
 RESULTS_JSON = "validation.json"
@@ -204,8 +207,6 @@ def validate_checkpoints(
     All ranks call this together; rank 0 writes the results files and TensorBoard. Returns
     the records of the scored checkpoints.
     """
-    from deva.modeling.weights import build_from_checkpoint
-    from deva.training.predictor import run_tasks
 
     tasks = make_tasks()
     names = [t.name for t in tasks]
@@ -220,7 +221,7 @@ def validate_checkpoints(
         if not todo:
             log.info("%s (step %d): already scored on %s; skipped", label, info.step, names)
             continue
-        model = build_from_checkpoint(info.path).to(device)
+        model = PropagationModel.from_pretrained(info.path).to(device)
         scores = run_tasks(model, todo, rank=rank, world=world)
         if rank == 0:
             results.add(label, info.step, scores)

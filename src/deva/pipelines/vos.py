@@ -20,15 +20,14 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from deva.inference.propagator import Propagator
-from deva.io.frames import (
+from deva.inference.preprocess import (
     argmax_channels,
-    list_frame_files,
     preprocess_frame,
     preprocess_mask,
-    read_frame,
     restore_probabilities,
 )
+from deva.inference.propagator import Propagator
+from deva.io.frames import list_frame_files, read_frame
 from deva.io.masks import read_index_png
 
 T = TypeVar("T")

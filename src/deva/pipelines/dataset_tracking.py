@@ -1,10 +1,10 @@
 """Run the decoupled tracker over folders of frames and precomputed detections; write results.
 
 Used by ``tools/evaluate.py benchmark=detections|vipseg|burst`` (``tools/track.py`` uses
-:mod:`deva.inference.video_tracking`).
+:mod:`deva.pipelines.video_tracking`).
 
-Inputs are found by :mod:`deva.inference.inputs` (frame folders, detections in the generic,
-VIPSeg or BURST layout) and results written by :mod:`deva.inference.writers` (generic PNG +
+Inputs are found by :mod:`deva.pipelines.inputs` (frame folders, detections in the generic,
+VIPSeg or BURST layout) and results written by :mod:`deva.pipelines.writers` (generic PNG +
 JSON, VIPSeg ``pred.json`` + ``pan_pred/``, BURST json).
 """
 
@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from deva.inference.inputs import DetectionSource, VideoSource, find_videos
 from deva.inference.tracker import DecoupledTracker, TrackedFrame, TrackerConfig
-from deva.inference.writers import BurstWriter, GenericWriter, VipsegWriter, burst_ground_truth
 from deva.modeling.propagation import PropagationModel
+from deva.pipelines.inputs import DetectionSource, VideoSource, find_videos
+from deva.pipelines.writers import BurstWriter, GenericWriter, VipsegWriter, burst_ground_truth
 
 __all__ = ["Benchmark", "DetectionSource", "VideoSource", "find_videos", "run_benchmark"]
 

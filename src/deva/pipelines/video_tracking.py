@@ -38,13 +38,12 @@ import torch
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from deva.inference.segmentation import Segmentation
+from deva.inference.preprocess import preprocess_frame, preprocess_mask
 from deva.inference.tracker import DecoupledTracker, TrackedFrame, TrackerConfig, TrackingMode
 from deva.io.detections import read_frame_segmentation, segment_infos, write_frame_segmentation
-from deva.io.frames import preprocess_frame, preprocess_mask
 from deva.io.video import Mp4Writer, VideoFrames, draw_labels, overlay_mask
 from deva.modeling.propagation import PropagationModel
-from deva.segmenters.base import ImageSegmenter
+from deva.types import ImageSegmenter, Segmentation
 
 logger = logging.getLogger(__name__)
 

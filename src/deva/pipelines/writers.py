@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from deva.inference.inputs import VideoSource
-from deva.inference.segmentation import Segment
 from deva.inference.tracker import TrackedFrame
-from deva.io.burst import BurstSequence, encode_rle, write_burst
+from deva.io.burst import BurstSequence, encode_rle, load_burst, write_burst
 from deva.io.detections import write_frame_segmentation
 from deva.io.vipseg import PredictionWriter
+from deva.pipelines.inputs import VideoSource
+from deva.types import Segment
 
 
 class GenericWriter:
@@ -163,6 +163,5 @@ class BurstWriter:
 
 def burst_ground_truth(path: str | Path) -> dict[str, BurstSequence]:
     """BURST ground-truth sequences by ``<dataset>/<seq_name>`` (their frame folders)."""
-    from deva.io.burst import load_burst
 
     return {f"{s.dataset}/{s.seq_name}": s for s in load_burst(path).sequences}

@@ -27,10 +27,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from deva.inference.segmentation import Segmentation
 from deva.io.frames import IMAGE_EXTENSIONS, list_frame_files, natural_sorted, read_frame
 from deva.segmenters import BurstSegmenter, PrecomputedSegmenter, VipsegSegmenter
-from deva.segmenters.base import ImageSegmenter
+from deva.types import ImageSegmenter, Segmentation
 
 logger = logging.getLogger(__name__)
 

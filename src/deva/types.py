@@ -1,9 +1,15 @@
-"""The segmentation contract shared by image segmenters, consensus, merging and writers."""
+"""Value types every layer exchanges: segments, segmentations, the image segmenter contract.
+
+This module imports nothing of the package, so that readers (``deva.io``), image models
+(``deva.segmenters``), the tracker (``deva.inference``) and the tools all stand on it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 # One image detection's metadata: (category id, score); either may be None.
@@ -50,3 +56,32 @@ class Segmentation:
             if seg.id == segment_id:
                 return seg
         raise KeyError(f"segment id {segment_id} not in this segmentation")
+
+
+@runtime_checkable
+class ImageSegmenter(Protocol):
+    """Anything that segments one RGB frame into non-overlapping segments.
+
+    Called with an (H, W, 3) uint8 RGB array; returns a ``Segmentation`` at (H, W). The
+    keyword ``frame_name`` (e.g. ``"00005"`` or ``"00005.jpg"``) identifies the frame for
+    segmenters that look results up (precomputed detections); models may ignore it.
+    """
+
+    def __call__(self, image: np.ndarray, *, frame_name: str | None = None) -> Segmentation:
+        """Segment ``image`` (H, W, 3 uint8 RGB)."""
+        ...
+
+
+def check_image(image: np.ndarray) -> tuple[int, int]:
+    """Validate an RGB uint8 (H, W, 3) frame and return its (H, W)."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"expected an RGB frame of shape (H, W, 3), got shape {shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 RGB frame, got dtype {image.dtype}")
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def empty_segmentation(height: int, width: int) -> Segmentation:
+    """A segmentation of (H, W) without segments."""
+    return Segmentation(mask=torch.zeros((height, width), dtype=torch.long), segments=[])

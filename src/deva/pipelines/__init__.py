@@ -1,0 +1,1 @@
+"""Runs over whole videos and datasets: inputs, the tracker or propagator, output formats."""

@@ -1,0 +1,182 @@
+"""Semi-supervised VOS validation: propagate first-frame ground truth, score J&F.
+
+Videos are held in memory (:class:`ArrayVideo`, e.g. :class:`SyntheticVideos`) or read from
+benchmark folders (:func:`vos_folder_videos`: generic / DAVIS layouts).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from deva.data.synthetic import SyntheticVideoConfig, generate_video, video_name, video_seed
+from deva.inference.memory import MemoryConfig
+from deva.inference.preprocess import (
+    argmax_channels,
+    preprocess_frame,
+    preprocess_mask,
+    restore_probabilities,
+)
+from deva.inference.propagator import Propagator
+from deva.io.masks import read_index_png
+from deva.metrics import JAndF
+from deva.modeling.propagation import PropagationModel
+from deva.pipelines.vos import davis_videos, generic_videos, segment_video
+from deva.training.tasks.base import PredictionTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArrayVideo:
+    """A video held in memory: frames (T, H, W, 3) uint8, masks (T, H, W) int labels."""
+
+    name: str
+    frames: np.ndarray
+    masks: np.ndarray
+
+
+class SyntheticVideos(Sequence[ArrayVideo]):
+    """``num_videos`` synthetic videos generated on demand (seed ``[seed, i]`` for video i).
+
+    Use a seed that training does not use: training draws its videos from random seeds.
+    """
+
+    def __init__(self, num_videos: int = 4, *, seed: int = 12345, **video_config: Any) -> None:
+
+        self.num_videos = int(num_videos)
+        self.seed = int(seed)
+        self.config = SyntheticVideoConfig(**video_config)
+
+    def __len__(self) -> int:
+        return self.num_videos
+
+    def __getitem__(self, index: int) -> ArrayVideo:  # type: ignore[override]
+
+        if not 0 <= index < self.num_videos:
+            raise IndexError(index)
+        video = generate_video(self.config, video_seed(self.seed, index))
+        return ArrayVideo(video_name(index), video.frames, video.masks.astype(np.int64))
+
+
+class VOSTask(PredictionTask):
+    """Semi-supervised VOS: propagate the first frame's ground truth, score J&F.
+
+    ``videos`` is a sequence of :class:`ArrayVideo` (in memory, e.g. :class:`SyntheticVideos`)
+    or of :class:`deva.pipelines.vos.VOSVideo` (folders: generic / DAVIS layouts, see
+    :func:`vos_folder_videos`); folder videos are scored on their annotated frames.
+
+    Args:
+        shorter_side: processing size (-1: original size).
+        mem_every, top_k: propagator settings (inference defaults 5 and 30).
+        autocast_dtype: mixed precision of the propagator (None: fp32).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        videos: Sequence[Any],
+        *,
+        shorter_side: int = 480,
+        mem_every: int = 5,
+        top_k: int = 30,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.name = name
+        self.videos = videos
+        self.shorter_side = shorter_side
+        self.mem_every = mem_every
+        self.top_k = top_k
+        self.autocast_dtype = autocast_dtype
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def make_metric(self) -> Metric:
+
+        return JAndF()
+
+    def _propagator(self, model: PropagationModel) -> Any:
+
+        return Propagator(
+            model,
+            MemoryConfig(top_k=self.top_k),
+            mem_every=self.mem_every,
+            autocast_dtype=self.autocast_dtype,
+        )
+
+    def process(self, model: PropagationModel, index: int, metric: Metric) -> None:
+        video = self.videos[index]
+        propagator = self._propagator(model)
+        if isinstance(video, ArrayVideo):
+            pred = propagate_arrays(propagator, video.frames, video.masks[0], self.shorter_side)
+            target = video.masks
+        else:
+            pred, target = _propagate_folder(propagator, video, self.shorter_side)
+        metric.update(torch.from_numpy(pred), torch.from_numpy(target), sequence_id=index)
+
+    def summarize(self, metric: Metric) -> dict[str, float]:
+        """``jf``, ``j``, ``f`` (means over all objects of all videos) and ``num_objects``."""
+        computed = metric.compute()
+        with metric.sync_context():  # per-object rows of every rank (no-op in one process)
+            rows = metric.per_object()
+        return {
+            "jf": float(computed["J&F-Mean"]),
+            "j": float(computed["J-Mean"]),
+            "f": float(computed["F-Mean"]),
+            "num_objects": float(len(rows)),
+        }
+
+
+def propagate_arrays(
+    propagator: Any, frames: np.ndarray, first_mask: np.ndarray, shorter_side: int = 480
+) -> np.ndarray:
+    """Propagate ``first_mask`` (H, W) through frames (T, H, W, 3) uint8; (T, H, W) id maps."""
+
+    propagator.reset()
+    out = np.zeros(frames.shape[:3], dtype=np.int64)
+    first = np.asarray(first_mask, dtype=np.int64)
+    objects = [int(v) for v in np.unique(first) if v != 0]
+    last = len(frames) - 1
+    for t, frame in enumerate(frames):
+        image, geometry = preprocess_frame(frame, shorter_side, device=propagator.device)
+        mask = None
+        if t == 0 and objects:
+            mask = preprocess_mask(torch.from_numpy(first), geometry).to(propagator.device)
+        result = propagator.step(image, mask, objects if mask is not None else None, end=t == last)
+        prob = restore_probabilities(result.prob, geometry)
+        lut = torch.tensor([0, *result.object_ids], dtype=torch.int64, device=prob.device)
+        out[t] = lut[argmax_channels(prob)].cpu().numpy()
+    return out
+
+
+def _propagate_folder(propagator: Any, video: Any, shorter_side: int) -> tuple[np.ndarray, ...]:
+    """Predictions and ground truth on the annotated frames of a folder video."""
+
+    annotations = {p.stem: p for p in Path(video.annotations_dir).glob("*.png")}
+    preds, targets = [], []
+    for name, pred in segment_video(propagator, video, shorter_side=shorter_side):
+        if name in annotations:
+            preds.append(pred)
+            targets.append(read_index_png(annotations[name]).astype(np.int64))
+    if not preds:
+        raise FileNotFoundError(f"{video.name}: no annotated frame to score")
+    return np.stack(preds), np.stack(targets)
+
+
+def vos_folder_videos(root: str | Path, layout: str = "generic", **kwargs: Any) -> list[Any]:
+    """Videos of a folder benchmark: ``generic`` (JPEGImages/ + Annotations/) or ``davis``
+    (``split``, ``resolution`` keyword arguments)."""
+
+    if layout == "generic":
+        return generic_videos(root)
+    if layout == "davis":
+        return davis_videos(root, **kwargs)
+    raise ValueError(f"unknown VOS folder layout {layout!r}; expected generic or davis")
