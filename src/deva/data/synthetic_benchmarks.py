@@ -148,6 +148,57 @@ def write_vipseg_layout(
     return {"images": root / "images", "gt": gt_json, "detections": det_root}
 
 
+def _burst_ground_truth(
+    video: SyntheticVideo,
+    sequence: partial[BurstSequence],
+    names: Sequence[str],
+    annotated: Sequence[int],
+    common_limit: int,
+) -> dict[str, BurstSequence]:
+    """One video's ground-truth sequence for each class split (all, common, uncommon)."""
+    categories = {str(obj.id): int(obj.category_id) for obj in video.objects}
+    splits: dict[str, BurstSequence] = {}
+    for key, keep in (
+        ("all", lambda c: True),
+        ("common", lambda c: c <= common_limit),
+        ("uncommon", lambda c: c > common_limit),
+    ):
+        tracks = {k: c for k, c in categories.items() if keep(c)}
+        segmentations = [
+            {
+                k: {"rle": encode_rle(video.masks[t] == int(k)), "is_crowd": 0}
+                for k in tracks
+                if np.any(video.masks[t] == int(k))
+            }
+            for t in annotated
+        ]
+        splits[key] = sequence(
+            annotated_image_paths=[names[t] for t in annotated],
+            segmentations=segmentations,
+            track_category_ids=tracks,
+        )
+    return splits
+
+
+def _burst_detection_frames(video: SyntheticVideo) -> list[dict[str, dict[str, Any]]]:
+    """Per frame, the simulated things as BURST detections: RLE, score and category."""
+    det_frames = []
+    for seg in video.detections:
+        ids = seg.mask.numpy()
+        det_frames.append(
+            {
+                str(s.id): {
+                    "rle": encode_rle(ids == s.id),
+                    "score": 1.0 if s.score is None else float(s.score),
+                    "category_id": s.category_id,
+                }
+                for s in seg.segments
+                if s.isthing is not False
+            }
+        )
+    return det_frames
+
+
 def write_burst_layout(
     root: str | Path,
     videos: Sequence[tuple[str, SyntheticVideo]],
@@ -174,7 +225,6 @@ def write_burst_layout(
         for t, file_name in enumerate(names):
             _write_jpeg(frames_root / BURST_DATASET / name / file_name, video.frames[t])
         annotated = list(range(0, video.num_frames, max(1, annotate_every)))
-
         sequence = partial(
             BurstSequence,
             id=number,
@@ -183,44 +233,12 @@ def write_burst_layout(
             width=int(width),
             height=int(height),
         )
-
-        categories = {str(obj.id): int(obj.category_id) for obj in video.objects}
-        for key, keep in (
-            ("all", lambda c: True),
-            ("common", lambda c: c <= common_limit),
-            ("uncommon", lambda c: c > common_limit),
-        ):
-            tracks = {k: c for k, c in categories.items() if keep(c)}
-            segmentations = [
-                {
-                    k: {"rle": encode_rle(video.masks[t] == int(k)), "is_crowd": 0}
-                    for k in tracks
-                    if np.any(video.masks[t] == int(k))
-                }
-                for t in annotated
-            ]
-            splits[key].append(
-                sequence(
-                    annotated_image_paths=[names[t] for t in annotated],
-                    segmentations=segmentations,
-                    track_category_ids=tracks,
-                )
-            )
-        det_frames = []
-        for seg in video.detections:
-            ids = seg.mask.numpy()
-            det_frames.append(
-                {
-                    str(s.id): {
-                        "rle": encode_rle(ids == s.id),
-                        "score": 1.0 if s.score is None else float(s.score),
-                        "category_id": s.category_id,
-                    }
-                    for s in seg.segments
-                    if s.isthing is not False
-                }
-            )
-        detections.append(sequence(annotated_image_paths=names, segmentations=det_frames))
+        ground_truth = _burst_ground_truth(video, sequence, names, annotated, common_limit)
+        for key, gt_sequence in ground_truth.items():
+            splits[key].append(gt_sequence)
+        detections.append(
+            sequence(annotated_image_paths=names, segmentations=_burst_detection_frames(video))
+        )
     gt_root = root / "gt" / split
     for key, sequences in splits.items():
         write_burst(gt_root / f"{key}_classes.json", sequences, split=split)
