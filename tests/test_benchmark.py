@@ -8,14 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deva.benchmark import (
-    SUITES,
-    MaskComparison,
-    _compile_variants,
-    format_table,
-    parse_options,
-    run_benchmark,
-)
+from deva.bench.common import SUITES, MaskComparison, _compile_variants, parse_options
+from deva.bench.report import format_table
+from deva.bench.run import run_suites
 from deva.config import ConfigError
 
 
@@ -23,7 +18,7 @@ from deva.config import ConfigError
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     cfg = parse_options(["suite=all", "presets=[tiny]", "quick=true", f"out={out}"])
-    returned = run_benchmark(cfg, progress=lambda _: None)
+    returned = run_suites(cfg, progress=lambda _: None)
     written = json.loads(out.read_text())
     assert written["rows"] == json.loads(json.dumps(returned["rows"]))
     return written

@@ -9,7 +9,7 @@
 
 ``tasks=[...]`` is an alias of ``suite``. Prints a Markdown table (timings and the mask checks
 between the timed variants) and writes everything as JSON to ``out``. The logic lives in
-:mod:`deva.benchmark`.
+:mod:`deva.bench`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from deva.benchmark import format_table, parse_options, run_benchmark
+from deva.bench.common import parse_options
+from deva.bench.report import format_table
+from deva.bench.run import run_suites
 from deva.config import ConfigError
 
 
@@ -31,7 +33,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    result = run_benchmark(cfg, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = run_suites(cfg, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     setup = result["setup"]
     print(
         f"{setup['device_name']} ({setup['device']}), {setup['threads']} threads, "

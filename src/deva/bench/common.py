@@ -1,0 +1,318 @@
+"""What every benchmark suite shares: options, the machine description, models, videos,
+memory readings and the mask comparison of a variant against its reference."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import resource
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from deva.config import ConfigError
+from deva.data.synthetic import SyntheticVideo, SyntheticVideoConfig, generate_video
+from deva.modeling.config import PropagationConfig
+from deva.modeling.inference_model import check_autocast
+from deva.modeling.propagation import PropagationModel
+
+SUITES = ("propagation", "tracker", "consensus", "memory", "training")
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+FP32_MAX_DIFFER_PCT = 0.01
+MIN_IOU = 0.99
+RSS_VARIANTS = ("fp32-reference", "fp32", "bf16")
+RSS_MODES = ("vos", "semionline", "online")
+
+DEFAULTS: dict[str, Any] = {
+    "suite": None,  # list or name; default [propagation]
+    "tasks": None,  # alias of suite (earlier commands)
+    "presets": ["small", "published"],
+    "size": 480,
+    "frames": 20,
+    "warmup": 2,
+    "objects": 2,
+    "device": "auto",
+    "amp": "bf16",
+    "compile": "auto",  # torch.compile variants: auto = on a GPU only (CPU compiles take minutes)
+    "threads": 0,
+    "quick": False,
+    "out": None,
+    "seed": 0,
+    "decisive_margin": 1e-3,  # fp32 checks: reference top-2 probability margin
+    "decisive_margin_amp": 0.05,  # reduced-precision checks
+    "weights": "auto",  # auto: the embedded checkpoint for preset small, random otherwise
+    # tracker / consensus
+    "segments": 40,  # Voronoi segments per frame (tracker_detections=partition, consensus)
+    "tracker_detections": "partition",  # or "video": the generator's simulated detections
+    "clip_size": 3,
+    "detect_every": 5,
+    "repeats": 5,
+    "tracker_frames": 10,
+    "tracker_size": None,  # default: size
+    # memory
+    "memory_preset": "small",
+    "memory_frames": 10_000,
+    "memory_size": 64,
+    "memory_record_every": 10,
+    "rss_presets": ["published"],  # peak RSS, each variant in a fresh process ([] to skip)
+    "rss_frames": 10,
+    "rss_modes": list(RSS_MODES),  # vos, semionline, online (tracker with detections)
+    "plot": None,  # PNG path; default next to out, else benchmark_memory.png
+    # training
+    "train_presets": ["tiny", "small", "published"],
+    "train_size": 384,
+    "train_frames": 3,
+    "train_batch": 2,
+    "train_objects": 3,
+    "train_steps": 3,
+}
+
+QUICK: dict[str, Any] = {
+    "size": 64,
+    "frames": 3,
+    "warmup": 1,
+    "segments": 6,
+    "repeats": 1,
+    "tracker_frames": 5,
+    "memory_frames": 40,
+    "memory_size": 32,
+    "memory_record_every": 1,
+    "rss_presets": ["tiny"],
+    "rss_frames": 3,
+    "train_presets": ["tiny"],
+    "train_size": 64,
+    "train_steps": 1,
+    "train_batch": 1,
+}
+
+
+# ---- options --------------------------------------------------------------------------------
+def parse_options(argv: list[str]) -> DictConfig:
+    """Defaults ← quick settings (``quick=true``) ← ``key=value`` overrides."""
+    user = OmegaConf.from_dotlist(argv)
+    unknown = sorted(set(user.keys()) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown options {unknown}; known: {sorted(DEFAULTS)}")
+    layers = [OmegaConf.create(DEFAULTS)]
+    if user.get("quick"):
+        layers.append(OmegaConf.create(QUICK))
+    cfg = OmegaConf.merge(*layers, user)
+    suite = cfg.suite if cfg.suite is not None else cfg.tasks
+    if suite is None:
+        suite = ["propagation"]
+    names = [suite] if isinstance(suite, str) else list(suite)
+    if "all" in names:
+        names = list(SUITES)
+    bad = sorted(set(names) - set(SUITES))
+    if bad:
+        raise ConfigError(f"suite must be among {[*SUITES, 'all']}, got {bad}")
+    cfg.suite = names
+    cfg.tasks = names
+    if isinstance(cfg.presets, str):
+        cfg.presets = [cfg.presets]
+    if isinstance(cfg.rss_presets, str):
+        cfg.rss_presets = [cfg.rss_presets]
+    if isinstance(cfg.rss_modes, str):
+        cfg.rss_modes = [cfg.rss_modes]
+    bad_modes = sorted(set(cfg.rss_modes) - set(RSS_MODES))
+    if bad_modes:
+        raise ConfigError(f"rss_modes must be among {list(RSS_MODES)}, got {bad_modes}")
+    if isinstance(cfg.train_presets, str):
+        cfg.train_presets = [cfg.train_presets]
+    if cfg.tracker_detections not in ("partition", "video"):
+        raise ConfigError(
+            f"tracker_detections must be partition or video, got {cfg.tracker_detections!r}"
+        )
+    if str(cfg.amp) not in AMP:
+        raise ConfigError(f"amp must be one of {sorted(AMP)}, got {cfg.amp!r}")
+    if cfg.compile not in ("auto", True, False):
+        raise ConfigError(f"compile must be auto, true or false, got {cfg.compile!r}")
+    return cfg
+
+
+def _compile_variants(cfg: DictConfig, device: torch.device) -> bool:
+    """Whether to time ``torch.compile`` variants (``compile=auto``: on a GPU)."""
+    return device.type == "cuda" if cfg.compile == "auto" else bool(cfg.compile)
+
+
+def _amp_dtype(cfg: DictConfig, device: torch.device) -> tuple[torch.dtype | None, str | None]:
+    """The reduced precision to time (or None) and, when it is skipped, why."""
+    dtype = AMP[str(cfg.amp)]
+    if dtype is None:
+        return None, None
+    try:
+        check_autocast(dtype, device)
+    except ValueError as error:
+        return None, str(error)
+    return dtype, None
+
+
+def _width(height: int) -> int:
+    return (height * 16 // 9) // 2 * 2
+
+
+def _steady_video(height: int, frames: int, objects: int, seed: int) -> SyntheticVideo:
+    """A generated 16:9 video whose objects stay in view (VOS from the first frame's masks)."""
+    config = SyntheticVideoConfig(
+        num_frames=frames,
+        height=height,
+        width=_width(height),
+        num_objects=objects,
+        enter_leave=False,
+        exit_and_return=False,
+    )
+    return generate_video(config, seed=seed)
+
+
+def _rss_mib() -> float:
+    """Current resident set size of this process (MiB)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+EMBEDDED = Path(__file__).resolve().parents[3] / "checkpoints" / "deva-small-synthetic.pth"
+
+
+def _model(
+    preset: str, device: torch.device, seed: int, weights: str | None = None
+) -> tuple[PropagationModel, str]:
+    """The network and where its weights came from (``auto``: the embedded trained
+    checkpoint for ``small`` when present, else random)."""
+    if weights == "auto":
+        weights = str(EMBEDDED) if preset == "small" and EMBEDDED.is_file() else None
+    if weights:
+        from deva.modeling.weights import build_model
+
+        return build_model(preset, weights).to(device).eval(), Path(weights).name
+    torch.manual_seed(seed)
+    return PropagationModel(PropagationConfig.preset(preset)).to(device).eval(), "random"
+
+
+# ---- mask comparison ------------------------------------------------------------------------
+class MaskComparison:
+    """Accumulates pixel differences and per-object IoU of a variant against a reference."""
+
+    def __init__(self, variant: str, reference: str, kind: str) -> None:
+        self.variant, self.reference, self.kind = variant, reference, kind
+        self.pixels = self.differ = self.decisive = self.decisive_differ = 0
+        self.has_margin = False  # whether reference margins were given (decisive pixels)
+        self.inter: dict[int, int] = defaultdict(int)
+        self.union: dict[int, int] = defaultdict(int)
+        self.d_inter: dict[int, int] = defaultdict(int)
+        self.d_union: dict[int, int] = defaultdict(int)
+
+    def add(self, mask: torch.Tensor, ref: torch.Tensor, decisive: torch.Tensor | None) -> None:
+        """Masks (H, W) of object ids; ``decisive``: bool (H, W) where the reference is sure."""
+        differ = mask != ref
+        self.pixels += mask.numel()
+        self.differ += int(differ.sum())
+        if decisive is not None:
+            self.has_margin = True
+            self.decisive += int(decisive.sum())
+            self.decisive_differ += int((differ & decisive).sum())
+        for obj in set(torch.unique(ref).tolist()) | set(torch.unique(mask).tolist()):
+            if obj == 0:
+                continue
+            a, b = mask == obj, ref == obj
+            self.inter[obj] += int((a & b).sum())
+            self.union[obj] += int((a | b).sum())
+            if decisive is not None:
+                self.d_inter[obj] += int((a & b & decisive).sum())
+                self.d_union[obj] += int(((a | b) & decisive).sum())
+
+    def result(self) -> dict[str, Any]:
+        ious = [self.inter[o] / self.union[o] for o in self.union if self.union[o]]
+        mean_iou = float(np.mean(ious)) if ious else 1.0
+        d_ious = [self.d_inter[o] / self.d_union[o] for o in self.d_union if self.d_union[o]]
+        decisive_iou = float(np.mean(d_ious)) if self.decisive and d_ious else mean_iou
+        decisive_out: float | None = decisive_iou
+        if self.has_margin and not self.decisive:
+            decisive_out = None
+        pct = 100 * self.differ / max(self.pixels, 1)
+        decisive_pct = 100 * self.decisive_differ / self.decisive if self.decisive else 0.0
+        if not self.has_margin:  # no margins (tracker outputs): every pixel counts
+            decisive_pct = pct
+        passed: bool | None
+        if self.kind == "identical":
+            passed, rule = self.differ == 0, "no pixel differs"
+        elif self.has_margin and self.decisive == 0 and self.differ:
+            # Random weights give near-uniform probabilities: arg-max ties everywhere.
+            passed, rule = None, "inconclusive: no decisive reference pixel (random weights)"
+        elif self.kind == "fp32":
+            passed = decisive_pct <= FP32_MAX_DIFFER_PCT
+            where = "decisive pixels" if self.has_margin else "pixels"
+            rule = f"<= {FP32_MAX_DIFFER_PCT} % of {where} differ"
+        else:
+            passed = decisive_iou >= MIN_IOU
+            where = "decisive pixels" if self.has_margin else "all pixels"
+            rule = f"mean object IoU on {where} >= {MIN_IOU}"
+        return {
+            "variant": self.variant,
+            "reference": self.reference,
+            "kind": self.kind,
+            "pixels": self.pixels,
+            "pixels_differ": self.differ,
+            "pixels_differ_pct": pct,
+            "decisive_pixels": self.decisive,
+            "decisive_pixels_differ": self.decisive_differ,
+            "decisive_pixels_differ_pct": decisive_pct,
+            "mean_object_iou": mean_iou,
+            "decisive_mean_object_iou": decisive_out,
+            "rule": rule,
+            "passed": passed if passed is None else bool(passed),
+        }
+
+
+def _kind(dtype: torch.dtype | None) -> str:
+    return "fp32" if dtype is None else "reduced"
+
+
+# ---- machine -------------------------------------------------------------------------------
+def machine_description(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "device": str(device),
+        "device_name": name,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_bf16": device.type == "cpu" and _cpu_bf16(),
+        "load_average_at_start": list(load) if load else None,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _cpu_bf16() -> bool:
+    from deva.modeling.inference_model import cpu_supports_bf16
+
+    return cpu_supports_bf16()
