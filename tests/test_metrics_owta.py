@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from deva.io.burst import BurstSequence, encode_rle, owta_inputs
+from deva.io.burst import BurstSequence, encode_rle
 from deva.metrics import OpenWorldTrackingAccuracy, box_iou_xywh, owta_sequence_stats, owta_summary
 from deva.metrics.owta import OWTAStats, owta_sequence_stats_from_similarity
+from deva.metrics.scoring import owta_inputs
 
 BOX = np.array([[0, 0, 10, 10]])
 

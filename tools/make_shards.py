@@ -30,7 +30,7 @@ DEFAULT_SAMPLES_PER_SHARD = {"static": 1000, "synthetic": 50}
 
 def _records(args: dict[str, Any]) -> tuple[list[VideoRecord] | Iterable[VideoRecord], int]:
     """The records to pack and how many there are."""
-    from deva.data import shards, static, vos
+    from deva.data import shards, static, video
 
     dataset = args["dataset"]
     if dataset == "synthetic":
@@ -50,9 +50,9 @@ def _records(args: dict[str, Any]) -> tuple[list[VideoRecord] | Iterable[VideoRe
         records = static.scan_image_pairs(root)
     elif dataset == "davis":
         split = args.get("split", "train")
-        records = vos.davis_records(root, split=None if split in (None, "all") else str(split))
+        records = video.davis_records(root, split=None if split in (None, "all") else str(split))
     else:
-        records = vos.youtube_records(root, dataset=dataset)
+        records = video.youtube_records(root, dataset=dataset)
     return records, len(records)
 
 

@@ -25,11 +25,18 @@ from deva.app.settings import (
     request_tracker_config,
 )
 from deva.inference.tracker import TrackerConfig, TrackingMode
-from deva.pipelines.video_tracking import MASKS_DIR, OVERLAY_FILE, RLE_FILE, SUMMARY_FILE, track_video
 from deva.modeling.propagation import PropagationModel
 from deva.modeling.weights import build_model
-from deva.types import ImageSegmenter
+from deva.pipelines.video_tracking import (
+    MASKS_DIR,
+    OVERLAY_FILE,
+    RLE_FILE,
+    SUMMARY_FILE,
+    track_video,
+)
+from deva.segmenters.grounded_sam import GroundedSamSegmenter
 from deva.segmenters.registry import PROMPTED, build_segmenter
+from deva.types import ImageSegmenter
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +45,6 @@ ProgressFn = Callable[[float | None, str], None]
 
 def _reprompted(segmenter: Any, prompt: str) -> ImageSegmenter:
     """A Grounding-DINO + SAM segmenter for another prompt sharing the loaded networks."""
-    from deva.segmenters.grounded_sam import GroundedSamSegmenter
 
     transform = segmenter.transform
     return GroundedSamSegmenter(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from deva.inference.tracker import TrackerConfig, TrackingMode
+from deva.segmenters.grounded_sam import parse_prompt
 from deva.segmenters.registry import PROMPTED, check_segmenter_name
 
 SEGMENTER_LABELS: dict[str, str] = {
@@ -110,8 +111,6 @@ def check_request(
         )
     text = (prompt or "").strip() or None
     if segmenter in PROMPTED:
-        from deva.segmenters.grounded_sam import parse_prompt
-
         if not text:
             raise DemoInputError(
                 'the text-prompt segmenter needs a prompt, e.g. "person. bicycle. dog."'

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from deva.segmenters import tiny
+
 
 def prepare_tiny_segmenters(folder: str | Path) -> dict[str, dict[str, Any]]:
     """Write (or reuse) tiny RANDOM image models in ``folder``; options for every segmenter.
@@ -16,7 +18,6 @@ def prepare_tiny_segmenters(folder: str | Path) -> dict[str, dict[str, Any]]:
     Thresholds are relaxed so that the random models still output segments. Needs
     ``transformers``; takes a few seconds the first time.
     """
-    from deva.segmenters import tiny
 
     root = Path(folder)
     makers = {

@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from deva.config import ConfigError
 from deva.data.synthetic import SyntheticVideo, SyntheticVideoConfig, generate_video
 from deva.modeling.config import PropagationConfig
-from deva.modeling.inference_model import check_autocast
+from deva.modeling.inference_model import check_autocast, cpu_supports_bf16
 from deva.modeling.propagation import PropagationModel
+from deva.modeling.weights import build_model
 
 SUITES = ("propagation", "tracker", "consensus", "memory", "training")
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -201,8 +202,6 @@ def _model(
     if weights == "auto":
         weights = str(EMBEDDED) if preset == "small" and EMBEDDED.is_file() else None
     if weights:
-        from deva.modeling.weights import build_model
-
         return build_model(preset, weights).to(device).eval(), Path(weights).name
     torch.manual_seed(seed)
     return PropagationModel(PropagationConfig.preset(preset)).to(device).eval(), "random"
@@ -313,6 +312,5 @@ def machine_description(device: torch.device) -> dict[str, Any]:
 
 
 def _cpu_bf16() -> bool:
-    from deva.modeling.inference_model import cpu_supports_bf16
 
     return cpu_supports_bf16()

@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 from deva.bench.common import RSS_VARIANTS, _model, _rss_mib, _steady_video, _width
 from deva.bench.tracker import ListSegmenter
 from deva.inference.memory import MemoryConfig
+from deva.inference.preprocess import preprocess_frame, preprocess_mask
 from deva.inference.propagator import Propagator
 from deva.inference.tracker import DecoupledTracker, TrackerConfig, TrackingMode
-from deva.inference.preprocess import preprocess_frame, preprocess_mask
 from deva.modeling.inference_model import reference_mode
 
 

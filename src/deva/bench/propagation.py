@@ -23,8 +23,8 @@ from deva.bench.common import (
     _width,
 )
 from deva.data.synthetic import SyntheticVideo
-from deva.inference.propagator import Propagator
 from deva.inference.preprocess import preprocess_frame, preprocess_mask
+from deva.inference.propagator import Propagator
 from deva.modeling.inference_model import reference_mode
 
 

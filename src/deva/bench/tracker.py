@@ -19,10 +19,10 @@ from deva.bench.common import MaskComparison, _kind, _model, _sync, _width
 from deva.data.synthetic import SyntheticVideo, SyntheticVideoConfig, generate_video
 from deva.inference.alignment import _align_with_propagator
 from deva.inference.memory import MemoryConfig
-from deva.types import Segment, Segmentation
 from deva.inference.tracker import DecoupledTracker, TrackerConfig, TrackingMode
 from deva.modeling.inference_model import reference_mode
 from deva.modeling.propagation import PropagationModel
+from deva.types import Segment, Segmentation
 
 
 def partition(height: int, width: int, count: int, seed: int, shift: float) -> Segmentation:

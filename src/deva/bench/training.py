@@ -10,11 +10,11 @@ from omegaconf import DictConfig
 
 from deva.bench.common import _peak_mib, _sync
 from deva.modeling.config import PropagationConfig
+from deva.training.module import PropagationTrainingModule
 
 
 def bench_training(preset: str, cfg: DictConfig, device: torch.device) -> dict:
     """Optimizer steps of the training unroll (fp32) on random clips: time and samples/s."""
-    from deva.training.module import PropagationTrainingModule
 
     torch.manual_seed(cfg.seed)
     module = PropagationTrainingModule(

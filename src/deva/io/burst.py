@@ -1,4 +1,4 @@
-"""BURST json (ground truth and predictions) with COCO RLE masks, and OWTA inputs from it.
+"""BURST json (ground truth and predictions) with COCO RLE masks.
 
 A file is ``{split, categories, sequences[]}``; a sequence has ``id``, ``dataset``, ``seq_name``,
 ``width``, ``height``, ``annotated_image_paths``, ``track_category_ids`` (track id string →
@@ -6,13 +6,7 @@ category id), ``neg_category_ids``, ``not_exhaustive_category_ids`` and ``segmen
 aligned with ``annotated_image_paths``: per frame a dict track-id string → ``{rle, score, …}``
 (COCO compressed RLE counts of an H×W mask, column-major). Predictions use the same layout.
 
-:func:`owta_inputs` turns a ground-truth and a predicted sequence into what
-:func:`deva.metrics.owta.owta_sequence_stats_from_similarity` needs, following the official
-BURST open-world evaluation: ground-truth tracks of the 45 TAO-OW distractor categories are
-dropped, only annotated frames with at least one remaining ground-truth object are timesteps,
-similarity is the IoU of the masks' integer bounding boxes, at most 300 predictions per frame
-(highest score) are kept, and unmatched predictions are removed in videos whose
-``not_exhaustive_category_ids`` contain the class-agnostic id 1.
+Scoring a sequence with OWTA is :func:`deva.metrics.scoring.owta_inputs`.
 """
 
 from __future__ import annotations
@@ -26,8 +20,6 @@ from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
-
-from deva.metrics.owta import box_iou_xywh
 
 log = logging.getLogger(__name__)
 
@@ -214,118 +206,6 @@ def rle_box(counts: str | bytes, height: int, width: int) -> list[int]:
     """Integer (x, y, w, h) bounding box of an RLE mask ([0, 0, 0, 0] when empty)."""
     box = mask_utils.toBbox({"counts": counts, "size": [int(height), int(width)]})
     return [int(v) for v in box]
-
-
-def _frame_index(path: str, fallback: int) -> int:
-    stem = path.replace(".jpg", "").replace(".png", "").replace("frame", "")
-    try:
-        return int(stem.split("_")[-1])
-    except ValueError:
-        return fallback
-
-
-@dataclass
-class OWTAInputs:
-    """Per-timestep ids and similarity matrices of one sequence, ready for OWTA."""
-
-    gt_ids: list[np.ndarray]
-    pred_ids: list[np.ndarray]
-    similarities: list[np.ndarray]
-    remove_unmatched: bool
-    neg_category: bool
-    frames: list[str]
-
-
-def owta_inputs(
-    gt: BurstSequence,
-    pred: BurstSequence | None,
-    *,
-    max_detections: int = MAX_DETECTIONS,
-    similarity: str = "box",
-) -> OWTAInputs:
-    """Build OWTA inputs for one ground-truth sequence and its prediction (or ``None``).
-
-    ``similarity`` is ``"box"`` (official BURST open-world numbers) or ``"mask"`` (mask IoU,
-    documented alternative).
-    """
-    if similarity not in ("box", "mask"):
-        raise ValueError(f"similarity must be 'box' or 'mask', got {similarity!r}")
-    if gt.height is None or gt.width is None:
-        raise ValueError(f"ground-truth sequence {gt.seq_name!r} lacks width / height")
-    height, width = int(gt.height), int(gt.width)
-    if (
-        pred is not None
-        and pred.height is not None
-        and pred.width is not None
-        and (int(pred.height), int(pred.width)) != (height, width)
-    ):
-        raise ValueError(
-            f"sequence {gt.dataset}/{gt.seq_name}: prediction size {pred.width}x{pred.height} "
-            f"differs from the ground truth {width}x{height}"
-        )
-    pred_frames: dict[str, dict[str, Any]] = {}
-    if pred is not None:
-        for path, dets in zip(pred.annotated_image_paths, pred.segmentations):
-            pred_frames[path] = dets
-
-    steps = []
-    for position, (path, objects) in enumerate(zip(gt.annotated_image_paths, gt.segmentations)):
-        kept = []
-        for track, det in objects.items():
-            category = gt.track_category_ids.get(str(track))
-            if category is None:
-                raise ValueError(
-                    f"sequence {gt.seq_name!r}: track {track} has no entry in track_category_ids"
-                )
-            if category in DISTRACTOR_CATEGORY_IDS:
-                continue
-            kept.append((int(track), det["rle"]))
-        if kept:
-            steps.append((_frame_index(path, position), position, path, kept))
-    steps.sort(key=lambda s: (s[0], s[1]))
-
-    gt_ids, pred_ids, sims, frames = [], [], [], []
-    for _, _, path, kept in steps:
-        dets = []
-        for track, det in (pred_frames.get(path) or {}).items():
-            try:
-                track_id = int(track)
-            except ValueError as error:
-                raise ValueError(
-                    f"sequence {gt.seq_name!r}, frame {path}: track id {track!r} is not an integer"
-                ) from error
-            dets.append((track_id, det["rle"], float(det.get("score", 1.0))))
-        if max_detections and len(dets) > max_detections:
-            dets = sorted(dets, key=lambda d: d[2], reverse=True)[:max_detections]
-        g_ids = np.array([k[0] for k in kept], dtype=np.int64)
-        p_ids = np.array([d[0] for d in dets], dtype=np.int64)
-        if len(set(p_ids.tolist())) != len(p_ids):
-            raise ValueError(f"sequence {gt.seq_name!r}, frame {path}: duplicate track ids")
-        if similarity == "box":
-            g_boxes = np.array([rle_box(k[1], height, width) for k in kept], dtype=np.float64)
-            p_boxes = np.array([rle_box(d[1], height, width) for d in dets], dtype=np.float64)
-            sim = box_iou_xywh(g_boxes.reshape(-1, 4), p_boxes.reshape(-1, 4))
-        else:
-            g_rles = [{"counts": k[1], "size": [height, width]} for k in kept]
-            p_rles = [{"counts": d[1], "size": [height, width]} for d in dets]
-            if dets:
-                sim = np.asarray(
-                    mask_utils.iou(g_rles, p_rles, [0] * len(p_rles)), dtype=np.float64
-                ).reshape(len(kept), len(dets))
-            else:
-                sim = np.zeros((len(kept), 0))
-        gt_ids.append(g_ids)
-        pred_ids.append(p_ids)
-        sims.append(sim)
-        frames.append(path)
-    return OWTAInputs(
-        gt_ids=gt_ids,
-        pred_ids=pred_ids,
-        similarities=sims,
-        remove_unmatched=AGNOSTIC_CLASS_ID in gt.not_exhaustive_category_ids,
-        neg_category=AGNOSTIC_CLASS_ID in gt.neg_category_ids,
-        frames=frames,
-    )
 
 
 def match_predictions(

@@ -17,16 +17,14 @@ import copy
 import logging
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from deva.modeling.propagation import PropagationModel
 from deva.modeling.resnet import BasicBlock, Bottleneck
 from deva.modeling.winograd import use_winograd
-
-if TYPE_CHECKING:
-    from deva.modeling.propagation import PropagationModel
 
 log = logging.getLogger(__name__)
 
