@@ -5,13 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deva.inference.alignment import (
-    _align_with_propagator,
-    align_segmentation,
-    align_segmentations,
-)
 from deva.inference.memory import MemoryConfig
-from deva.inference.propagator import Propagator
+from deva.inference.options import InferenceOptions
+from deva.inference.propagator import Propagator, reference_alignment
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 from deva.types import Segment, Segmentation
@@ -47,7 +43,7 @@ def test_equals_a_fresh_propagator_on_the_two_frames(model: PropagationModel) ->
     source, target = _frames(2)
     seg = _segmentation()
     prop = Propagator(model, MemoryConfig(top_k=30))
-    aligned = align_segmentation(model, prop.encode(source), seg, prop.encode(target), top_k=30)
+    aligned = prop.align([(prop.encode(source), seg)], prop.encode(target))[0]
     reference = Propagator(model, MemoryConfig(top_k=30))
     reference.step(source, seg.mask, objects=[300, 7, 12])
     expected = reference.step(target).index_mask()
@@ -58,7 +54,7 @@ def test_keeps_ids_and_metadata(model: PropagationModel) -> None:
     source, target = _frames(2, seed=1)
     prop = Propagator(model)
     seg = _segmentation()
-    aligned = align_segmentation(model, prop.encode(source), seg, prop.encode(target))
+    aligned = prop.align([(prop.encode(source), seg)], prop.encode(target))[0]
     assert aligned.mask.shape == (H, W)
     assert aligned.mask.dtype == torch.long
     present = set(torch.unique(aligned.mask).tolist()) - {0}
@@ -81,8 +77,8 @@ def test_never_touches_the_trackers_memory(model: PropagationModel) -> None:
     before = tracked.memory.stats()
     ids_before = tracked.object_ids
     features = [tracked.encode(f) for f in frames[2:5]]
-    align_segmentation(model, features[1], seg, features[0])
-    align_segmentation(model, features[2], seg, features[0])
+    tracked.align([(features[1], seg)], features[0])
+    tracked.align([(features[2], seg)], features[0])
     assert tracked.memory.stats() == before
     assert tracked.object_ids == ids_before
     # the next propagation step is bit-identical to a propagator that never aligned anything
@@ -95,7 +91,7 @@ def test_empty_segmentation_gives_empty_result(model: PropagationModel) -> None:
     source, target = _frames(2)
     prop = Propagator(model)
     empty = Segmentation(mask=torch.zeros(H, W, dtype=torch.long))
-    aligned = align_segmentation(model, prop.encode(source), empty, prop.encode(target))
+    aligned = prop.align([(prop.encode(source), empty)], prop.encode(target))[0]
     assert aligned.segments == []
     assert not aligned.mask.any()
 
@@ -104,9 +100,9 @@ def test_size_mismatch_is_an_error(model: PropagationModel) -> None:
     prop = Propagator(model)
     small = prop.encode(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match="source frame"):
-        align_segmentation(model, small, _segmentation(), prop.encode(_frames(1)[0]))
+        prop.align([(small, _segmentation())], prop.encode(_frames(1)[0]))
     with pytest.raises(ValueError, match="segmentation is"):
-        align_segmentation(model, small, _segmentation(), small)
+        prop.align([(small, _segmentation())], small)
 
 
 def _shifted(seg: Segmentation, dy: int, dx: int) -> Segmentation:
@@ -118,19 +114,17 @@ def test_batched_clip_alignment_equals_one_propagator_per_frame(
     model: PropagationModel, dtype: torch.dtype | None
 ) -> None:
     frames = _frames(4, seed=3)
-    prop = Propagator(model, autocast_dtype=dtype)
+    prop = Propagator(model, options=InferenceOptions(autocast=dtype))
     features = [prop.encode(f) for f in frames]
     segs = [_segmentation(), _shifted(_segmentation(), 3, -2), Segmentation(torch.zeros(H, W))]
     segs.append(_shifted(_segmentation(), -4, 5))
     sources = list(zip([*features[1:], features[1]], segs, strict=True))
-    batched = align_segmentations(model, sources, features[0], autocast_dtype=dtype)
+    batched = prop.align(sources, features[0])
     for (source, seg), got in zip(sources, batched, strict=True):
-        single = align_segmentation(model, source, seg, features[0], autocast_dtype=dtype)
+        single = prop.align([(source, seg)], features[0])[0]
         assert torch.equal(got.mask, single.mask)
         assert got.segments == single.segments
         if seg.segments:
-            reference = _align_with_propagator(
-                model, source, seg, features[0], autocast_dtype=dtype
-            )
+            reference = reference_alignment(prop.network, source, seg, features[0])
             assert torch.equal(got.mask, reference)
     assert batched[2].segments == [] and not batched[2].mask.any()

@@ -217,18 +217,19 @@ def _randomise_batch_norm(model: PropagationModel, seed: int = 0) -> None:
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_inference_copy_folds_batch_norm_and_matches(channels_last: bool) -> None:
-    from deva.modeling.inference_model import inference_model, reference_mode
+    from deva.inference.network import InferenceNetwork
+    from deva.inference.options import InferenceOptions
 
     torch.manual_seed(1)
     model = PropagationModel(PropagationConfig.preset("tiny")).eval()
     _randomise_batch_norm(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fast = inference_model(model, channels_last=channels_last)
+    network = InferenceNetwork(model, InferenceOptions(channels_last=channels_last))
+    fast = network.module
     assert fast is not model
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
-    assert inference_model(model, channels_last=channels_last) is fast  # cached
-    with reference_mode():
-        assert inference_model(model) is model
+    assert network.module is fast  # built once, owned by the network
+    assert InferenceNetwork(model, InferenceOptions(plain=True)).module is model
     image, masks = _frame(48, 64), torch.rand(1, 2, 48, 64)
     with torch.no_grad():
         outputs = []
@@ -244,7 +245,12 @@ def test_inference_copy_folds_batch_norm_and_matches(channels_last: bool) -> Non
         assert torch.equal(v, before[k])
     with torch.no_grad():
         model.pixel_encoder.conv1.weight.mul_(2)
-    assert inference_model(model, channels_last=channels_last) is not fast  # follows changes
+    # a network built after the weights changed reflects them
+    rebuilt = InferenceNetwork(model, InferenceOptions(channels_last=channels_last)).module
+    with torch.no_grad():
+        assert not torch.allclose(
+            rebuilt.encode_image(image).f4, fast.encode_image(image).f4, atol=1e-4
+        )
 
 
 def test_reduced_precision_availability() -> None:
@@ -262,8 +268,8 @@ def test_reduced_precision_availability() -> None:
 
 
 def test_inference_copy_leaves_a_training_model_trainable() -> None:
-    from deva.modeling.inference_model import inference_model
+    from deva.modeling.inference_model import build_inference_model
 
     model = PropagationModel(PropagationConfig.preset("tiny")).train()
-    inference_model(model)
+    build_inference_model(model)
     assert all(p.requires_grad for p in model.parameters())

@@ -7,6 +7,7 @@ import torch
 
 from deva.data.synthetic import SyntheticVideoConfig, generate_video
 from deva.inference.memory import InferenceMemory, MemoryConfig
+from deva.inference.options import InferenceOptions
 from deva.inference.preprocess import image_to_tensor, normalize_image
 from deva.inference.propagator import Propagator
 from deva.modeling.config import PropagationConfig
@@ -101,7 +102,7 @@ def _run(prop: Propagator, frames: list[torch.Tensor]) -> list[torch.Tensor]:
 def test_chunked_equals_unchunked(model: PropagationModel) -> None:
     frames = _frames(7)
     full = _run(Propagator(model, mem_every=2), frames)
-    chunked = _run(Propagator(model, mem_every=2, chunk_size=1), frames)
+    chunked = _run(Propagator(model, mem_every=2, options=InferenceOptions(chunk_size=1)), frames)
     for a, b in zip(full, chunked, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
@@ -189,7 +190,7 @@ def test_consolidation_keeps_first_frame_and_newest_frames() -> None:
 def test_bf16_autocast_runs_and_agrees(model: PropagationModel) -> None:
     frames = _frames(4)
     full = _run(Propagator(model), frames)
-    mixed = _run(Propagator(model, autocast_dtype=torch.bfloat16), frames)
+    mixed = _run(Propagator(model, options=InferenceOptions(autocast=torch.bfloat16)), frames)
     for a, b in zip(full, mixed, strict=True):
         assert b.dtype == torch.float32 and torch.isfinite(b).all()
         # a random model's probabilities are near-uniform, so compare values, not arg-max
@@ -228,12 +229,12 @@ def test_amp_option_on_the_cpu(model: PropagationModel) -> None:
     with pytest.raises(ConfigError, match="fp16"):
         autocast_dtype("fp16", cpu)
     with pytest.raises(ValueError, match="fp16"):
-        Propagator(model, autocast_dtype=torch.float16)
+        Propagator(model, options=InferenceOptions(autocast=torch.float16))
     if cpu_supports_bf16():
         assert autocast_dtype("bf16", cpu) is torch.bfloat16
-        prop = Propagator(model, autocast_dtype=torch.bfloat16)
-        assert prop.channels_last
-        assert next(prop.network.parameters()).dtype == torch.bfloat16  # cast once
+        prop = Propagator(model, options=InferenceOptions(autocast=torch.bfloat16))
+        assert prop.network.options.channels_last
+        assert next(prop.network.module.parameters()).dtype == torch.bfloat16  # cast once
         assert next(model.parameters()).dtype == torch.float32  # the model is untouched
 
 
@@ -243,9 +244,9 @@ def test_compiled_network_agrees_and_follows_new_objects(model: PropagationModel
     frames = _frames(5)
     new = torch.zeros(40, 56, dtype=torch.long)
     new[20:30, 2:12] = 12
-    eager = Propagator(model, mem_every=2, winograd=False)
-    compiled = Propagator(model, mem_every=2, compile=True)
-    assert not compiled.winograd  # the default gives way to compile
+    eager = Propagator(model, mem_every=2, options=InferenceOptions(winograd=False))
+    compiled = Propagator(model, mem_every=2, options=InferenceOptions(compile=True))
+    assert not compiled.network.options.winograd  # the default gives way to compile
     for t, frame in enumerate(frames):
         mask, objects = (_first_mask(), None) if t == 0 else (new, [12]) if t == 3 else (None, None)
         want = eager.step(frame, mask, objects)
@@ -253,9 +254,9 @@ def test_compiled_network_agrees_and_follows_new_objects(model: PropagationModel
         assert got.object_ids == want.object_ids
         torch.testing.assert_close(got.prob, want.prob, atol=1e-5, rtol=0)
     assert compiled.object_ids == [3, 7, 12]
-    network = compiled.network
-    assert network is not model and network is not eager.network
+    network = compiled.network.module
+    assert network is not model and network is not eager.network.module
     assert network.mask_decoder._compiled_call_impl is not None
     assert model.mask_decoder._compiled_call_impl is None
     with pytest.raises(ValueError, match="exclude each other"):
-        Propagator(model, winograd=True, compile=True)
+        Propagator(model, options=InferenceOptions(winograd=True, compile=True))

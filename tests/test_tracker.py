@@ -283,8 +283,6 @@ def test_consensus_has_nothing_in_the_padding(model) -> None:
     """Frames whose sides are not multiples of 16 are padded; the network also predicts in
     that border, but the projected proposals are cropped to the image before the vote (as
     detections are), so the consensus written to memory has background there."""
-    from deva.inference.alignment import align_segmentations
-
     h, w = 90, 120  # padded to 96 × 128
     clip_video = generate_video(SyntheticVideoConfig(num_frames=3, height=h, width=w), seed=1)
     mask = torch.zeros(h, w, dtype=torch.long)
@@ -301,8 +299,8 @@ def test_consensus_has_nothing_in_the_padding(model) -> None:
         inside[p.top : ids.shape[0] - p.bottom, p.left : ids.shape[1] - p.right] = True
         return ids[~inside]
 
-    projected = align_segmentations(
-        model, [(f.features, s) for f, s in zip(clip[1:], segs[1:])], clip[0].features
+    projected = tracker.propagator.align(
+        [(f.features, s) for f, s in zip(clip[1:], segs[1:])], clip[0].features
     )
     assert any(border(s.mask).any() for s in projected)  # the network predicts there
     assert not border(segs[0].mask).any()

@@ -425,11 +425,10 @@ def test_incremental_mode_keeps_visible_objects(model, video, incremental: bool)
 
 
 def test_command_line_options() -> None:
-    device = torch.device("cpu")
     cfg = compose("evaluate", ["benchmark=vipseg", "incremental=true", "max_missed=0"])
-    config = tracker_config(cfg, device)
+    config = tracker_config(cfg)
     assert config.incremental and config.panoptic and config.max_missed == 0
     for name in ("evaluate", "track"):
-        config = tracker_config(compose(name, []), device)
+        config = tracker_config(compose(name, []))
         assert not config.incremental and not config.panoptic
-    assert not tracker_config(compose("evaluate", ["benchmark=burst"]), device).panoptic
+    assert not tracker_config(compose("evaluate", ["benchmark=burst"])).panoptic

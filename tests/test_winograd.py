@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from deva.data.synthetic import SyntheticVideoConfig, generate_video
+from deva.inference.options import InferenceOptions
 from deva.inference.preprocess import preprocess_frame, preprocess_mask
 from deva.inference.propagator import Propagator
 from deva.modeling import winograd
 from deva.modeling.config import PropagationConfig
-from deva.modeling.inference_model import build_inference_model, inference_options
+from deva.modeling.inference_model import build_inference_model
 from deva.modeling.modules import GroupedConv2d, conv_input_slice, relu_conv
 from deva.modeling.propagation import PropagationModel
 from deva.modeling.weights import build_model
@@ -177,6 +178,14 @@ def test_only_wide_convolutions_are_replaced() -> None:
     assert use_winograd(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1))) == 0
 
 
+def inference_options(
+    device: str, dtype: torch.dtype | None, **options: bool | None
+) -> tuple[bool | None, bool | None]:
+    """(channels_last, winograd) as resolved for ``device``."""
+    resolved = InferenceOptions(autocast=dtype, **options).resolved(device)
+    return resolved.channels_last, resolved.winograd
+
+
 def test_options_and_refusals() -> None:
     assert inference_options("cpu", None) == (True, True)
     assert inference_options("cpu", None, channels_last=False, winograd=False) == (False, False)
@@ -188,8 +197,7 @@ def test_options_and_refusals() -> None:
     with pytest.raises(ValueError, match="float32 inference on the CPU only"):
         Propagator(
             PropagationModel(PropagationConfig.preset("tiny")),
-            winograd=True,
-            autocast_dtype=torch.bfloat16,
+            options=InferenceOptions(winograd=True, autocast=torch.bfloat16),
         )
 
 
@@ -203,7 +211,9 @@ def test_trained_model_masks_match_direct_convolutions() -> None:
     video = generate_video(
         SyntheticVideoConfig(num_frames=6, height=96, width=160, num_objects=2), seed=3
     )
-    props = [Propagator(embedded_model, winograd=w) for w in (False, True)]
+    props = [
+        Propagator(embedded_model, options=InferenceOptions(winograd=w)) for w in (False, True)
+    ]
     first = torch.from_numpy(video.masks[0].astype(np.int64))
     differ = total = 0
     with torch.inference_mode():
@@ -214,7 +224,7 @@ def test_trained_model_masks_match_direct_convolutions() -> None:
             torch.testing.assert_close(fast.prob, plain.prob, atol=1e-3, rtol=0)
             differ += int((fast.index_mask() != plain.index_mask()).sum())
             total += plain.index_mask().numel()
-    assert props[1].winograd and not props[0].winograd
+    assert props[1].network.options.winograd and not props[0].network.options.winograd
     assert differ <= 1e-4 * total
 
 
@@ -241,23 +251,30 @@ def test_per_call_filters_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_tracker_and_tools_can_turn_winograd_off() -> None:
     from omegaconf import OmegaConf
 
-    from deva.config.options import tracker_config
+    from deva.config.options import inference_options, tracker_config
     from deva.inference.tracker import DecoupledTracker
 
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "evaluate.yaml")
     cfg.model = {"preset": "tiny", "weights": None}
     model = PropagationModel(PropagationConfig.preset("tiny"))
+
+    def tracker() -> DecoupledTracker:
+        options = inference_options(cfg)
+        return DecoupledTracker(
+            model, lambda image, **_: None, tracker_config(cfg), options=options
+        )
+
+    def network_options(t: DecoupledTracker):
+        return t.propagator.network.options
+
     assert cfg.winograd is None
-    on = DecoupledTracker(model, lambda image, **_: None, tracker_config(cfg, torch.device("cpu")))
+    on = tracker()
     cfg.winograd = False
-    config = tracker_config(cfg, torch.device("cpu"))
-    off = DecoupledTracker(model, lambda image, **_: None, config)
-    assert config.winograd is False
-    assert on._new_propagator().winograd and not off._new_propagator().winograd
-    assert cfg.compile is False and not on._new_propagator().compile
+    off = tracker()
+    assert inference_options(cfg).winograd is False
+    assert network_options(on).winograd and not network_options(off).winograd
+    assert cfg.compile is False and not network_options(on).compile
     cfg.compile = True
     cfg.winograd = None
-    compiled = DecoupledTracker(
-        model, lambda image, **_: None, tracker_config(cfg, torch.device("cpu"))
-    )
-    assert compiled._new_propagator().compile and not compiled._new_propagator().winograd
+    compiled = tracker()
+    assert network_options(compiled).compile and not network_options(compiled).winograd

@@ -205,6 +205,7 @@ class TrackingApp:
             model,
             image_model,
             config,
+            options=self.settings.inference,
             source=path,
             output=out,
             overlay=True,

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from deva.inference.options import InferenceOptions
 from deva.inference.tracker import TrackerConfig, TrackingMode
 from deva.segmenters.grounded_sam import parse_prompt
 from deva.segmenters.registry import PROMPTED, check_segmenter_name
@@ -40,6 +41,7 @@ class AppSettings:
         default_segmenter: the segmenter selected when the page opens.
         model_preset, model_weights: propagation model (``weights=None``: random).
         tracker: base tracker settings; mode, detection interval and size come per request.
+        inference: how the propagation network runs (precision, layout).
         workdir: where each request writes its outputs (``runs/<id>``).
         device: torch device for both models; ``segmenter_dtype`` its half precision.
         local_files_only: never download image models (None: the hub's default).
@@ -55,6 +57,7 @@ class AppSettings:
     model_preset: str
     model_weights: str | None
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
     workdir: Path = Path("outputs/app")
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     segmenter_dtype: str | None = None

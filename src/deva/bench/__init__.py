@@ -8,7 +8,7 @@ Suites (``suite=propagation|tracker|consensus|memory|training|all``, ``tasks=`` 
 - **propagation**: a generated 16:9 video at ``size`` (shorter side) is propagated from its
   first-frame masks by several *variants*, stepped interleaved frame by frame in one process
   (so load from other processes hits all of them alike): ``fp32-reference`` (the plain eager
-  model, :func:`~deva.modeling.inference_model.reference_mode`), ``fp32`` (inference copy,
+  model, ``InferenceOptions(plain=True)``), ``fp32`` (inference copy,
   batch norm folded), ``fp32-channels-last``, on the CPU ``fp32-winograd`` and
   ``fp32-winograd-channels-last`` (the default fp32 CPU path), and with ``amp``:
   ``<amp>-reference-autocast`` (autocast over the plain model) and ``<amp>-channels-last``

@@ -3,7 +3,6 @@ the peak RSS of each variant in a fresh process."""
 
 from __future__ import annotations
 
-import contextlib
 import resource
 import time
 from collections import defaultdict
@@ -17,10 +16,10 @@ from omegaconf import DictConfig
 from deva.bench.common import RSS_VARIANTS, _model, _rss_mib, _steady_video, _width
 from deva.bench.tracker import ListSegmenter
 from deva.inference.memory import MemoryConfig
+from deva.inference.options import InferenceOptions
 from deva.inference.preprocess import preprocess_frame, preprocess_mask
 from deva.inference.propagator import Propagator
 from deva.inference.tracker import DecoupledTracker, TrackerConfig, TrackingMode
-from deva.modeling.inference_model import reference_mode
 
 
 def bench_memory(cfg: DictConfig, device: torch.device, plot: Path | None) -> dict:
@@ -101,12 +100,12 @@ def _peak_rss_child(options: dict[str, Any]) -> dict[str, float]:
     model, _ = _model(options["preset"], torch.device("cpu"), int(options["seed"]), "auto")
     variant, mode = options["variant"], options["mode"]
     dtype = torch.bfloat16 if variant == "bf16" else None
-    context = reference_mode() if variant == "fp32-reference" else contextlib.nullcontext()
+    runtime = InferenceOptions(autocast=dtype, plain=variant == "fp32-reference")
     before = _rss_mib()
-    with context, torch.inference_mode():
+    with torch.inference_mode():
         if mode == "vos":
             first = torch.from_numpy(video.masks[0].astype(np.int64))
-            propagator = Propagator(model, autocast_dtype=dtype)
+            propagator = Propagator(model, options=runtime)
             for t, frame in enumerate(video.frames):
                 image, geometry = preprocess_frame(frame, -1)
                 mask = preprocess_mask(first, geometry) if t == 0 else None
@@ -118,9 +117,9 @@ def _peak_rss_child(options: dict[str, Any]) -> dict[str, float]:
                 detect_every=int(options["detect_every"]),
                 shorter_side=-1,
                 memory=MemoryConfig(),
-                autocast_dtype=dtype,
             )
-            tracker = DecoupledTracker(model, ListSegmenter(video.detections), config)
+            segmenter = ListSegmenter(video.detections)
+            tracker = DecoupledTracker(model, segmenter, config, options=runtime)
             for _ in tracker.stream((f"{t:05d}", f) for t, f in enumerate(video.frames)):
                 pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

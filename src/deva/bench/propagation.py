@@ -3,7 +3,6 @@ stepped interleaved frame by frame, each variant's masks compared with ``fp32-re
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import defaultdict
 from typing import NamedTuple
@@ -23,9 +22,9 @@ from deva.bench.common import (
     _width,
 )
 from deva.data.synthetic import SyntheticVideo
+from deva.inference.options import InferenceOptions
 from deva.inference.preprocess import preprocess_frame, preprocess_mask
 from deva.inference.propagator import Propagator
-from deva.modeling.inference_model import reference_mode
 
 
 class _Variant(NamedTuple):
@@ -37,6 +36,15 @@ class _Variant(NamedTuple):
     reference: bool  # the plain eager model (reference mode)
     winograd: bool
     compiled: bool
+
+    def options(self) -> InferenceOptions:
+        return InferenceOptions(
+            autocast=self.dtype,
+            channels_last=self.channels_last,
+            winograd=self.winograd,
+            compile=self.compiled,
+            plain=self.reference,
+        )
 
 
 def _propagation_variants(
@@ -101,13 +109,11 @@ def _step_interleaved(
         for t, frame in enumerate(video.frames):
             ref_mask = decisive = None
             for variant in _frame_order(variants, t):
-                context = reference_mode() if variant.reference else contextlib.nullcontext()
                 start = time.perf_counter()
-                with context:
-                    image, geometry = preprocess_frame(frame, -1, device=device)
-                    mask = preprocess_mask(first, geometry).to(device) if t == 0 else None
-                    result = props[variant.name].step(image, mask)
-                    ids = result.index_mask().cpu()
+                image, geometry = preprocess_frame(frame, -1, device=device)
+                mask = preprocess_mask(first, geometry).to(device) if t == 0 else None
+                result = props[variant.name].step(image, mask)
+                ids = result.index_mask().cpu()
                 _sync(device)
                 if t >= cfg.warmup:
                     timings[variant.name].append(time.perf_counter() - start)
@@ -128,16 +134,7 @@ def bench_propagation(
     video = _steady_video(height, cfg.frames + cfg.warmup, cfg.objects, cfg.seed)
     model, source = _model(preset, device, cfg.seed, cfg.weights)
     variants = _propagation_variants(cfg, device, amp)
-    props = {
-        v.name: Propagator(
-            model,
-            autocast_dtype=v.dtype,
-            channels_last=v.channels_last,
-            winograd=v.winograd,
-            compile=v.compiled,
-        )
-        for v in variants
-    }
+    props = {v.name: Propagator(model, options=v.options()) for v in variants}
     comparisons = {
         v.name: MaskComparison(v.name, "fp32-reference", _kind(v.dtype)) for v in variants[1:]
     }

@@ -18,7 +18,7 @@ from deva.bench.memory import bench_memory, bench_peak_rss
 from deva.bench.propagation import bench_propagation
 from deva.bench.tracker import bench_tracker
 from deva.bench.training import bench_training
-from deva.modeling.weights import pick_device
+from deva.inference.options import pick_device
 
 log = logging.getLogger(__name__)
 

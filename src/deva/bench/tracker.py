@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-import deva.inference.tracker as tracker_module
 from deva.bench.common import MaskComparison, _kind, _model, _sync, _width
 from deva.data.synthetic import SyntheticVideo, SyntheticVideoConfig, generate_video
-from deva.inference.alignment import _align_with_propagator
 from deva.inference.memory import MemoryConfig
+from deva.inference.network import FrameFeatures
+from deva.inference.options import InferenceOptions
+from deva.inference.propagator import Propagator, reference_alignment
 from deva.inference.tracker import DecoupledTracker, TrackerConfig, TrackingMode
-from deva.modeling.inference_model import reference_mode
 from deva.modeling.propagation import PropagationModel
 from deva.types import Segment, Segmentation
 
@@ -70,52 +70,35 @@ class PartitionSegmenter:
         return partition(h, w, self.count, int(frame_name or 0), shift=3.0)
 
 
-def _legacy_align_segmentations(
-    model: PropagationModel,
-    sources: list[tuple[Any, Segmentation]],
-    target: Any,
-    **options: Any,
-) -> list[Segmentation]:
+class _LegacyPropagator(Propagator):
     """The previous alignment: one throw-away propagator per clip frame."""
-    out = []
-    for features, seg in sources:
-        if not seg.segments or not torch.as_tensor(seg.mask).any():
-            out.append(Segmentation(mask=torch.zeros(target.size, dtype=torch.long), segments=[]))
-            continue
-        ids = _align_with_propagator(model, features, seg, target, **options)
-        present = set(torch.unique(ids).tolist())
-        segments = [replace(s) for s in seg.segments if s.id in present]
-        out.append(Segmentation(mask=ids, segments=segments))
-    return out
+
+    def align(
+        self, sources: list[tuple[FrameFeatures, Segmentation]], target: FrameFeatures
+    ) -> list[Segmentation]:
+        out = []
+        for features, seg in sources:
+            if not seg.segments or not torch.as_tensor(seg.mask).any():
+                empty = torch.zeros(target.size, dtype=torch.long)
+                out.append(Segmentation(mask=empty, segments=[]))
+                continue
+            top_k = self.memory_config.top_k
+            ids = reference_alignment(self.network, features, seg, target, top_k=top_k)
+            present = set(torch.unique(ids).tolist())
+            segments = [replace(s) for s in seg.segments if s.id in present]
+            out.append(Segmentation(mask=ids, segments=segments))
+        return out
+
+    def fork(self) -> Propagator:
+        return _LegacyPropagator(self.network, self.memory_config, mem_every=self.mem_every)
 
 
-_TIMED = ("in_clip_consensus", "align_segmentations", "merge_with_consensus")
-
-
-@contextlib.contextmanager
-def _tracker_hooks(spent: dict[str, float], legacy: bool) -> Iterator[None]:
-    """Time the tracker's consensus / alignment / merge calls; optionally the old alignment."""
-    originals = {name: getattr(tracker_module, name) for name in _TIMED}
-
-    def timed(name: str, fn: Callable) -> Callable:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[name] += time.perf_counter() - start
-
-        return wrapper
-
-    for name, fn in originals.items():
-        if legacy and name == "align_segmentations":
-            fn = _legacy_align_segmentations
-        setattr(tracker_module, name, timed(name, fn))
-    try:
-        yield
-    finally:
-        for name, fn in originals.items():
-            setattr(tracker_module, name, fn)
+# The tracker's timed stages and the keys the suite reports them under.
+_TIMED = {
+    "consensus": "in_clip_consensus",
+    "alignment": "align_segmentations",
+    "merge": "merge_with_consensus",
+}
 
 
 class _TrackerVariant(NamedTuple):
@@ -123,7 +106,7 @@ class _TrackerVariant(NamedTuple):
 
     name: str
     dtype: torch.dtype | None  # autocast dtype; None: fp32
-    plain: bool  # the plain eager model (reference mode)
+    plain: bool  # the plain eager model (InferenceOptions.plain)
     legacy: bool  # one throw-away propagator per alignment
 
 
@@ -140,28 +123,39 @@ def _tracker_variants(cfg: DictConfig, amp: torch.dtype | None) -> list[_Tracker
 
 
 def _make_tracker(
-    model: PropagationModel, video: SyntheticVideo, cfg: DictConfig, dtype: torch.dtype | None
+    model: PropagationModel,
+    video: SyntheticVideo,
+    cfg: DictConfig,
+    variant: _TrackerVariant,
+    spent: dict[str, float],
 ) -> DecoupledTracker:
-    """A semi-online tracker fed partitions or the video's own detections."""
+    """A semi-online tracker fed partitions or the video's own detections, its stages timed
+    into ``spent``."""
     config = TrackerConfig(
         mode=TrackingMode.SEMI_ONLINE,
         clip_size=cfg.clip_size,
         detect_every=cfg.detect_every,
         shorter_side=-1,
         memory=MemoryConfig(),
-        autocast_dtype=dtype,
     )
     segmenter = (
         ListSegmenter(video.detections)
         if cfg.tracker_detections == "video"
         else PartitionSegmenter(int(cfg.segments))
     )
-    return DecoupledTracker(model, segmenter, config)
+    kind = _LegacyPropagator if variant.legacy else Propagator
+    options = InferenceOptions(autocast=variant.dtype, plain=variant.plain)
+    backend = kind(model, config.memory, mem_every=config.mem_every, options=options)
 
+    @contextlib.contextmanager
+    def timer(stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent[_TIMED[stage]] += time.perf_counter() - start
 
-def _model_mode(plain: bool) -> contextlib.AbstractContextManager:
-    """The plain eager model for reference variants, the inference copy otherwise."""
-    return reference_mode() if plain else contextlib.nullcontext()
+    return DecoupledTracker(backend, segmenter, config, timer=timer)
 
 
 @dataclass
@@ -170,25 +164,21 @@ class _TrackerRun:
 
     variant: _TrackerVariant
     tracker: DecoupledTracker
-    spent: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    spent: dict[str, float]
     outputs: dict[int, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
 
     def warm_up(self, frames: np.ndarray) -> None:
         """Track ``frames`` untimed, then forget them."""
-        with (
-            _model_mode(self.variant.plain),
-            _tracker_hooks(defaultdict(float), self.variant.legacy),
-            torch.inference_mode(),
-        ):
+        with torch.inference_mode():
             list(self.tracker.stream((f"{t:05d}", f) for t, f in enumerate(frames)))
         self.tracker.reset()
+        self.spent.clear()
 
     def timed(self, call: Callable[[], list], device: torch.device) -> None:
         """Time one tracker call and keep the masks it returns."""
-        context = _model_mode(self.variant.plain)
         start = time.perf_counter()
-        with context, _tracker_hooks(self.spent, self.variant.legacy), torch.inference_mode():
+        with torch.inference_mode():
             results = call()
         _sync(device)
         self.seconds += time.perf_counter() - start
@@ -214,7 +204,7 @@ def _track_interleaved(
 def _tracker_row(run: _TrackerRun, preset: str, source: str, cfg: DictConfig, frame: str) -> dict:
     """The timing row of one variant, with the time shares of the hooked calls."""
     total = run.seconds
-    parts = {k: run.spent[k] for k in _TIMED}
+    parts = {k: run.spent[k] for k in _TIMED.values()}
     parts["other"] = total - sum(parts.values())
     frames = len(run.outputs)
     return {
@@ -268,10 +258,10 @@ def bench_tracker(
         seed=cfg.seed,
     )
     model, source = _model(preset, device, cfg.seed, cfg.weights)
-    runs = [
-        _TrackerRun(v, _make_tracker(model, video, cfg, v.dtype))
-        for v in _tracker_variants(cfg, amp)
-    ]
+    runs = []
+    for variant in _tracker_variants(cfg, amp):
+        spent: dict[str, float] = defaultdict(float)
+        runs.append(_TrackerRun(variant, _make_tracker(model, video, cfg, variant, spent), spent))
     _track_interleaved(runs, video.frames, cfg, device)
     reference = runs[0]
     rows = [_tracker_row(run, preset, source, cfg, f"{height}x{width}") for run in runs]

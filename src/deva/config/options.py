@@ -12,32 +12,34 @@ from typing import Any
 import torch
 
 from deva.config import ConfigError
+from deva.inference import options as inference
 from deva.inference.memory import MemoryConfig
+from deva.inference.options import InferenceOptions
 from deva.inference.tracker import TrackerConfig, TrackingMode
-from deva.modeling.inference_model import check_autocast
-
-AMP_DTYPES: dict[str, torch.dtype | None] = {
-    "none": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
 
 
 def autocast_dtype(name: str | None, device: torch.device) -> torch.dtype | None:
-    """The mixed-precision dtype for ``amp=name`` on ``device``.
+    """The mixed-precision dtype for ``amp=name`` on ``device`` (one-line ConfigError).
 
     ``bf16`` works on CUDA and on CPUs with native bfloat16 (AVX-512-BF16 / AMX; checked via
     oneDNN); ``fp16`` on the CPU and ``bf16`` on a CPU without it are one-line errors.
     """
-    name = "none" if name is None else str(name).lower()
-    if name not in AMP_DTYPES:
-        raise ConfigError(f"amp must be one of {sorted(AMP_DTYPES)}, got {name!r}")
-    dtype = AMP_DTYPES[name]
     try:
-        check_autocast(dtype, device)
+        return inference.autocast_dtype(name, device)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    return dtype
+
+
+def inference_options(cfg: Any) -> InferenceOptions:
+    """The runtime keys (device, amp, winograd, compile, chunk_size) → :class:`InferenceOptions`."""
+    device = inference.pick_device(cfg.device)
+    return InferenceOptions(
+        device=str(cfg.device),
+        autocast=autocast_dtype(cfg.amp, device),
+        winograd=cfg.get("winograd"),
+        compile=bool(cfg.get("compile", False)),
+        chunk_size=int(cfg.chunk_size),
+    )
 
 
 def memory_config(cfg: Any) -> MemoryConfig:
@@ -45,7 +47,7 @@ def memory_config(cfg: Any) -> MemoryConfig:
     return MemoryConfig(**cfg.memory)
 
 
-def tracker_config(cfg: Any, device: torch.device) -> TrackerConfig:
+def tracker_config(cfg: Any) -> TrackerConfig:
     """The tracker keys (mode, detect_every, clip_size, ...) → :class:`TrackerConfig`.
 
     ``benchmark=vipseg`` (panoptic input) matches things and stuff separately; every other
@@ -60,10 +62,6 @@ def tracker_config(cfg: Any, device: torch.device) -> TrackerConfig:
         shorter_side=cfg.size,
         mem_every=cfg.mem_every,
         memory=memory_config(cfg),
-        chunk_size=cfg.chunk_size,
-        autocast_dtype=autocast_dtype(cfg.amp, device),
-        winograd=cfg.get("winograd"),
-        compile=bool(cfg.get("compile", False)),
         panoptic=cfg.get("benchmark") == "vipseg",
         incremental=bool(cfg.get("incremental", False)),
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from deva.inference.objects import ObjectRegistry
 from deva.modeling import memory_ops
 from deva.modeling.memory_ops import TopKAffinity
 
@@ -170,18 +171,26 @@ class MemoryStats:
 
 @dataclass
 class InferenceMemory:
-    """All memory of one video: buckets of key/value memory plus per-object sensory memory."""
+    """All memory of one video: buckets of key/value memory plus per-object sensory memory.
+
+    ``objects`` is the registry of the propagator this memory belongs to: it says which
+    objects exist and in which channel order; the memory holds values for those of them that
+    have been written (:attr:`object_ids`). ``query_chunk``: see
+    :func:`~deva.modeling.memory_ops.top_k_query_affinity`.
+    """
 
     config: MemoryConfig = field(default_factory=MemoryConfig)
+    objects: ObjectRegistry = field(default_factory=ObjectRegistry)
+    query_chunk: int | None = None
     _buckets: list[_Bucket] = field(default_factory=list)
-    _objects: list[int] = field(default_factory=list)  # in order of addition
     _sensory: dict[int, torch.Tensor] = field(default_factory=dict)  # id -> (C_s, h, w)
 
     # ---- objects -------------------------------------------------------------------------
     @property
     def object_ids(self) -> list[int]:
-        """Objects with memory, in the order they were added."""
-        return list(self._objects)
+        """Objects with memory, in the registry's channel order."""
+        stored = {o for b in self._buckets for o in b.objects}
+        return [o for o in self.objects.ids if o in stored]
 
     @property
     def is_empty(self) -> bool:
@@ -192,13 +201,12 @@ class InferenceMemory:
             working_elements=sum(b.working.size for b in self._buckets),
             long_term_elements=sum(b.long_term.size for b in self._buckets),
             buckets=len(self._buckets),
-            objects=len(self._objects),
+            objects=sum(len(b.objects) for b in self._buckets),
         )
 
     def delete_objects(self, object_ids: list[int]) -> None:
         """Forget objects: their values and sensory memory; empty buckets are dropped."""
         gone = set(object_ids)
-        self._objects = [o for o in self._objects if o not in gone]
         for obj in gone:
             self._sensory.pop(obj, None)
         for bucket in self._buckets:
@@ -251,7 +259,6 @@ class InferenceMemory:
                     frame_elements=key_f.shape[-1],
                 )
             )
-        self._objects.extend(new)
         for bucket in self._buckets:
             missing = [o for o in bucket.objects if o not in value_of]
             if missing:
@@ -276,7 +283,9 @@ class InferenceMemory:
             lt, wm = bucket.long_term, bucket.working
             m_key, m_shrink = bucket.joined()
             # Affinities in float32: squared distances overflow fp16 under autocast.
-            affinity = _affinity(m_key, m_shrink, q_key, q_sel, self.config.top_k)
+            affinity = memory_ops.memory_affinity(
+                m_key, m_shrink, q_key, q_sel, self.config.top_k, query_chunk=self.query_chunk
+            )
             if self.config.long_term:
                 usage = (
                     affinity.usage() if isinstance(affinity, TopKAffinity) else affinity.sum(2)
@@ -289,10 +298,10 @@ class InferenceMemory:
             if not objs:
                 continue
             dtype = bucket.working.values[objs[0]].dtype
-            if isinstance(affinity, TopKAffinity):
+            if isinstance(affinity, TopKAffinity):  # element-major values cached per bucket
                 out = affinity.readout(bucket.values_t(objs).unsqueeze(0))[0].to(dtype)
             else:
-                out = memory_ops.readout(affinity, bucket.values(objs))[0].flatten(0, 1)
+                out = memory_ops.read_values(affinity, bucket.values(objs))[0].flatten(0, 1)
             for obj, part in zip(objs, out.chunk(len(objs)), strict=True):
                 readouts[obj] = part.reshape(-1, h, w)
         missing = [o for o in object_ids if o not in readouts]
@@ -314,7 +323,7 @@ class InferenceMemory:
         proto_key = wm.key[:, proto_idx]
         proto_sel = wm.selection[:, proto_idx]
         cand_key, cand_shrink = wm.key[:, start:end], wm.shrinkage[:, start:end]
-        affinity = _affinity(
+        affinity = memory_ops.memory_affinity(
             cand_key.unsqueeze(0),
             cand_shrink.unsqueeze(0),
             proto_key.unsqueeze(0),
@@ -335,25 +344,3 @@ class InferenceMemory:
             usage = lt.usage()
             lt.keep(torch.sort(torch.topk(usage, max(room, 0)).indices).values)
         lt.append(proto_key, proto_shrink, None, proto_values)
-
-
-def _affinity(
-    memory_key: torch.Tensor,
-    memory_shrinkage: torch.Tensor,
-    query_key: torch.Tensor,
-    query_selection: torch.Tensor,
-    top_k: int | None,
-) -> torch.Tensor | TopKAffinity:
-    """(Top-k) softmax affinity in float32 with autocast off: squared distances overflow
-    fp16 and lose too much precision in bf16. With ``top_k`` smaller than the memory, a
-    sparse :class:`~deva.modeling.memory_ops.TopKAffinity`; else the dense (B, M, Q) matrix."""
-    args = (
-        memory_key.float(),
-        memory_shrinkage.float(),
-        query_key.float(),
-        query_selection.float(),
-    )
-    with torch.autocast(memory_key.device.type, enabled=False):
-        if top_k is not None and top_k < memory_key.shape[-1]:
-            return memory_ops.top_k_query_affinity(*args, top_k)
-        return memory_ops.softmax_affinity(memory_ops.similarity(*args), None)

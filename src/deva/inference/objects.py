@@ -3,7 +3,9 @@
 Object ids are what users see and what masks carry; they are handed out once and never reused,
 even after the object is deleted. Memory tensors hold one channel per live object in the
 registry's order, so the registry also maps ids to channel indices and tells the caller which
-indices disappear when objects are removed (the remaining indices are compacted).
+indices disappear when objects are removed (the remaining indices are compacted). One registry
+is shared by a propagator, its memory (which asks it for the channel order) and the tracker
+that drives them (which keeps each object's votes and miss counter in it).
 """
 
 from __future__ import annotations
@@ -108,6 +110,24 @@ class ObjectRegistry:
         self._index[obj.id] = len(self._objects)
         self._objects[obj.id] = obj
         return obj
+
+    def add(self, object_id: int, *, isthing: bool | None = None) -> TrackedObject:
+        """Register an object under an id the caller chose (e.g. a ground-truth label) at the
+        last channel index; later :meth:`create` calls hand out larger ids."""
+        object_id = int(object_id)
+        if object_id < 1:
+            raise ValueError(f"object ids are >= 1 (0 = background), got {object_id}")
+        if object_id in self._objects:
+            raise ValueError(f"object id {object_id} is already live")
+        obj = TrackedObject(id=object_id, isthing=None if isthing is None else bool(isthing))
+        self._next_id = max(self._next_id, object_id + 1)
+        self._index[obj.id] = len(self._objects)
+        self._objects[obj.id] = obj
+        return obj
+
+    def reserve(self, next_id: int) -> None:
+        """Hand out ids from ``next_id`` on at the earliest (ids used elsewhere stay unused)."""
+        self._next_id = max(self._next_id, int(next_id))
 
     def remove(self, ids: Iterable[int]) -> list[int]:
         """Delete objects; returns their former channel indices, ascending.

@@ -231,12 +231,17 @@ def argmax_channels(prob: torch.Tensor) -> torch.Tensor:
     return index
 
 
-def probabilities_to_mask(prob: torch.Tensor, geometry: FrameGeometry) -> torch.Tensor:
-    """Arg-max over channel dim -3 of restored probabilities: (..., N, H', W') → (..., H, W).
-
-    Channel 0 is usually the background, so the result is a channel index, not an object id.
-    """
-    return argmax_channels(restore_probabilities(prob, geometry))
+def probabilities_to_ids(
+    prob: torch.Tensor, object_ids: list[int], geometry: FrameGeometry | None = None
+) -> torch.Tensor:
+    """Object ids (..., H, W) int64 (0 = background) from (..., N + 1, H', W') probabilities
+    whose channel 0 is the background and channel i object ``object_ids[i - 1]``: restored to
+    the original size first when ``geometry`` is given (:func:`restore_probabilities`), then
+    arg-maxed (:func:`argmax_channels`), on ``prob``'s device."""
+    if geometry is not None:
+        prob = restore_probabilities(prob, geometry)
+    lut = torch.tensor([0, *object_ids], dtype=torch.int64, device=prob.device)
+    return lut[argmax_channels(prob)]
 
 
 def resize_segmentation(seg: Segmentation, height: int, width: int) -> Segmentation:

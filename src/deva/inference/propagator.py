@@ -4,62 +4,30 @@
 >>> for t, image in enumerate(frames):            # image: (3, H, W) normalised
 ...     result = propagator.step(image, first_mask if t == 0 else None)
 ...     ids = result.index_mask()                 # (H, W) object ids, 0 = background
+
+:class:`Propagator` is this package's implementation of the tracker's propagation protocol
+(:class:`~deva.inference.backend.PropagationBackend`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from deva.inference import alignment
+from deva.inference.backend import PropagationResult
 from deva.inference.memory import InferenceMemory, MemoryConfig
-from deva.inference.preprocess import Padding, argmax_channels, pad_to_multiple, unpad
-from deva.modeling.inference_model import check_autocast, inference_model, inference_options
-from deva.modeling.propagation import (
-    KeyProjection,
-    PixelFeatures,
-    PropagationModel,
-    aggregate_probabilities,
-)
+from deva.inference.network import FrameFeatures, InferenceNetwork
+from deva.inference.objects import ObjectRegistry
+from deva.inference.options import InferenceOptions
+from deva.inference.preprocess import pad_to_multiple, unpad
+from deva.modeling.propagation import PropagationModel, aggregate_probabilities
+from deva.types import Segmentation
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FrameFeatures:
-    """Everything the network computes from an image alone; compute once, reuse freely.
-
-    image: (1, 3, H', W') padded normalised image; padding: what was added to reach H'×W'.
-    """
-
-    image: torch.Tensor
-    padding: Padding
-    pixel: PixelFeatures
-    key: KeyProjection
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(H, W) of the image before padding."""
-        h, w = self.image.shape[-2:]
-        p = self.padding
-        return h - p.top - p.bottom, w - p.left - p.right
-
-
-@dataclass
-class PropagationResult:
-    """Per-frame output: probabilities (N + 1, H, W), channel 0 = background, channel i =
-    ``object_ids[i - 1]``, at the processing resolution (before any resize to the original)."""
-
-    prob: torch.Tensor
-    object_ids: list[int]
-
-    def index_mask(self) -> torch.Tensor:
-        """(H, W) int64 map of object ids (0 = background) by arg-max."""
-        lut = torch.tensor([0, *self.object_ids], dtype=torch.int64, device=self.prob.device)
-        return lut[argmax_channels(self.prob)]
 
 
 class Propagator:
@@ -67,108 +35,86 @@ class Propagator:
 
     A frame becomes a memory frame every ``mem_every`` frames and whenever masks are given.
     Objects given mid-video are merged with the prediction of existing objects (given masks
-    win where they are foreground). ``chunk_size`` bounds how many objects go through the
-    network at once. ``autocast_dtype`` (e.g. ``torch.bfloat16``) enables mixed precision
-    (bf16 on a CPU needs native support; fp16 on a CPU is refused).
+    win where they are foreground).
 
-    The network runs as a cached inference copy of ``model``
-    (:func:`~deva.modeling.inference_model.inference_model`): batch norm folded into the
-    convolutions, weights stored once in the autocast dtype, channels-last layout when
-    ``channels_last`` (default: on for the CPU), and in float32 on the
-    CPU the wide 3×3 convolutions computed by Winograd's F(4×4, 3×3) (``winograd``, default
-    on there; :mod:`deva.modeling.winograd`). ``compile`` wraps the copy's sub-networks in
-    ``torch.compile`` (the first frames, and the first frame after the object count
-    changes, pay the compilation; meant for long runs on a GPU). ``model`` itself is never
-    modified; the copy follows it when its weights change.
+    The network runs as an :class:`~deva.inference.network.InferenceNetwork`: built here from
+    ``model`` and ``options`` (precision, layout, kernels, objects per pass; see
+    :class:`~deva.inference.options.InferenceOptions`), or given ready-made so that several
+    propagators share one. ``model`` itself is never modified.
+
+    The propagator owns the registry of its objects (:attr:`objects`): its memory asks it for
+    the channel order, and a tracker driving the propagator keeps the objects' metadata in it.
     """
 
     def __init__(
         self,
-        model: PropagationModel,
+        model: PropagationModel | InferenceNetwork,
         memory: MemoryConfig | None = None,
         *,
         mem_every: int = 5,
-        chunk_size: int = -1,
-        autocast_dtype: torch.dtype | None = None,
-        channels_last: bool | None = None,
-        winograd: bool | None = None,
-        compile: bool = False,
+        options: InferenceOptions | None = None,
     ) -> None:
         if mem_every < 1:
             raise ValueError(f"mem_every must be >= 1, got {mem_every}")
-        check_autocast(autocast_dtype, model.device)
-        self.model = model.eval()
-        self.channels_last, self.winograd = inference_options(
-            model.device,
-            autocast_dtype,
-            channels_last=channels_last,
-            winograd=winograd,
-            compile=compile,
-        )
-        self.compile = compile
+        if isinstance(model, InferenceNetwork):
+            if options is not None:
+                raise ValueError("options belong to the network; pass a model or the options")
+            self.network = model
+        else:
+            self.network = InferenceNetwork(model, options)
         self.memory_config = memory or MemoryConfig()
         self.mem_every = mem_every
-        self.chunk_size = chunk_size
-        self.autocast_dtype = autocast_dtype
         self.reset()
 
     def reset(self) -> None:
-        """Forget everything: memory, objects, frame counter."""
-        self.memory = InferenceMemory(self.memory_config)
+        """Forget everything: objects, memory, frame counter."""
+        self.objects = ObjectRegistry()
+        self.memory = InferenceMemory(
+            self.memory_config, self.objects, query_chunk=self.network.options.query_chunk
+        )
         self._frame = -1
         self._last_memory_frame = -(10**9)
         self._last_prob: torch.Tensor | None = None  # (N, H', W') for memory.object_ids
         self._pending: _Pending | None = None
 
+    def fork(self) -> Propagator:
+        """A new, empty propagator with the same network and settings."""
+        return Propagator(self.network, self.memory_config, mem_every=self.mem_every)
+
     @property
     def object_ids(self) -> list[int]:
-        """Objects currently tracked, in channel order."""
+        """Objects currently tracked (with memory), in channel order."""
         return self.memory.object_ids
 
     @property
-    def device(self) -> torch.device:
-        return self.model.device
+    def model(self) -> PropagationModel:
+        return self.network.model
 
     @property
-    def network(self) -> PropagationModel:
-        """The inference copy of the model that does the work (see the class docstring)."""
-        return inference_model(
-            self.model,
-            dtype=self.autocast_dtype,
-            channels_last=self.channels_last,
-            winograd=self.winograd,
-            compile=self.compile,
-        )
+    def device(self) -> torch.device:
+        return self.network.device
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    @torch.inference_mode()
     def encode(self, image: torch.Tensor) -> FrameFeatures:
         """Image features of a normalised frame (3, H, W) or (1, 3, H, W)."""
-        if image.ndim == 3:
-            image = image.unsqueeze(0)
-        if image.ndim != 4 or image.shape[:2] != (1, 3):
-            raise ValueError(f"expected an image (3, H, W), got shape {tuple(image.shape)}")
-        padded, padding = pad_to_multiple(image.to(self.device, torch.float32), 16)
-        network = self.network
-        with self._autocast():
-            source = (
-                padded.contiguous(memory_format=torch.channels_last)
-                if self.channels_last
-                else padded
-            )
-            pixel = network.encode_image(source)
-            key = network.project_key(pixel)
-        return FrameFeatures(padded, padding, pixel, key)
+        return self.network.encode(image)
+
+    def align(
+        self, sources: list[tuple[FrameFeatures, Segmentation]], target: FrameFeatures
+    ) -> list[Segmentation]:
+        """Each source frame's segmentation propagated onto ``target`` (paper eq. 1), with a
+        throw-away one-frame memory per source; this propagator's state is not touched. See
+        :func:`deva.inference.alignment.align_segmentations`."""
+        return alignment.align_segmentations(
+            self.network, sources, target, top_k=self.memory_config.top_k
+        )
 
     def delete_objects(self, object_ids: list[int]) -> None:
-        """Stop tracking objects and drop their memory."""
+        """Stop tracking objects: they leave the registry and the memory."""
+        gone = set(object_ids)
         if self._last_prob is not None:
-            keep = [i for i, o in enumerate(self.object_ids) if o not in set(object_ids)]
+            keep = [i for i, o in enumerate(self.object_ids) if o not in gone]
             self._last_prob = self._last_prob[keep]
+        self.objects.remove([o for o in object_ids if o in self.objects])
         self.memory.delete_objects(object_ids)
 
     @torch.inference_mode()
@@ -216,7 +162,7 @@ class Propagator:
             raise RuntimeError("predict() called twice without commit()")
         self._frame += 1
         existing = self.object_ids
-        with self._autocast():
+        with self.network.autocast():
             prob = self._predict(features, existing, update_sensory=not end)
         if prob is None:
             prob = features.image.new_ones(1, *features.image.shape[-2:])
@@ -242,10 +188,14 @@ class Propagator:
             raise RuntimeError("commit() without a pending predict()")
         features = pending.features
         given_ids, given = self._given_masks(mask, objects, features, keep_empty=keep_empty)
+        for obj in given_ids:
+            if obj not in self.objects:
+                self.objects.add(obj)
         existing = self.object_ids
         predicted = _drop_channels(pending.prob, pending.object_ids, existing)
-        ids = existing + [o for o in given_ids if o not in existing]
-        with self._autocast():
+        wanted = set(existing) | set(given_ids)
+        ids = [o for o in self.objects.ids if o in wanted]  # the registry's channel order
+        with self.network.autocast():
             prob = self._merge(predicted if existing else None, given, given_ids, ids, features)
             is_memory_frame = (
                 bool(given_ids) or self._frame - self._last_memory_frame >= self.mem_every
@@ -311,7 +261,7 @@ class Propagator:
         if not existing:
             return None
         key = features.key
-        network = self.network
+        network = self.network.module
         readout = self.memory.read(key.key, key.selection, existing)
         template = readout.new_zeros(network.config.sensory_dim, *readout.shape[-2:])
         sensory = self.memory.get_sensory(existing, template)
@@ -322,7 +272,7 @@ class Propagator:
             sensory,
             last,
             update_sensory=update_sensory,
-            chunk_size=self.chunk_size,
+            chunk_size=self.network.chunk_size,
         )
         if update_sensory:
             self.memory.set_sensory(existing, sensory)
@@ -353,7 +303,7 @@ class Propagator:
 
     def _write_memory(self, features: FrameFeatures, prob: torch.Tensor, ids: list[int]) -> None:
         key = features.key
-        network = self.network
+        network = self.network.module
         template = prob.new_zeros(network.config.sensory_dim, *key.key.shape[-2:])
         sensory = self.memory.get_sensory(ids, template.to(key.key.dtype))
         value, sensory = network.encode_mask(
@@ -362,7 +312,7 @@ class Propagator:
             sensory,
             prob.to(features.image.dtype),
             deep_update=True,
-            chunk_size=self.chunk_size,
+            chunk_size=self.network.chunk_size,
         )
         self.memory.add_frame(key.key, key.shrinkage, key.selection, value, ids)
         self.memory.set_sensory(ids, sensory)
@@ -388,3 +338,20 @@ def _drop_channels(prob: torch.Tensor, ids: list[int], keep: list[int]) -> torch
     dropped = [1 + i for i, o in enumerate(ids) if o not in set(keep)]
     background = prob[:1] + prob[dropped].sum(dim=0, keepdim=True)
     return torch.cat([background, prob[rows]], dim=0)
+
+
+def reference_alignment(
+    model: PropagationModel | InferenceNetwork,
+    source: FrameFeatures,
+    segmentation: Segmentation,
+    target: FrameFeatures,
+    *,
+    top_k: int | None = alignment.DEFAULT_TOP_K,
+) -> torch.Tensor:
+    """The (H, W) id map a throw-away propagator gives for one source frame: what
+    :func:`~deva.inference.alignment.align_segmentations` computes faster (benchmarks and
+    tests compare the two)."""
+    ids, masks = alignment.one_hot_segments(segmentation, source.size)
+    temporary = Propagator(model, MemoryConfig(top_k=top_k, long_term=False))
+    temporary.step(features=source, mask=masks.to(source.image.device), objects=ids)
+    return temporary.step(features=target, end=True).index_mask().cpu()

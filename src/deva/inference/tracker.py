@@ -46,30 +46,33 @@ input (``TrackerConfig.panoptic``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from deva.inference.alignment import align_segmentations
+from deva.inference.backend import PropagationBackend, PropagationResult
 from deva.inference.consensus import in_clip_consensus
 from deva.inference.memory import MemoryConfig
 from deva.inference.merging import MAX_MISSED, merge_with_consensus
 from deva.inference.objects import ObjectRegistry
+from deva.inference.options import InferenceOptions
 from deva.inference.preprocess import (
     FrameGeometry,
-    argmax_channels,
     clear_padding,
     preprocess_frame,
+    preprocess_mask,
+    probabilities_to_ids,
     resize_mask,
     resize_segmentation,
-    restore_probabilities,
 )
-from deva.inference.propagator import FrameFeatures, PropagationResult, Propagator
+from deva.inference.propagator import Propagator
 from deva.modeling.propagation import PropagationModel
 from deva.types import ImageSegmenter, Segment, Segmentation, check_image
 
@@ -99,7 +102,8 @@ class TrackingMode(enum.Enum):
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    """Settings of :class:`DecoupledTracker` (paper defaults).
+    """Algorithm settings of :class:`DecoupledTracker` (paper defaults). How the network runs
+    (precision, layout, objects per pass) is :class:`~deva.inference.options.InferenceOptions`.
 
     Attributes:
         mode: online, semi-online or offline.
@@ -113,11 +117,6 @@ class TrackerConfig:
         shorter_side: processing size (shorter side; -1 keeps the original size).
         mem_every: a propagated frame becomes a memory frame every this many frames.
         memory: sizes of the propagator memory; its ``top_k`` is also used for alignment.
-        chunk_size: objects per network pass (-1: all).
-        autocast_dtype: mixed precision for the network (None: float32).
-        winograd: float32 on the CPU: Winograd convolutions (None: the default, on there
-            unless ``compile``; False: oneDNN's direct convolutions, slower).
-        compile: ``torch.compile`` the network's sub-networks (GPU; see :class:`Propagator`).
         num_key_candidates: offline mode: frames considered for the key frame.
         panoptic: the detections are panoptic (VIPSeg-style): things, stuff and unknown
             ``isthing`` are matched separately, in consensus and merging. False (generic,
@@ -134,10 +133,6 @@ class TrackerConfig:
     shorter_side: int = 480
     mem_every: int = 5
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-    chunk_size: int = -1
-    autocast_dtype: torch.dtype | None = None
-    winograd: bool | None = None
-    compile: bool = False
     num_key_candidates: int = 10
     panoptic: bool = False
     incremental: bool = False
@@ -212,36 +207,53 @@ class _Frame:
     name: str
     rgb: np.ndarray
     geometry: FrameGeometry
-    features: FrameFeatures
+    features: Any  # the backend's encoding of the frame
 
 
 class DecoupledTracker:
     """Decoupled video segmentation with an image segmenter and a propagation model.
 
-    The tracker owns all its state: the propagator (memory), the object registry, the frame
-    buffers. Use :meth:`stream` for a whole video, or :meth:`step` per frame followed by
-    :meth:`finish`; call :meth:`reset` (``stream`` does) before the next video.
+    ``propagation`` is our :class:`~deva.modeling.propagation.PropagationModel` (run by a
+    :class:`~deva.inference.propagator.Propagator` with ``options``) or any
+    :class:`~deva.inference.backend.PropagationBackend`; the tracker talks to it only through
+    that protocol. The tracker owns all its state: the backend (memory and the object
+    registry it shares with the tracker), the frame buffers. Use :meth:`stream` for a whole
+    video, or :meth:`step` per frame followed by :meth:`finish`; call :meth:`reset`
+    (``stream`` does) before the next video. ``timer(name)``, when given, is entered around
+    each alignment (``"alignment"``), in-clip consensus (``"consensus"``) and merge
+    (``"merge"``): benchmarks time the stages with it.
     """
 
     def __init__(
         self,
-        model: PropagationModel,
+        propagation: PropagationModel | PropagationBackend,
         segmenter: ImageSegmenter,
         config: TrackerConfig | None = None,
         *,
+        options: InferenceOptions | None = None,
         key_frame_score: Callable[[Segmentation], float] = frame_score,
+        timer: Callable[[str], contextlib.AbstractContextManager] | None = None,
     ) -> None:
-        self.model = model.eval()
         self.segmenter = segmenter
         self.config = config or TrackerConfig()
+        if isinstance(propagation, PropagationModel):
+            c = self.config
+            backend: PropagationBackend = Propagator(
+                propagation, c.memory, mem_every=c.mem_every, options=options
+            )
+        elif options is not None:
+            raise ValueError("options configure our propagation network; a backend has its own")
+        else:
+            backend = propagation
+        self._propagator = backend
         self.key_frame_score = key_frame_score
+        self._timer = timer or (lambda name: contextlib.nullcontext())
         self.reset()
 
     # ---- state -------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the current video: memory, objects, buffers, frame counter."""
-        self._propagator = self._new_propagator()
-        self._registry = ObjectRegistry()
+        self._propagator.reset()
         self._next_index = 0
         # Last frame of the next scheduled clip (t_k + n - 1) and the frames buffered for it.
         self._clip_end = self.config.clip_length - 1
@@ -252,26 +264,19 @@ class DecoupledTracker:
         self._finished = False
         self.key_frame: int | None = None  # offline: index of the chosen key frame
 
-    def _new_propagator(self) -> Propagator:
-        c = self.config
-        return Propagator(
-            self.model,
-            c.memory,
-            mem_every=c.mem_every,
-            chunk_size=c.chunk_size,
-            autocast_dtype=c.autocast_dtype,
-            winograd=c.winograd,
-            compile=c.compile,
-        )
-
     @property
     def registry(self) -> ObjectRegistry:
-        """The live objects (read it; the tracker changes it)."""
-        return self._registry
+        """The live objects, shared with the propagation backend (read it; the tracker
+        changes it)."""
+        return self._propagator.objects
 
     @property
-    def propagator(self) -> Propagator:
-        """The forward propagator (its memory holds the live objects)."""
+    def _registry(self) -> ObjectRegistry:
+        return self._propagator.objects
+
+    @property
+    def propagator(self) -> PropagationBackend:
+        """The forward propagation backend (its memory holds the live objects)."""
         return self._propagator
 
     @property
@@ -343,6 +348,32 @@ class DecoupledTracker:
                 for frame in clip:
                     yield self._propagate(frame)
 
+    def seed(
+        self, frame: np.ndarray, segmentation: Segmentation, *, next_id: int | None = None
+    ) -> None:
+        """Start from a known result (e.g. the last frame an interrupted run wrote): call on a
+        reset tracker, before the next frames. The segments become objects with their ids and
+        metadata (one detection each), their masks are committed to memory as a memory
+        frame, and later objects get ids from ``next_id`` on (default: above these ids)."""
+        if self._next_index or len(self._registry):
+            raise RuntimeError("seed() needs a reset tracker (call reset() first)")
+        registry = self._registry
+        for s in segmentation.segments:
+            registry.add(s.id, isthing=s.isthing).add_detection(s.category_id, s.score)
+        if next_id is not None:
+            registry.reserve(next_id)
+        if not len(registry):
+            return
+        image, geometry = preprocess_frame(
+            frame, self.config.shorter_side, device=self._propagator.device
+        )
+        mask = preprocess_mask(torch.as_tensor(segmentation.mask).long(), geometry)
+        self._propagator.step(
+            features=self._propagator.encode(image),
+            mask=mask.to(self._propagator.device),
+            objects=registry.ids,
+        )
+
     # ---- building blocks ---------------------------------------------------------------
     def _prepare(self, index: int, name: str, rgb: np.ndarray) -> _Frame:
         image, geometry = preprocess_frame(
@@ -374,17 +405,11 @@ class DecoupledTracker:
         # the cached features and the propagator's network settings (precision, layout).
         aligned = [segs[0]]
         if len(clip) > 1:
-            projected = align_segmentations(
-                self.model,
-                [(frame.features, seg) for frame, seg in zip(clip[1:], segs[1:])],
-                key.features,
-                top_k=self.config.memory.top_k,
-                chunk_size=self.config.chunk_size,
-                autocast_dtype=self.config.autocast_dtype,
-                channels_last=self._propagator.channels_last,
-                winograd=self._propagator.winograd,
-                compile=self._propagator.compile,
-            )
+            with self._timer("alignment"):
+                projected = self._propagator.align(
+                    [(frame.features, seg) for frame, seg in zip(clip[1:], segs[1:])],
+                    key.features,
+                )
             # The network also predicts in the frame's padding; the vote (and the memory the
             # consensus is written to) sees the image only, as detections are padded with
             # background — the published code crops the projected masks the same way.
@@ -392,7 +417,8 @@ class DecoupledTracker:
             aligned += [
                 dataclasses.replace(seg, mask=clear_padding(seg.mask, padding)) for seg in projected
             ]
-        return in_clip_consensus(aligned, separate_things=self.config.panoptic)
+        with self._timer("consensus"):
+            return in_clip_consensus(aligned, separate_things=self.config.panoptic)
 
     def _process_clip(self, clip: list[_Frame]) -> list[TrackedFrame]:
         self._clips_done += 1
@@ -418,20 +444,20 @@ class DecoupledTracker:
         peek = self._propagator.predict(features=frame.features)
         propagated = self._as_segmentation(peek.index_mask().cpu()) if peek.object_ids else None
         c = self.config
-        merged = merge_with_consensus(
-            propagated,
-            consensus,
-            self._registry,
-            max_missed=c.max_missed,
-            max_objects=c.max_objects,
-            separate_things=c.panoptic,
-            incremental=c.incremental,
-        )
+        with self._timer("merge"):
+            merged = merge_with_consensus(
+                propagated,
+                consensus,
+                self._registry,
+                max_missed=c.max_missed,
+                max_objects=c.max_objects,
+                separate_things=c.panoptic,
+                incremental=c.incremental,
+            )
         if merged.removed_ids:
             logger.debug(
                 "deleting objects %s after %d misses", merged.removed_ids, c.max_missed + 1
             )
-            self._registry.remove(merged.removed_ids)
             self._propagator.delete_objects(merged.removed_ids)
         objects = self._registry.ids
         masks = self._object_masks(merged.segmentation.mask, objects, self._propagator)
@@ -442,7 +468,7 @@ class DecoupledTracker:
 
     @staticmethod
     def _object_masks(
-        ids: torch.Tensor, objects: list[int], propagator: Propagator
+        ids: torch.Tensor, objects: list[int], propagator: PropagationBackend
     ) -> torch.Tensor | None:
         """(N, H, W) float masks of ``objects`` from an id map, for ``propagator``.
 
@@ -463,9 +489,7 @@ class DecoupledTracker:
         self, frame: _Frame, result: PropagationResult, removed_ids: list[int] | None = None
     ) -> TrackedFrame:
         """A result from probabilities: un-pad, bilinear resize to the original size, arg-max."""
-        prob = restore_probabilities(result.prob, frame.geometry)
-        lut = torch.tensor([0, *result.object_ids], dtype=torch.long, device=prob.device)
-        ids = lut[argmax_channels(prob)].cpu()
+        ids = probabilities_to_ids(result.prob, result.object_ids, frame.geometry).cpu()
         seg = self._as_segmentation(ids)
         return TrackedFrame(
             frame.name, frame.index, ids, seg.segments, list(removed_ids or []), image=frame.rgb
@@ -513,7 +537,7 @@ class DecoupledTracker:
         given = objects if key_masks is not None else None
 
         # Backward: a second propagator over key, key-1, ..., 0.
-        backward = self._new_propagator()
+        backward = self._propagator.fork()
         backward.step(features=key_frame.features, mask=key_masks, objects=given, keep_empty=True)
         earlier: list[TrackedFrame] = []
         for i in range(key - 1, -1, -1):
@@ -534,30 +558,3 @@ class DecoupledTracker:
             frame = self._prepare(i, *frames[i])
             result = self._propagator.step(features=frame.features, end=i == total - 1)
             yield self._from_probabilities(frame, result)
-
-    # ---- construction from files -----------------------------------------------------------
-    @classmethod
-    def from_pretrained(
-        cls,
-        weights: str,
-        segmenter: ImageSegmenter,
-        config: TrackerConfig | None = None,
-        *,
-        device: torch.device | str | None = None,
-        **options: object,
-    ) -> DecoupledTracker:
-        """A tracker with propagation weights from a file or URL (e.g. DEVA-propagation.pth).
-
-        ``device`` defaults to CUDA when available; ``options`` are :class:`TrackerConfig`
-        fields used when ``config`` is not given (e.g. ``mode="online"``).
-
-        >>> tracker = DecoupledTracker.from_pretrained("DEVA-propagation.pth", segmenter=seg)
-        """
-        if config is None:
-            config = TrackerConfig(**options)  # type: ignore[arg-type]
-        elif options:
-            raise ValueError("pass either config= or TrackerConfig fields, not both")
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = PropagationModel.from_pretrained(weights).to(device)
-        return cls(model, segmenter, config)

@@ -1,23 +1,19 @@
 """Inference-time copies of the propagation network: batch norm folded, weights cast once.
 
 Inference never updates batch-norm statistics, so each ``conv → BN`` pair of the ResNet trunks
-is one convolution with a bias. :func:`inference_model` returns a cached copy of a
+is one convolution with a bias. :func:`build_inference_model` returns a copy of a
 :class:`~deva.modeling.propagation.PropagationModel` with those pairs folded, optionally with
 its weights stored in bfloat16 (so autocast does not re-cast every weight on every call) and in
-channels-last layout. The copy shares no mutable state with the original; it is rebuilt when
-the original's parameters change (training) or move (``.to(device)``).
+channels-last layout. The copy shares no mutable state with the original; it reflects the
+weights at the time it was built (:class:`deva.inference.network.InferenceNetwork` owns one).
 
 Also here: which reduced precisions a device supports (:func:`check_autocast`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import weakref
-from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import nn
@@ -27,21 +23,6 @@ from deva.modeling.resnet import BasicBlock, Bottleneck
 from deva.modeling.winograd import use_winograd
 
 log = logging.getLogger(__name__)
-
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
-_REFERENCE_DEPTH = 0
-
-
-@contextlib.contextmanager
-def reference_mode() -> Iterator[None]:
-    """Within this block :func:`inference_model` returns the model itself (no folding, no
-    cast weights, no channels-last): the plain eager path, for benchmarks and comparisons."""
-    global _REFERENCE_DEPTH
-    _REFERENCE_DEPTH += 1
-    try:
-        yield
-    finally:
-        _REFERENCE_DEPTH -= 1
 
 
 def cpu_supports_bf16() -> bool:
@@ -72,31 +53,6 @@ def check_autocast(dtype: torch.dtype | None, device: torch.device | str) -> Non
         )
     if dtype not in (torch.bfloat16, torch.float32):
         raise ValueError(f"unsupported autocast dtype {dtype} on the CPU")
-
-
-def inference_options(
-    device: torch.device | str,
-    dtype: torch.dtype | None,
-    *,
-    channels_last: bool | None = None,
-    winograd: bool | None = None,
-    compile: bool = False,
-) -> tuple[bool, bool]:
-    """The layout options of an inference copy, defaults filled in: channels-last on the
-    CPU (oneDNN's fastest layout there, and the one Winograd convolutions produce); Winograd
-    convolutions in float32 on the CPU unless the copy is compiled (``torch.compile`` makes
-    its own convolution choices). Raises ``ValueError`` when Winograd is asked for elsewhere
-    or together with ``compile``."""
-    on_cpu = torch.device(device).type == "cpu"
-    if channels_last is None:
-        channels_last = on_cpu
-    if winograd is None:
-        winograd = dtype is None and on_cpu and not compile
-    elif winograd and (dtype is not None or not on_cpu):
-        raise ValueError("winograd=True is for float32 inference on the CPU only")
-    elif winograd and compile:
-        raise ValueError("winograd=True and compile=True exclude each other")
-    return channels_last, winograd
 
 
 def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -148,11 +104,6 @@ def _trunk_modules(model: PropagationModel) -> list[nn.Module]:
     return modules
 
 
-def _signature(tensors: list[torch.Tensor]) -> tuple:
-    """Changes whenever one of ``tensors`` is updated in place or moved."""
-    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
-
-
 def build_inference_model(
     model: PropagationModel,
     *,
@@ -175,9 +126,8 @@ def build_inference_model(
     trunks only (the remaining convolutions are Winograd, 1×1 or tiny, and Winograd ones
     read the shared weights), which keeps the copy small.
     """
-    if winograd:
-        # raises where it does not apply
-        inference_options(model.device, dtype, winograd=True, compile=compile)
+    if winograd and (dtype is not None or model.device.type != "cpu" or compile):
+        raise ValueError("winograd=True is for float32 inference on the CPU, without compile")
     share = dtype is None and (winograd or not channels_last)
     shared: dict[int, object] = {}
     if share:
@@ -208,38 +158,3 @@ def build_inference_model(
         for module in (fast.pixel_encoder, fast.key_proj, fast.mask_encoder, fast.mask_decoder):
             module.compile()
     return fast
-
-
-def inference_model(
-    model: PropagationModel,
-    *,
-    dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    winograd: bool = False,
-    compile: bool = False,
-) -> PropagationModel:
-    """The cached :func:`build_inference_model` copy of ``model`` (rebuilt when it changes);
-    ``model`` itself inside :func:`reference_mode`."""
-    if _REFERENCE_DEPTH:
-        return model
-    entry = _CACHE.get(model)
-    if entry is None:
-        # The tensors are listed once per model (listing them costs milliseconds); a module
-        # whose parameters are later *replaced* by new objects is not tracked.
-        entry = _CACHE[model] = {"tensors": [*model.parameters(), *model.buffers()]}
-    signature = _signature(entry["tensors"])
-    key = (dtype, channels_last, winograd, compile)
-    cached = entry.get(key)
-    if cached is None or cached[0] != signature:
-        log.debug(
-            "building an inference copy (dtype %s, channels-last %s, Winograd %s, compiled %s)",
-            dtype,
-            channels_last,
-            winograd,
-            compile,
-        )
-        fast = build_inference_model(
-            model, dtype=dtype, channels_last=channels_last, winograd=winograd, compile=compile
-        )
-        entry[key] = (signature, fast)
-    return entry[key][1]

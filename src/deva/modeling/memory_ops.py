@@ -30,22 +30,11 @@ def similarity(
         query_selection: (B, C_k, Q) or None (= 1)
 
     Returns:
-        (B, M, Q) similarity logits.
+        (B, M, Q) similarity logits: :func:`query_similarity`, memory-major.
     """
-    dim = memory_key.shape[1]
-    mk_t = memory_key.transpose(1, 2)
-    if query_selection is None:
-        a_sq = mk_t.pow(2).sum(dim=2, keepdim=True)
-        two_ab = 2 * (mk_t @ query_key)
-        b_sq = query_key.pow(2).sum(dim=1, keepdim=True)
-    else:
-        a_sq = mk_t.pow(2) @ query_selection
-        two_ab = 2 * (mk_t @ (query_key * query_selection))
-        b_sq = (query_selection * query_key.pow(2)).sum(dim=1, keepdim=True)
-    sim = two_ab - a_sq - b_sq
-    if memory_shrinkage is not None:
-        sim = sim * memory_shrinkage.transpose(1, 2)
-    return sim / math.sqrt(dim)
+    return query_similarity(memory_key, memory_shrinkage, query_key, query_selection).transpose(
+        1, 2
+    )
 
 
 def softmax_affinity(sim: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
@@ -59,15 +48,6 @@ def softmax_affinity(sim: torch.Tensor, top_k: int | None = None) -> torch.Tenso
     values, indices = sim.topk(top_k, dim=1)
     weights = torch.softmax(values, dim=1)
     return torch.zeros_like(sim).scatter_(1, indices, weights)
-
-
-def top_k_affinity_with_usage(
-    sim: torch.Tensor, top_k: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like :func:`softmax_affinity`, also returning each memory element's usage (B, M):
-    the affinity it received summed over the query pixels."""
-    affinity = softmax_affinity(sim, top_k)
-    return affinity, affinity.sum(dim=2)
 
 
 def readout(affinity: torch.Tensor, memory_value: torch.Tensor) -> torch.Tensor:
@@ -255,3 +235,48 @@ def read_values(affinity: torch.Tensor | TopKAffinity, memory_value: torch.Tenso
     b, n, c, m = memory_value.shape
     out = affinity.readout(memory_value.reshape(b, n * c, m).transpose(1, 2))
     return out.reshape(b, n, c, -1)
+
+
+def memory_affinity(
+    memory_key: torch.Tensor,
+    memory_shrinkage: torch.Tensor | None,
+    query_key: torch.Tensor,
+    query_selection: torch.Tensor | None,
+    top_k: int | None,
+    *,
+    query_chunk: int | None = None,
+) -> torch.Tensor | TopKAffinity:
+    """The affinity every memory read uses (training, inference, alignment, consolidation).
+
+    Computed in float32 with autocast off: squared distances overflow fp16 and lose too much
+    precision in bf16. With ``top_k`` smaller than the memory, a sparse :class:`TopKAffinity`
+    (:func:`top_k_query_affinity`); otherwise the dense (B, M, Q) full softmax. Shapes as in
+    :func:`similarity`.
+    """
+    args = (
+        memory_key.float(),
+        None if memory_shrinkage is None else memory_shrinkage.float(),
+        query_key.float(),
+        None if query_selection is None else query_selection.float(),
+    )
+    with torch.autocast(memory_key.device.type, enabled=False):
+        if top_k is not None and top_k < memory_key.shape[-1]:
+            return top_k_query_affinity(*args, top_k, query_chunk=query_chunk)
+        return softmax_affinity(similarity(*args), None)
+
+
+def read_memory(
+    memory_key: torch.Tensor,
+    memory_shrinkage: torch.Tensor | None,
+    query_key: torch.Tensor,
+    query_selection: torch.Tensor | None,
+    memory_value: torch.Tensor,
+    top_k: int | None,
+    *,
+    query_chunk: int | None = None,
+) -> torch.Tensor:
+    """One memory read: :func:`memory_affinity` then :func:`read_values`, (B, N, C_v, Q)."""
+    affinity = memory_affinity(
+        memory_key, memory_shrinkage, query_key, query_selection, top_k, query_chunk=query_chunk
+    )
+    return read_values(affinity, memory_value)

@@ -331,7 +331,8 @@ class PropagationModel(nn.Module):
         *,
         top_k: int | None = None,
     ) -> torch.Tensor:
-        """Read per-object memory values for a query frame.
+        """Read per-object memory values for a query frame (:func:`memory_ops.read_memory`,
+        the read inference and alignment use too; the affinity is computed in float32).
 
         Args:
             query: the query frame's key projection (key and selection are used).
@@ -344,11 +345,15 @@ class PropagationModel(nn.Module):
             (B, N, C_v, h, w) readout.
         """
         h, w = query.key.shape[-2:]
-        sim = memory_ops.similarity(
-            memory_key, memory_shrinkage, query.key.flatten(2), query.selection.flatten(2)
+        out = memory_ops.read_memory(
+            memory_key,
+            memory_shrinkage,
+            query.key.flatten(2),
+            query.selection.flatten(2),
+            memory_value,
+            top_k,
         )
-        affinity = memory_ops.softmax_affinity(sim, top_k)
-        return memory_ops.readout(affinity, memory_value).view(*memory_value.shape[:3], h, w)
+        return out.view(*memory_value.shape[:3], h, w)
 
     def segment(
         self,

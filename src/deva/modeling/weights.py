@@ -1,5 +1,5 @@
 """Weights in and out of a model: exporting, ImageNet
-initialisation of the trunks (torchvision-format ResNet state dicts), picking a device.
+initialisation of the trunks (torchvision-format ResNet state dicts).
 
 Reading checkpoint files is :mod:`deva.modeling.checkpoint`.
 """
@@ -100,15 +100,3 @@ def build_model(preset: str = "published", weights: str | Path | None = None) ->
         preset,
     )
     return PropagationModel(PropagationConfig.preset(preset))
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; otherwise the named device."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from deva.inference.options import InferenceOptions
 from deva.inference.tracker import DecoupledTracker, TrackedFrame, TrackerConfig
 from deva.modeling.propagation import PropagationModel
 from deva.pipelines.inputs import DetectionSource, VideoSource, find_videos
 from deva.pipelines.writers import BurstWriter, GenericWriter, VipsegWriter, burst_ground_truth
 
-__all__ = ["Benchmark", "DetectionSource", "VideoSource", "find_videos", "run_benchmark"]
+__all__ = ["Benchmark", "DetectionSource", "VideoSource", "find_videos", "track_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ BURST_OUTPUT = "burst_predictions.json"
 
 
 class Benchmark(enum.Enum):
-    """Which output format :func:`run_benchmark` writes."""
+    """Which output format :func:`track_dataset` writes."""
 
     DETECTIONS = "detections"
     VIPSEG = "vipseg"
@@ -61,11 +62,12 @@ def track_frames(
         bar.close()
 
 
-def run_benchmark(
+def track_dataset(
     benchmark: Benchmark | str,
     model: PropagationModel,
     config: TrackerConfig,
     *,
+    options: InferenceOptions | None = None,
     images: str | Path,
     detections: str | Path,
     output: str | Path,
@@ -110,7 +112,7 @@ def run_benchmark(
         Benchmark.BURST: lambda: BurstWriter(out / BURST_OUTPUT, burst_gt, split),
     }
     writer = writers[benchmark]()
-    tracker = DecoupledTracker(model, source.segmenter(videos[0].name), config)
+    tracker = DecoupledTracker(model, source.segmenter(videos[0].name), config, options=options)
     logger.info(
         "%s: %d video(s) from %s, %s detections from %s, mode %s -> %s",
         benchmark.value,

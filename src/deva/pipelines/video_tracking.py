@@ -15,8 +15,9 @@ writes into ``output``:
   refuse writing over another run and to resume this one.
 
 Resuming (``resume=True``) keeps the frames already written and continues after the last
-one: the tracker is re-initialised from that frame's saved masks (its objects keep their ids
-and metadata; new objects get ids above all ids used before), so no finished frame is
+one: the tracker is re-initialised from that frame's saved masks
+(:meth:`~deva.inference.tracker.DecoupledTracker.seed`: its objects keep their ids and
+metadata; new objects get ids above all ids used before), so no finished frame is
 recomputed. The overlay of the finished frames is re-rendered from the saved masks. The
 propagation memory before that frame is not restored, so a resumed run can differ slightly
 from an uninterrupted one. Offline mode cannot be resumed: it chooses its key frame from the
@@ -38,7 +39,7 @@ import torch
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from deva.inference.preprocess import preprocess_frame, preprocess_mask
+from deva.inference.options import InferenceOptions
 from deva.inference.tracker import DecoupledTracker, TrackedFrame, TrackerConfig, TrackingMode
 from deva.io.detections import read_frame_segmentation, segment_infos, write_frame_segmentation
 from deva.io.video import Mp4Writer, VideoFrames, draw_labels, overlay_mask
@@ -271,47 +272,6 @@ def clear_outputs(output: str | Path) -> list[Path]:
     return removed
 
 
-def _seed(tracker: DecoupledTracker, image: np.ndarray, seg: Segmentation) -> dict[int, int]:
-    """Initialise a reset tracker from a saved frame; returns tracker id → saved id."""
-    registry = tracker.registry
-    mapping: dict[int, int] = {}
-    mask = torch.as_tensor(seg.mask).long()
-    seeded = torch.zeros_like(mask)
-    for s in seg.segments:
-        obj = registry.create(category_id=s.category_id, score=s.score, isthing=s.isthing)
-        mapping[obj.id] = s.id
-        seeded[mask == s.id] = obj.id
-    if not mapping:
-        return mapping
-    propagator = tracker.propagator
-    pixels, geometry = preprocess_frame(
-        image, tracker.config.shorter_side, device=propagator.device
-    )
-    features = propagator.encode(pixels)
-    padded = preprocess_mask(seeded, geometry).to(propagator.device)
-    propagator.step(features=features, mask=padded, objects=registry.ids)
-    return mapping
-
-
-class _IdMap:
-    """Maps ids of a resumed tracker back to the ids of the interrupted run."""
-
-    def __init__(self, seeded: dict[int, int], next_id: int) -> None:
-        self.seeded = seeded
-        self.offset = next_id - 1 - len(seeded)
-
-    def __call__(self, seg: Segmentation) -> Segmentation:
-        if not self.seeded and self.offset == 0:
-            return seg
-        table = {k: self.seeded.get(k, k + self.offset) for k in (s.id for s in seg.segments)}
-        mask = torch.as_tensor(seg.mask).long()
-        out = torch.zeros_like(mask)
-        for old, new in table.items():
-            out[mask == old] = new
-        segments = [replace(s, id=table[s.id]) for s in seg.segments]
-        return Segmentation(mask=out, segments=segments)
-
-
 def _results(
     tracker: DecoupledTracker, frames: Iterator[tuple[str, np.ndarray]], fresh: bool
 ) -> Iterator[TrackedFrame]:
@@ -328,6 +288,7 @@ def track_video(
     segmenter: ImageSegmenter,
     config: TrackerConfig,
     *,
+    options: InferenceOptions | None = None,
     source: str | Path,
     output: str | Path,
     overlay: bool = True,
@@ -352,7 +313,7 @@ def track_video(
     if resume:
         check_resumable(out, settings)
     timed = _TimedSegmenter(segmenter)
-    tracker = DecoupledTracker(model, timed, config)
+    tracker = DecoupledTracker(model, timed, config, options=options)
     rate = float(fps or frames.fps or 24.0)
     run = {"settings": settings, "state": "running", "source": str(source)}
     (out / RUN_FILE).write_text(json.dumps(run, indent=1))
@@ -364,13 +325,11 @@ def track_video(
     resumed = 0
     try:
         iterator = iter(frames)
-        id_map = _IdMap({}, 1)
         if resume:
-            iterator, resumed, id_map = _replay_finished(tracker, iterator, writer, masks, bar)
+            iterator, resumed = _replay_finished(tracker, iterator, writer, masks, bar)
         fresh = resumed == 0
         for result in _results(tracker, iterator, fresh):
-            seg = id_map(result.segmentation)
-            writer.add(result.name, seg, result.image, write=True)
+            writer.add(result.name, result.segmentation, result.image, write=True)
             done += 1
             bar.update(1)
             bar.set_postfix(objects=len(tracker.registry), refresh=False)
@@ -420,10 +379,11 @@ def _replay_finished(
     writer: _VideoWriter,
     masks: Path,
     bar: tqdm,
-) -> tuple[Iterator[tuple[str, np.ndarray]], int, _IdMap]:
-    """Record the frames an interrupted run wrote and seed the tracker from the last one.
+) -> tuple[Iterator[tuple[str, np.ndarray]], int]:
+    """Record the frames an interrupted run wrote and seed the tracker from the last one
+    (its objects keep their ids; new objects get ids above every id used before).
 
-    Returns the frames still to track, how many were finished, and the id map.
+    Returns the frames still to track and how many were finished.
     """
     last: tuple[np.ndarray, Segmentation] | None = None
     pending: tuple[str, np.ndarray] | None = None
@@ -436,17 +396,16 @@ def _replay_finished(
         last = (image, seg)
         bar.update(1)
     finished = len(writer.frame_names)
-    id_map = _IdMap({}, 1)
     if last is not None:
         ids_used = 0
         for path in masks.glob("*.json"):
             for info in json.loads(path.read_text()):
                 ids_used = max(ids_used, int(info.get("id", 0)))
         tracker.reset()
-        id_map = _IdMap(_seed(tracker, *last), ids_used + 1)
+        tracker.seed(*last, next_id=ids_used + 1)
         logger.info("resuming after %d finished frames (last %s)", finished, writer.frame_names[-1])
     rest = iter(()) if pending is None else _chain(pending, frames)
-    return rest, finished, id_map
+    return rest, finished
 
 
 def _chain(

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from deva.inference.preprocess import (
-    argmax_channels,
     preprocess_frame,
     preprocess_mask,
-    restore_probabilities,
+    probabilities_to_ids,
 )
 from deva.inference.propagator import Propagator
 from deva.io.frames import list_frame_files, read_frame
@@ -158,9 +157,7 @@ def segment_frames(
                 objects = labels
         result = propagator.step(image, mask, objects, end=last)
         if output_frames is None or name in output_frames:
-            prob = restore_probabilities(result.prob, geometry)
-            lut = torch.tensor([0, *result.object_ids], dtype=torch.int64, device=prob.device)
-            yield name, lut[argmax_channels(prob)].cpu().numpy()
+            yield name, probabilities_to_ids(result.prob, result.object_ids, geometry).cpu().numpy()
 
 
 def segment_video(

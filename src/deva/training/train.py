@@ -34,6 +34,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from deva.config.options import autocast_dtype
+from deva.inference.options import InferenceOptions
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 from deva.modeling.weights import init_from_imagenet, save_weights
@@ -148,7 +149,7 @@ def _predictor(cfg: DictConfig) -> Predictor | None:
     dtype = validation_autocast(val.get("autocast"), cfg.trainer.get("accelerator", "auto"))
     sets = OmegaConf.to_container(val.sets, resolve=True)
     assert isinstance(sets, dict)
-    tasks = build_tasks(sets, autocast_dtype=dtype)
+    tasks = build_tasks(sets, options=InferenceOptions(autocast=dtype))
     if not tasks:
         return None
     return Predictor(tasks, every_n_steps=every or None, at_start=at_start, at_end=at_end)

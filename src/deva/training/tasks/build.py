@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import Any
-
-import torch
 
 from deva.data.synthetic import SyntheticVideoConfig
 from deva.inference.memory import MemoryConfig
+from deva.inference.options import InferenceOptions
 from deva.inference.tracker import TrackerConfig
 from deva.training.tasks.base import PredictionTask
 from deva.training.tasks.burst import BurstTask
@@ -24,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def build_tasks(
-    sets: Mapping[str, Mapping[str, Any]], *, autocast_dtype: torch.dtype | None = None
+    sets: Mapping[str, Mapping[str, Any]], *, options: InferenceOptions | None = None
 ) -> list[PredictionTask]:
     """Tasks from the ``validation.sets`` config: name → ``{type: ..., ...}``; a null entry is
     skipped. Every set is checked here (folders, frames, detections, keys), so a bad set fails
@@ -45,16 +44,16 @@ def build_tasks(
         spec = dict(spec)
         kind = spec.pop("type", "synthetic")
         if kind in TRACKING_TYPES:
-            tasks.append(build_tracking_task(str(name), kind, spec, autocast_dtype=autocast_dtype))
+            tasks.append(build_tracking_task(str(name), kind, spec, options=options))
             continue
         if "size" in spec:
             spec["shorter_side"] = spec.pop("size")
-        options = {
+        settings = {
             key: spec.pop(key) for key in ("shorter_side", "mem_every", "top_k") if key in spec
         }
         if kind == "synthetic":
             videos: Sequence[Any] = SyntheticVideos(**spec)
-            options.setdefault("shorter_side", -1)
+            settings.setdefault("shorter_side", -1)
         elif kind in ("generic", "davis"):
             root = spec.pop("root", None)
             if not root:
@@ -67,7 +66,7 @@ def build_tasks(
             )
         if len(videos) == 0:
             raise ValueError(f"validation set {name!r} is empty")
-        tasks.append(VOSTask(str(name), videos, autocast_dtype=autocast_dtype, **options))
+        tasks.append(VOSTask(str(name), videos, options=options, **settings))
     return tasks
 
 
@@ -78,7 +77,7 @@ def tracker_settings(name: str, spec: dict[str, Any], *, default_size: int) -> T
     """Pop the tracker keys of a validation set (``mode``, ``detect_every``, ``clip_size``,
     ``max_missed``, ``size``, ``mem_every``, ``top_k``, ...) into a :class:`TrackerConfig`."""
 
-    names = {f.name for f in fields(TrackerConfig)} - {"memory", "autocast_dtype", "shorter_side"}
+    names = {f.name for f in fields(TrackerConfig)} - {"memory", "shorter_side"}
     kwargs = {key: spec.pop(key) for key in list(spec) if key in names}
     kwargs["shorter_side"] = int(spec.pop("size", spec.pop("shorter_side", default_size)))
     memory = {
@@ -91,7 +90,7 @@ def tracker_settings(name: str, spec: dict[str, Any], *, default_size: int) -> T
 
 
 def build_tracking_task(
-    name: str, kind: str, spec: dict[str, Any], *, autocast_dtype: torch.dtype | None = None
+    name: str, kind: str, spec: dict[str, Any], *, options: InferenceOptions | None = None
 ) -> TrackingTask:
     """One tracking task from its ``validation.sets.<name>`` entry (``type`` already popped).
 
@@ -102,10 +101,9 @@ def build_tracking_task(
     # separately, as tools/evaluate.py does for benchmark=vipseg; BURST is matched as one group
     spec.setdefault("panoptic", kind != "burst")
     default_size = -1 if kind == "synthetic_panoptic" else 480
-    config = replace(
-        tracker_settings(name, spec, default_size=default_size), autocast_dtype=autocast_dtype
-    )
+    config = tracker_settings(name, spec, default_size=default_size)
     common = {k: spec.pop(k) for k in ("max_frames", "preview_frames") if k in spec}
+    common["options"] = options
     if kind == "synthetic_panoptic":
         return SyntheticPanopticTask(
             name, config, **common, **_checked(name, spec, _synthetic_keys())

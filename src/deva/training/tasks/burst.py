@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from torchmetrics import Metric
 
+from deva.inference.options import InferenceOptions
 from deva.inference.tracker import TrackedFrame, TrackerConfig
 from deva.io import burst
 from deva.io.frames import list_frame_files
@@ -42,10 +43,13 @@ class BurstTask(_FrameFiles, TrackingTask):
         max_videos: int | None = None,
         max_frames: int | None = None,
         preview_frames: int = 4,
+        options: InferenceOptions | None = None,
         max_detections: int = burst.MAX_DETECTIONS,
         similarity: str = "box",
     ) -> None:
-        super().__init__(name, config, max_frames=max_frames, preview_frames=preview_frames)
+        super().__init__(
+            name, config, max_frames=max_frames, preview_frames=preview_frames, options=options
+        )
         images, gt = Path(images), Path(gt)
         if not images.is_dir():
             raise FileNotFoundError(f"validation set {name!r}: frames folder not found: {images}")

@@ -18,6 +18,7 @@ from torchmetrics import Metric, MetricCollection
 
 from deva.data.synthetic import SyntheticVideoConfig, frame_name, generate_video, video_seed
 from deva.data.synthetic_benchmarks import panoptic_ground_truth, synthetic_categories
+from deva.inference.options import InferenceOptions
 from deva.inference.tracker import TrackedFrame, TrackerConfig
 from deva.io import vipseg
 from deva.io.masks import read_id_png
@@ -90,10 +91,13 @@ class SyntheticPanopticTask(_PanopticTask):
         seed: int = 54321,
         max_frames: int | None = None,
         preview_frames: int = 4,
+        options: InferenceOptions | None = None,
         **video_config: Any,
     ) -> None:
 
-        super().__init__(name, config, max_frames=max_frames, preview_frames=preview_frames)
+        super().__init__(
+            name, config, max_frames=max_frames, preview_frames=preview_frames, options=options
+        )
         if num_videos < 1:
             raise ValueError(f"validation set {name!r} is empty (num_videos={num_videos})")
         self.num_videos = int(num_videos)
@@ -159,8 +163,11 @@ class VipsegTask(_FrameFiles, _PanopticTask):
         max_videos: int | None = None,
         max_frames: int | None = None,
         preview_frames: int = 4,
+        options: InferenceOptions | None = None,
     ) -> None:
-        super().__init__(name, config, max_frames=max_frames, preview_frames=preview_frames)
+        super().__init__(
+            name, config, max_frames=max_frames, preview_frames=preview_frames, options=options
+        )
         images = Path(images)
         if not images.is_dir():
             raise FileNotFoundError(f"validation set {name!r}: images folder not found: {images}")

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from torchmetrics import Metric
 
+from deva.inference.options import InferenceOptions
 from deva.inference.tracker import DecoupledTracker, TrackedFrame, TrackerConfig
 from deva.io.frames import list_frame_files, read_frame
 from deva.io.video import overlay_mask
@@ -46,6 +47,7 @@ class TrackingTask(PredictionTask):
         config: tracker settings (mode, detect_every, clip_size, max_missed, size, ...).
         max_frames: only the first N frames of each video (None: all).
         preview_frames: frames in the picture of the first video (0: no picture).
+        options: how the network runs (precision, layout; None: defaults).
     """
 
     def __init__(
@@ -55,11 +57,13 @@ class TrackingTask(PredictionTask):
         *,
         max_frames: int | None = None,
         preview_frames: int = 4,
+        options: InferenceOptions | None = None,
     ) -> None:
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"validation set {name!r}: max_frames must be >= 1, got {max_frames}")
         self.name = name
         self.config = config
+        self.options = options
         self.max_frames = max_frames
         self.preview_frames = preview_frames
         self.preview: np.ndarray | None = None
@@ -88,7 +92,7 @@ class TrackingTask(PredictionTask):
     # -- the shared loop -----------------------------------------------------------------
     def process(self, model: PropagationModel, index: int, metric: Metric) -> None:
         """Track video ``index`` with the current weights and score it."""
-        tracker = DecoupledTracker(model, self.segmenter(index), self.config)
+        tracker = DecoupledTracker(model, self.segmenter(index), self.config, options=self.options)
         count = self.num_frames(index)
         shown = _spread(count, self.preview_frames) if index == 0 else []
         kept: list[TrackedFrame] = []

@@ -18,17 +18,12 @@ from torchmetrics import Metric
 
 from deva.data.synthetic import SyntheticVideoConfig, generate_video, video_name, video_seed
 from deva.inference.memory import MemoryConfig
-from deva.inference.preprocess import (
-    argmax_channels,
-    preprocess_frame,
-    preprocess_mask,
-    restore_probabilities,
-)
+from deva.inference.options import InferenceOptions
 from deva.inference.propagator import Propagator
 from deva.io.masks import read_index_png
 from deva.metrics import JAndF
 from deva.modeling.propagation import PropagationModel
-from deva.pipelines.vos import davis_videos, generic_videos, segment_video
+from deva.pipelines.vos import davis_videos, generic_videos, segment_frames, segment_video
 from deva.training.tasks.base import PredictionTask
 
 log = logging.getLogger(__name__)
@@ -76,7 +71,7 @@ class VOSTask(PredictionTask):
     Args:
         shorter_side: processing size (-1: original size).
         mem_every, top_k: propagator settings (inference defaults 5 and 30).
-        autocast_dtype: mixed precision of the propagator (None: fp32).
+        options: how the propagator's network runs (precision, layout; None: defaults).
     """
 
     def __init__(
@@ -87,14 +82,14 @@ class VOSTask(PredictionTask):
         shorter_side: int = 480,
         mem_every: int = 5,
         top_k: int = 30,
-        autocast_dtype: torch.dtype | None = None,
+        options: InferenceOptions | None = None,
     ) -> None:
         self.name = name
         self.videos = videos
         self.shorter_side = shorter_side
         self.mem_every = mem_every
         self.top_k = top_k
-        self.autocast_dtype = autocast_dtype
+        self.options = options
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -103,13 +98,13 @@ class VOSTask(PredictionTask):
 
         return JAndF()
 
-    def _propagator(self, model: PropagationModel) -> Any:
+    def _propagator(self, model: PropagationModel) -> Propagator:
 
         return Propagator(
             model,
             MemoryConfig(top_k=self.top_k),
             mem_every=self.mem_every,
-            autocast_dtype=self.autocast_dtype,
+            options=self.options,
         )
 
     def process(self, model: PropagationModel, index: int, metric: Metric) -> None:
@@ -136,25 +131,13 @@ class VOSTask(PredictionTask):
 
 
 def propagate_arrays(
-    propagator: Any, frames: np.ndarray, first_mask: np.ndarray, shorter_side: int = 480
+    propagator: Propagator, frames: np.ndarray, first_mask: np.ndarray, shorter_side: int = 480
 ) -> np.ndarray:
     """Propagate ``first_mask`` (H, W) through frames (T, H, W, 3) uint8; (T, H, W) id maps."""
-
-    propagator.reset()
-    out = np.zeros(frames.shape[:3], dtype=np.int64)
-    first = np.asarray(first_mask, dtype=np.int64)
-    objects = [int(v) for v in np.unique(first) if v != 0]
-    last = len(frames) - 1
-    for t, frame in enumerate(frames):
-        image, geometry = preprocess_frame(frame, shorter_side, device=propagator.device)
-        mask = None
-        if t == 0 and objects:
-            mask = preprocess_mask(torch.from_numpy(first), geometry).to(propagator.device)
-        result = propagator.step(image, mask, objects if mask is not None else None, end=t == last)
-        prob = restore_probabilities(result.prob, geometry)
-        lut = torch.tensor([0, *result.object_ids], dtype=torch.int64, device=prob.device)
-        out[t] = lut[argmax_channels(prob)].cpu().numpy()
-    return out
+    named = ((str(t), frame) for t, frame in enumerate(frames))
+    given = {"0": np.asarray(first_mask, dtype=np.int64)}
+    predicted = segment_frames(propagator, named, given, shorter_side=shorter_side)
+    return np.stack([ids for _, ids in predicted]).astype(np.int64, copy=False)
 
 
 def _propagate_folder(propagator: Any, video: Any, shorter_side: int) -> tuple[np.ndarray, ...]:

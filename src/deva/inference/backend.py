@@ -1,0 +1,113 @@
+"""The propagation protocol: what the decoupled tracker needs from a propagation model.
+
+The tracker (:class:`~deva.inference.tracker.DecoupledTracker`) talks to temporal
+propagation only through :class:`PropagationBackend`, so another model can be plugged in
+without touching the tracker. :class:`~deva.inference.propagator.Propagator` (this package's
+memory network) implements it; a backend must:
+
+- keep its objects in an :class:`~deva.inference.objects.ObjectRegistry` (:attr:`objects`),
+  shared with the tracker, which creates objects there before committing their first masks
+  and reads their metadata back; channels of every result follow its order;
+- encode a normalised, padded frame once (:meth:`encode`) into an opaque value it accepts
+  back as ``features`` in :meth:`predict`, :meth:`commit` (via the pending prediction),
+  :meth:`step` and :meth:`align`;
+- predict a frame from memory (:meth:`predict`), then commit masks for given object ids
+  (:meth:`commit`: new ids become objects, existing ones are re-initialised, the frame may
+  become a memory frame); :meth:`step` is the two in one;
+- delete objects (:meth:`delete_objects`: from the registry and the memory), reset to an
+  empty video (:meth:`reset`) and make an empty twin with the same model and settings
+  (:meth:`fork`, for offline mode's backward pass);
+- align a clip frame's segmentation to another frame (:meth:`align`, paper eq. 1), without
+  touching its own state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from deva.inference.objects import ObjectRegistry
+from deva.inference.preprocess import probabilities_to_ids
+from deva.types import Segmentation
+
+
+@dataclass
+class PropagationResult:
+    """Per-frame output: probabilities (N + 1, H, W), channel 0 = background, channel i =
+    ``object_ids[i - 1]``, at the processing resolution (before any resize to the original)."""
+
+    prob: torch.Tensor
+    object_ids: list[int]
+
+    def index_mask(self) -> torch.Tensor:
+        """(H, W) int64 map of object ids (0 = background) by arg-max."""
+        return probabilities_to_ids(self.prob, self.object_ids)
+
+
+@runtime_checkable
+class PropagationBackend(Protocol):
+    """Temporal propagation as the tracker uses it (see the module docstring)."""
+
+    objects: ObjectRegistry
+
+    @property
+    def device(self) -> torch.device:
+        """Where frames and masks go."""
+        ...
+
+    @property
+    def object_ids(self) -> list[int]:
+        """Objects with memory, in channel order."""
+        ...
+
+    def reset(self) -> None:
+        """Forget everything: objects, memory, frame counter."""
+        ...
+
+    def fork(self) -> PropagationBackend:
+        """A new, empty backend with the same model and settings."""
+        ...
+
+    def encode(self, image: torch.Tensor) -> Any:
+        """Features of a normalised frame (3, H, W), to pass back as ``features``."""
+        ...
+
+    def predict(
+        self, image: torch.Tensor | None = None, *, features: Any = None, end: bool = False
+    ) -> PropagationResult:
+        """Segment the next frame from memory; nothing is written until :meth:`commit`."""
+        ...
+
+    def commit(
+        self,
+        mask: torch.Tensor | np.ndarray | None = None,
+        objects: list[int] | None = None,
+        *,
+        keep_empty: bool = False,
+    ) -> PropagationResult:
+        """Merge given masks of ``objects`` into the pending prediction, write memory when due."""
+        ...
+
+    def step(
+        self,
+        image: torch.Tensor | None = None,
+        mask: torch.Tensor | np.ndarray | None = None,
+        objects: list[int] | None = None,
+        *,
+        end: bool = False,
+        features: Any = None,
+        keep_empty: bool = False,
+    ) -> PropagationResult:
+        """:meth:`predict` then :meth:`commit`."""
+        ...
+
+    def delete_objects(self, object_ids: list[int]) -> None:
+        """Stop tracking objects: they leave the registry and the memory."""
+        ...
+
+    def align(self, sources: list[tuple[Any, Segmentation]], target: Any) -> list[Segmentation]:
+        """Each source frame's segmentation propagated onto the target frame (eq. 1)."""
+        ...
