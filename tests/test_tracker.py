@@ -9,13 +9,8 @@ import pytest
 import torch
 
 from deva.data.synthetic import SyntheticVideoConfig, frame_name, generate_video
-from deva.inference.tracker import (
-    DecoupledTracker,
-    TrackedFrame,
-    TrackerConfig,
-    TrackingMode,
-    key_frame_candidates,
-)
+from deva.inference.tracker import DecoupledTracker, TrackedFrame, key_frame_candidates
+from deva.inference.tracker_config import TrackerConfig, TrackingMode
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 from deva.types import Segment, Segmentation

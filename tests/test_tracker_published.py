@@ -26,12 +26,8 @@ from deva.inference.preprocess import (
     restore_probabilities,
 )
 from deva.inference.propagator import Propagator
-from deva.inference.tracker import (
-    DecoupledTracker,
-    TrackedFrame,
-    TrackerConfig,
-    TrackingMode,
-)
+from deva.inference.tracker import DecoupledTracker, TrackedFrame
+from deva.inference.tracker_config import TrackerConfig, TrackingMode
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel, aggregate_probabilities
 from deva.types import Segment, Segmentation

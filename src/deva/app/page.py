@@ -17,7 +17,7 @@ from typing import Any
 
 from deva.app.runs import TrackingApp
 from deva.app.settings import SEGMENTER_LABELS, AppSettings, DemoInputError
-from deva.inference.tracker import TrackingMode
+from deva.inference.tracker_config import TrackingMode
 from deva.segmenters.registry import PROMPTED
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from deva.app.settings import (
     check_request,
     request_tracker_config,
 )
-from deva.inference.tracker import TrackerConfig, TrackingMode
+from deva.inference.tracker_config import TrackerConfig, TrackingMode
 from deva.modeling.propagation import PropagationModel
 from deva.modeling.weights import build_model
 from deva.pipelines.video_tracking import (

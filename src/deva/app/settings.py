@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from deva.inference.options import InferenceOptions
-from deva.inference.tracker import TrackerConfig, TrackingMode
+from deva.inference.tracker_config import TrackerConfig, TrackingMode
 from deva.segmenters.grounded_sam import parse_prompt
 from deva.segmenters.registry import PROMPTED, check_segmenter_name
 

@@ -19,7 +19,8 @@ from deva.inference.memory import MemoryConfig
 from deva.inference.options import InferenceOptions
 from deva.inference.preprocess import preprocess_frame, preprocess_mask
 from deva.inference.propagator import Propagator
-from deva.inference.tracker import DecoupledTracker, TrackerConfig, TrackingMode
+from deva.inference.tracker import DecoupledTracker
+from deva.inference.tracker_config import TrackerConfig, TrackingMode
 
 
 def bench_memory(cfg: DictConfig, device: torch.device, plot: Path | None) -> dict:

@@ -20,7 +20,8 @@ from deva.inference.memory import MemoryConfig
 from deva.inference.network import FrameFeatures
 from deva.inference.options import InferenceOptions
 from deva.inference.propagator import Propagator, reference_alignment
-from deva.inference.tracker import DecoupledTracker, TrackerConfig, TrackingMode
+from deva.inference.tracker import DecoupledTracker
+from deva.inference.tracker_config import TrackerConfig, TrackingMode
 from deva.modeling.propagation import PropagationModel
 from deva.types import Segment, Segmentation
 

@@ -15,7 +15,7 @@ from deva.config import ConfigError
 from deva.inference import options as inference
 from deva.inference.memory import MemoryConfig
 from deva.inference.options import InferenceOptions
-from deva.inference.tracker import TrackerConfig, TrackingMode
+from deva.inference.tracker_config import TrackerConfig, TrackingMode
 
 
 def autocast_dtype(name: str | None, device: torch.device) -> torch.dtype | None:

@@ -20,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from deva.inference.options import InferenceOptions
-from deva.inference.tracker import DecoupledTracker, TrackedFrame, TrackerConfig
+from deva.inference.tracker import DecoupledTracker, TrackedFrame
+from deva.inference.tracker_config import TrackerConfig
 from deva.modeling.propagation import PropagationModel
 from deva.pipelines.inputs import DetectionSource, VideoSource, find_videos
 from deva.pipelines.writers import BurstWriter, GenericWriter, VipsegWriter, burst_ground_truth

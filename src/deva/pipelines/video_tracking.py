@@ -40,7 +40,8 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from deva.inference.options import InferenceOptions
-from deva.inference.tracker import DecoupledTracker, TrackedFrame, TrackerConfig, TrackingMode
+from deva.inference.tracker import DecoupledTracker, TrackedFrame
+from deva.inference.tracker_config import TrackerConfig, TrackingMode
 from deva.io.detections import read_frame_segmentation, segment_infos, write_frame_segmentation
 from deva.io.video import Mp4Writer, VideoFrames, draw_labels, overlay_mask
 from deva.modeling.propagation import PropagationModel

@@ -12,7 +12,7 @@ from typing import Any
 from deva.data.synthetic import SyntheticVideoConfig
 from deva.inference.memory import MemoryConfig
 from deva.inference.options import InferenceOptions
-from deva.inference.tracker import TrackerConfig
+from deva.inference.tracker_config import TrackerConfig
 from deva.training.tasks.base import PredictionTask
 from deva.training.tasks.burst import BurstTask
 from deva.training.tasks.panoptic import SyntheticPanopticTask, VipsegTask

@@ -12,7 +12,8 @@ import numpy as np
 from torchmetrics import Metric
 
 from deva.inference.options import InferenceOptions
-from deva.inference.tracker import TrackedFrame, TrackerConfig
+from deva.inference.tracker import TrackedFrame
+from deva.inference.tracker_config import TrackerConfig
 from deva.io import burst
 from deva.io.frames import list_frame_files
 from deva.metrics import scoring

@@ -19,7 +19,8 @@ from torchmetrics import Metric, MetricCollection
 from deva.data.synthetic import SyntheticVideoConfig, frame_name, generate_video, video_seed
 from deva.data.synthetic_benchmarks import panoptic_ground_truth, synthetic_categories
 from deva.inference.options import InferenceOptions
-from deva.inference.tracker import TrackedFrame, TrackerConfig
+from deva.inference.tracker import TrackedFrame
+from deva.inference.tracker_config import TrackerConfig
 from deva.io import vipseg
 from deva.io.masks import read_id_png
 from deva.metrics import scoring

@@ -23,7 +23,8 @@ import numpy as np
 from torchmetrics import Metric
 
 from deva.inference.options import InferenceOptions
-from deva.inference.tracker import DecoupledTracker, TrackedFrame, TrackerConfig
+from deva.inference.tracker import DecoupledTracker, TrackedFrame
+from deva.inference.tracker_config import TrackerConfig
 from deva.io.frames import list_frame_files, read_frame
 from deva.io.video import overlay_mask
 from deva.modeling.propagation import PropagationModel
