@@ -1,8 +1,8 @@
-"""The web demo (tools/app.py, deva.app): served headless and driven through gradio_client."""
+"""The web demo (deva.cli.app, deva.app): served headless and driven through gradio_client."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -21,7 +21,6 @@ from deva.data.synthetic import SyntheticVideoConfig, generate_video
 from deva.io.masks import read_mask_png
 from deva.io.video import write_mp4
 
-REPO = Path(__file__).resolve().parents[1]
 H, W, T, FPS = 48, 64, 5, 12
 TIMEOUT_S = 240.0
 
@@ -49,10 +48,7 @@ sys.addaudithook(_audit)
 
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_tool_app", REPO / "tools" / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("deva.cli.app")
 
 
 @pytest.fixture(scope="module")

@@ -254,7 +254,8 @@ def test_tracker_and_tools_can_turn_winograd_off() -> None:
     from deva.config.options import inference_options, tracker_config
     from deva.inference.tracker import DecoupledTracker
 
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "evaluate.yaml")
+    configs = Path(__file__).resolve().parents[1] / "src" / "deva" / "configs"
+    cfg = OmegaConf.load(configs / "evaluate.yaml")
     cfg.model = {"preset": "tiny", "weights": None}
     model = PropagationModel(PropagationConfig.preset("tiny"))
 

@@ -12,7 +12,7 @@
 - :mod:`deva.app.tiny_models`: :func:`prepare_tiny_segmenters` writes tiny randomly
   initialised image models so that the demo runs without downloading anything.
 
-``tools/app.py`` is the command line.
+:mod:`deva.cli.app` (``deva-app``, ``python tools/app.py``) is the command line.
 """
 
 from deva.app.page import API_NAME, build_demo, free_port, launch_demo

@@ -33,10 +33,10 @@ class DemoInputError(ValueError):
 
 @dataclass
 class AppSettings:
-    """What the demo serves (built by ``tools/app.py`` from ``configs/app.yaml``).
+    """What the demo serves (built by ``deva.cli.app`` from ``deva/configs/app.yaml``).
 
     Attributes:
-        segmenters: offered segmenter name → its options (``configs/segmenter/<name>.yaml``
+        segmenters: offered segmenter name → its options (``deva/configs/segmenter/<name>.yaml``
             keys: ``model``, thresholds, ...), in display order.
         default_segmenter: the segmenter selected when the page opens.
         model_preset, model_weights: propagation model (``weights=None``: random).

@@ -1,4 +1,4 @@
-"""Speed, memory and mask-equality benchmarks (``tools/benchmark.py`` is the command line).
+"""Speed, memory and mask-equality benchmarks (:mod:`deva.cli.benchmark` is the command line).
 
 One module per suite; :func:`deva.bench.run.run_suites` runs the requested ones,
 :func:`deva.bench.report.format_table` turns the result into a Markdown table.

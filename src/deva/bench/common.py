@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from deva.config import ConfigError
+from deva.config import ConfigError, repository_path
 from deva.data.synthetic import SyntheticVideo, SyntheticVideoConfig, generate_video
 from deva.modeling.config import PropagationConfig
 from deva.modeling.inference_model import check_autocast, cpu_supports_bf16
@@ -191,7 +191,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-EMBEDDED = Path(__file__).resolve().parents[3] / "checkpoints" / "deva-small-synthetic.pth"
+EMBEDDED = repository_path("checkpoints/deva-small-synthetic.pth")
 
 
 def _model(

@@ -1,4 +1,4 @@
-"""Configuration: YAML groups in ``configs/`` composed by Hydra, with ``key=value`` overrides.
+"""Configuration: YAML groups in ``deva/configs/`` composed by Hydra, with ``key=value`` overrides.
 
 Tools call :func:`compose` with their primary config name and the command-line arguments;
 the result is a read-only OmegaConf ``DictConfig``. Library code never receives the whole
@@ -8,6 +8,7 @@ config: tools pass explicit arguments.
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -18,16 +19,28 @@ class ConfigError(ValueError):
 
 
 def config_dir() -> Path:
-    """``$DEVA_CONFIG_DIR`` or the repository's ``configs/`` folder."""
+    """``$DEVA_CONFIG_DIR`` or the ``configs/`` folder shipped inside the package."""
     env = os.environ.get("DEVA_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[3] / "configs"
+    path = Path(env) if env else Path(str(resources.files("deva") / "configs"))
     if not path.is_dir():
         raise ConfigError(f"config folder not found: {path} (set DEVA_CONFIG_DIR)")
     return path
 
 
+def repository_path(relative: str | Path) -> Path:
+    """``relative`` inside the source checkout this package runs from (``src/`` layout), for
+    files that live in the repository only (the embedded checkpoint); after a non-editable
+    install there is no checkout and ``relative`` is returned as given (working directory)."""
+    here = Path(__file__).resolve()
+    root = here.parents[3]
+    if here.parents[2].name == "src" and (root / "pyproject.toml").is_file():
+        return root / relative
+    return Path(relative)
+
+
 def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
-    """Compose ``configs/<name>.yaml`` with its defaults list and ``key=value`` overrides."""
+    """Compose ``configs/<name>.yaml`` (see :func:`config_dir`) with its defaults list and
+    ``key=value`` overrides."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException

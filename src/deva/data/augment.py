@@ -16,10 +16,7 @@ Frames are RGB ``uint8`` ``(H, W, 3)``, masks ``uint8`` label maps ``(H, W)``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A
 import cv2

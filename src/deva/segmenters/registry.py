@@ -1,7 +1,7 @@
 """Segmenters by name, for command lines and the web demo.
 
 ``build_segmenter("sam", options, ...)`` turns a name plus a mapping of options (the
-``segmenter.*`` keys of ``configs/track.yaml``) into a loaded :class:`ImageSegmenter`.
+``segmenter.*`` keys of ``deva/configs/track.yaml``) into a loaded :class:`ImageSegmenter`.
 Model-backed segmenters import ``transformers`` only when built.
 """
 

@@ -1,6 +1,6 @@
 """``train(cfg)``: build everything from a composed ``train`` config and fit.
 
-The config comes from :func:`deva.config.compose` (``configs/train.yaml`` with the groups
+The config comes from :func:`deva.config.compose` (``deva/configs/train.yaml`` with the groups
 ``model``, ``stage``, ``data``, ``trainer``, ``debug``). This function turns it into explicit
 objects — :class:`~deva.training.module.PropagationTrainingModule`, a data module, callbacks,
 a TensorBoard logger and a Lightning ``Trainer`` — and calls ``fit``. Tests call it directly.
