@@ -45,9 +45,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deva.inference.consensus import IOU_THRESHOLD, build_proposals, paint_by_area
+from deva.inference.consensus import IOU_THRESHOLD, ProposalSet, build_proposals, paint_by_area
 from deva.inference.objects import ObjectRegistry
-from deva.types import Segmentation
+from deva.types import Segment, Segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,44 @@ def merge_with_consensus(
     """
     if max_missed < 0:
         raise ValueError(f"max_missed must be >= 0, got {max_missed}")
+    propagated, consensus, cons = _checked_inputs(propagated, consensus, registry, max_objects)
+    props = build_proposals([propagated, consensus])
+    n_r = len(propagated.segments)
+    r_ids = [int(s.id) for s in propagated.segments]
+    row_of = {object_id: r for r, object_id in enumerate(r_ids)}
+    pairs = _match(props, r_ids, cons, registry, separate_things, iou_threshold)
+    associations = {r_ids[r]: int(cons[c].id) for r, c in pairs}
+    unassociated = [o for o in registry.ids if o not in associations]
+    groups, areas, owners, sources = _paint_entries(props, r_ids, cons, pairs, unassociated, row_of)
+    added_ids = _create_objects(registry, cons, areas, owners, sources)
+    painted = paint_by_area(props.index_maps, groups, areas, later_on_top=True)
+    for r, c in pairs:
+        registry.mark_associated(r_ids[r], detections=cons[c].merged_detections())
+    removed_ids = _count_misses(registry, props, unassociated, row_of, max_missed, incremental)
+    segmentation = _output_segmentation(painted, owners, removed_ids, registry)
+    logger.debug(
+        "merge: %d propagated, %d consensus, %d associated, %d added, %d to delete",
+        n_r,
+        len(cons),
+        len(pairs),
+        len(added_ids),
+        len(removed_ids),
+    )
+    return MergeResult(
+        segmentation=segmentation,
+        added_ids=added_ids,
+        removed_ids=removed_ids,
+        associations=associations,
+    )
+
+
+def _checked_inputs(
+    propagated: Segmentation | None,
+    consensus: Segmentation,
+    registry: ObjectRegistry,
+    max_objects: int | None,
+) -> tuple[Segmentation, Segmentation, list[Segment]]:
+    """Validated R_t (empty when None) and C_t with its segments (none beyond ``max_objects``)."""
     shape = tuple(torch.as_tensor(consensus.mask).shape)
     if propagated is None:
         propagated = Segmentation(mask=torch.zeros(shape, dtype=torch.long))
@@ -161,18 +199,36 @@ def merge_with_consensus(
         )
         cons = []
         consensus = Segmentation(mask=torch.zeros(shape, dtype=torch.long))
-    props = build_proposals([propagated, consensus])
-    n_r = len(propagated.segments)
-    r_ids = [int(s.id) for s in propagated.segments]
-    row_of = {object_id: r for r, object_id in enumerate(r_ids)}
+    return propagated, consensus, cons
+
+
+def _match(
+    props: ProposalSet,
+    r_ids: list[int],
+    cons: list[Segment],
+    registry: ObjectRegistry,
+    separate_things: bool,
+    iou_threshold: float,
+) -> list[tuple[int, int]]:
+    """Associated (propagated row, consensus index) pairs (eq. 10)."""
+    n_r = len(r_ids)
     status_r = [registry[i].isthing for i in r_ids] if separate_things else [None] * n_r
     status_c = [s.isthing for s in cons] if separate_things else [None] * len(cons)
-    pairs = associate(props.iou[:n_r, n_r:], status_r, status_c, iou_threshold=iou_threshold)
-    row_of_col = {c: r for r, c in pairs}
-    associations = {r_ids[r]: int(cons[c].id) for r, c in pairs}
+    return associate(props.iou[:n_r, n_r:], status_r, status_c, iou_threshold=iou_threshold)
 
-    # Paint entries: consensus segments in their order, then unassociated live objects in
-    # channel order. Each: (flat proposal indices, area, object id or None for a new object).
+
+def _paint_entries(
+    props: ProposalSet,
+    r_ids: list[int],
+    cons: list[Segment],
+    pairs: list[tuple[int, int]],
+    unassociated: list[int],
+    row_of: dict[int, int],
+) -> tuple[list[list[int]], list[int], list[int | None], list[int | None]]:
+    """Paint entries (flat proposal indices, area, owner id or None, new object's source)."""
+    # Consensus segments in their order, then unassociated live objects in channel order.
+    n_r = len(r_ids)
+    row_of_col = {c: r for r, c in pairs}
     groups: list[list[int]] = []
     areas: list[int] = []
     owners: list[int | None] = []
@@ -190,17 +246,25 @@ def merge_with_consensus(
             areas.append(int(props.areas[flat]))
             owners.append(None)
             sources.append(c)
-    unassociated = [o for o in registry.ids if o not in associations]
     for object_id in unassociated:
         r = row_of.get(object_id)
         groups.append([] if r is None else [r])
         areas.append(0 if r is None else int(props.areas[r]))
         owners.append(object_id)
         sources.append(None)
+    return groups, areas, owners, sources
 
-    # New objects get their ids in painting order (stable sort by descending area).
+
+def _create_objects(
+    registry: ObjectRegistry,
+    cons: list[Segment],
+    areas: list[int],
+    owners: list[int | None],
+    sources: list[int | None],
+) -> list[int]:
+    """Create the new objects in painting order (stable, descending area); fills ``owners``."""
     added_ids: list[int] = []
-    for g in sorted(range(len(groups)), key=lambda g: -areas[g]):
+    for g in sorted(range(len(areas)), key=lambda g: -areas[g]):
         c = sources[g]
         if c is None:
             continue
@@ -208,20 +272,35 @@ def merge_with_consensus(
         obj = registry.create(isthing=seg.isthing, detections=seg.merged_detections())
         owners[g] = obj.id
         added_ids.append(obj.id)
-    painted = paint_by_area(props.index_maps, groups, areas, later_on_top=True)
+    return added_ids
 
-    # Miss counters, then deletion (counter > max_missed).
-    for r, c in pairs:
-        registry.mark_associated(r_ids[r], detections=cons[c].merged_detections())
+
+def _count_misses(
+    registry: ObjectRegistry,
+    props: ProposalSet,
+    unassociated: list[int],
+    row_of: dict[int, int],
+    max_missed: int,
+    incremental: bool,
+) -> list[int]:
+    """Count the unassociated objects' misses; returns those to delete (counter > max)."""
     for object_id in unassociated:
         r = row_of.get(object_id)
         if incremental and r is not None and props.areas[r] > 0:
             registry.reset_missed(object_id)
         else:
             registry.mark_missed(object_id)
-    removed_ids = [o for o in registry.ids if registry[o].missed > max_missed]
+    return [o for o in registry.ids if registry[o].missed > max_missed]
 
-    slot_to_id = np.zeros(len(groups) + 1, dtype=np.int64)
+
+def _output_segmentation(
+    painted: torch.Tensor,
+    owners: list[int | None],
+    removed_ids: list[int],
+    registry: ObjectRegistry,
+) -> Segmentation:
+    """M_t from the painted entry slots, without the removed objects."""
+    slot_to_id = np.zeros(len(owners) + 1, dtype=np.int64)
     removed = set(removed_ids)
     for g, owner in enumerate(owners):
         if owner is not None and owner not in removed:
@@ -229,17 +308,4 @@ def merge_with_consensus(
     mask = torch.from_numpy(slot_to_id)[painted]
     present = set(torch.unique(mask).tolist())
     segments = [registry[o].to_segment() for o in registry.ids if o in present]
-    logger.debug(
-        "merge: %d propagated, %d consensus, %d associated, %d added, %d to delete",
-        n_r,
-        len(cons),
-        len(pairs),
-        len(added_ids),
-        len(removed_ids),
-    )
-    return MergeResult(
-        segmentation=Segmentation(mask=mask, segments=segments),
-        added_ids=added_ids,
-        removed_ids=removed_ids,
-        associations=associations,
-    )
+    return Segmentation(mask=mask, segments=segments)

@@ -121,16 +121,9 @@ def owta_sequence_stats_from_similarity(
     """
     if not len(gt_ids) == len(pred_ids) == len(similarities):
         raise ValueError("gt_ids, pred_ids and similarities must have one entry per timestep")
-    gts = [np.asarray(g, dtype=np.int64).reshape(-1) for g in gt_ids]
-    preds = [np.asarray(p, dtype=np.int64).reshape(-1) for p in pred_ids]
-    sims = []
-    for t, (g, p, s) in enumerate(zip(gts, preds, similarities)):
-        s = np.asarray(s, dtype=np.float64).reshape(len(g), len(p))
-        if (len(g) == 0 and not neg_category) or remove_unmatched:
-            drop = remove_unmatched_predictions(s)
-            preds[t] = np.delete(p, drop)
-            s = np.delete(s, drop, axis=1)
-        sims.append(s)
+    gts, preds, sims = _kept_predictions(
+        gt_ids, pred_ids, similarities, remove_unmatched=remove_unmatched, neg_category=neg_category
+    )
     gts, n_gt_ids = _relabel(gts)
     preds, n_pred_ids = _relabel(preds)
     n_alpha = len(alphas)
@@ -144,6 +137,46 @@ def owta_sequence_stats_from_similarity(
         stats.fp[:] = n_pred_dets
         return stats
 
+    alignment, gt_count, pred_count = _global_alignment(gts, preds, sims, n_gt_ids, n_pred_ids)
+    matches = _match_timesteps(gts, preds, sims, alignment, alphas, stats)
+    for a in range(n_alpha):
+        m = matches[a]
+        ass = m / np.maximum(1, gt_count + pred_count - m)
+        assa = np.sum(m * ass) / np.maximum(1, stats.tp[a])
+        stats.assa_tp[a] = assa * stats.tp[a]
+    return stats
+
+
+def _kept_predictions(
+    gt_ids: Sequence[np.ndarray],
+    pred_ids: Sequence[np.ndarray],
+    similarities: Sequence[np.ndarray],
+    *,
+    remove_unmatched: bool,
+    neg_category: bool,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per-timestep ids and similarities, without the predictions the evaluation drops."""
+    gts = [np.asarray(g, dtype=np.int64).reshape(-1) for g in gt_ids]
+    preds = [np.asarray(p, dtype=np.int64).reshape(-1) for p in pred_ids]
+    sims = []
+    for t, (g, p, s) in enumerate(zip(gts, preds, similarities)):
+        s = np.asarray(s, dtype=np.float64).reshape(len(g), len(p))
+        if (len(g) == 0 and not neg_category) or remove_unmatched:
+            drop = remove_unmatched_predictions(s)
+            preds[t] = np.delete(p, drop)
+            s = np.delete(s, drop, axis=1)
+        sims.append(s)
+    return gts, preds, sims
+
+
+def _global_alignment(
+    gts: list[np.ndarray],
+    preds: list[np.ndarray],
+    sims: list[np.ndarray],
+    n_gt_ids: int,
+    n_pred_ids: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Global alignment score of every (gt id, pred id) pair, plus per-id detection counts."""
     potential = np.zeros((n_gt_ids, n_pred_ids))
     gt_count = np.zeros((n_gt_ids, 1))
     pred_count = np.zeros((1, n_pred_ids))
@@ -156,8 +189,19 @@ def owta_sequence_stats_from_similarity(
         gt_count[g] += 1
         pred_count[0, p] += 1
     alignment = potential / (gt_count + pred_count - potential)
+    return alignment, gt_count, pred_count
 
-    matches = [np.zeros_like(potential) for _ in range(n_alpha)]
+
+def _match_timesteps(
+    gts: list[np.ndarray],
+    preds: list[np.ndarray],
+    sims: list[np.ndarray],
+    alignment: np.ndarray,
+    alphas: np.ndarray,
+    stats: OWTAStats,
+) -> list[np.ndarray]:
+    """Hungarian matching per timestep: adds TP / FN / FP to ``stats``, returns per-α matches."""
+    matches = [np.zeros_like(alignment) for _ in range(len(alphas))]
     for g, p, s in zip(gts, preds, sims):
         if len(g) == 0:
             stats.fp += len(p)
@@ -175,12 +219,7 @@ def owta_sequence_stats_from_similarity(
             stats.fp[a] += len(p) - len(r)
             if len(r):
                 matches[a][g[r], p[c]] += 1
-    for a in range(n_alpha):
-        m = matches[a]
-        ass = m / np.maximum(1, gt_count + pred_count - m)
-        assa = np.sum(m * ass) / np.maximum(1, stats.tp[a])
-        stats.assa_tp[a] = assa * stats.tp[a]
-    return stats
+    return matches
 
 
 def owta_sequence_stats(

@@ -215,25 +215,11 @@ def stq_summary(
         conf[conf_keys[rows, 1], conf_keys[rows, 2]] = conf_counts[rows]
         conf *= keep_row[:, None]
         total += conf
-        # Association quality of this sequence.
-        g_rows = gt_keys[:, 0] == s
-        gt_size = dict(zip(gt_keys[g_rows, 1].tolist(), gt_counts[g_rows].tolist()))
-        p_rows = pr_keys[:, 0] == s
-        pr_size = dict(zip(pr_keys[p_rows, 1].tolist(), pr_counts[p_rows].tolist()))
-        i_rows = in_keys[:, 0] == s
-        inner = dict.fromkeys(gt_size, 0.0)
-        for g, p, tpa in zip(
-            in_keys[i_rows, 1].tolist(), in_keys[i_rows, 2].tolist(), in_counts[i_rows].tolist()
-        ):
-            fpa = pr_size[p] - tpa
-            fna = gt_size[g] - tpa
-            inner[g] += tpa * (tpa / (tpa + fpa + fna))
-        outer = 0.0
-        for g, g_size in gt_size.items():
-            outer += 1.0 / g_size * inner[g]
+        outer, tubes[s] = _association_sum(
+            s, (gt_keys, gt_counts), (pr_keys, pr_counts), (in_keys, in_counts)
+        )
         aq_sum[s] = outer
-        tubes[s] = len(gt_size)
-        aq_s = outer / max(len(gt_size), 1e-15)
+        aq_s = outer / max(tubes[s], 1e-15)
         sq_s = _miou(conf)
         per_seq[s] = {
             "STQ": math.sqrt(aq_s * sq_s) if sq_s == sq_s else math.nan,
@@ -244,6 +230,37 @@ def stq_summary(
     sq = _miou(total)
     stq = math.sqrt(aq * sq) if sq == sq else math.nan
     return {"STQ": stq, "AQ": aq, "SQ": sq, "per_sequence": per_seq}
+
+
+def _association_sum(
+    sequence: int,
+    gt_areas: tuple[np.ndarray, np.ndarray],
+    pred_areas: tuple[np.ndarray, np.ndarray],
+    intersections: tuple[np.ndarray, np.ndarray],
+) -> tuple[float, int]:
+    """Sum over the tubes of ``sequence`` of their association quality, and the tube count.
+
+    Each table is the (keys, counts) of :func:`group_sum` over sequence-tagged rows.
+    """
+    gt_keys, gt_counts = gt_areas
+    pr_keys, pr_counts = pred_areas
+    in_keys, in_counts = intersections
+    g_rows = gt_keys[:, 0] == sequence
+    gt_size = dict(zip(gt_keys[g_rows, 1].tolist(), gt_counts[g_rows].tolist()))
+    p_rows = pr_keys[:, 0] == sequence
+    pr_size = dict(zip(pr_keys[p_rows, 1].tolist(), pr_counts[p_rows].tolist()))
+    i_rows = in_keys[:, 0] == sequence
+    inner = dict.fromkeys(gt_size, 0.0)
+    for g, p, tpa in zip(
+        in_keys[i_rows, 1].tolist(), in_keys[i_rows, 2].tolist(), in_counts[i_rows].tolist()
+    ):
+        fpa = pr_size[p] - tpa
+        fna = gt_size[g] - tpa
+        inner[g] += tpa * (tpa / (tpa + fpa + fna))
+    outer = 0.0
+    for g, g_size in gt_size.items():
+        outer += 1.0 / g_size * inner[g]
+    return outer, len(gt_size)
 
 
 class SegmentationAndTrackingQuality(Float64States, Metric):

@@ -21,6 +21,8 @@ few channels gain nothing and are left alone (:func:`worth_winograd`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -236,17 +238,56 @@ def winograd_conv3x3(
     stride 4) is needed.
     """
     b, c, h, w = x.shape
+    c_in, k, blocks = _filter_blocks(filters)
+    if c_in != c:
+        raise ValueError(f"expected {c_in} input channels, got {c}")
+    nh, nw = -(-h // TILE), -(-w // TILE)
+    source = x.permute(0, 2, 3, 1)  # NHWC view (a plain view when x is channels-last)
+    exact = h % TILE == 0 and w % TILE == 0
+    result, nhwc = _output_buffer(x, k, nh, nw, exact, out)
+    out_tiles = nhwc.view(b, nh, TILE, nw, TILE, k)
+    rows = max(1, band_tiles // (b * nw))
+    # When writing into the input's memory, a band's outputs wait (one segment per block)
+    # until the next band's input has been copied.
+    deferred = out is not None and _same_memory(out, x)
+    work = _Workspace.allocate(x, filters, blocks, k, rows, nh, nw, deferred=deferred)
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+    for top in range(0, nh, rows):
+        bottom = min(nh, top + rows)
+        padded = _fill_band(work.band, source, top, bottom, relu=relu)
+        _write_tiles(pending)
+        v = _input_transform(padded, kb, work, bottom - top, nw)
+        for start, stop in blocks:
+            y = _output_block(v, filters, start, stop, ka, work, deferred=deferred)
+            y = y.view(TILE, TILE, b, bottom - top, nw, stop - start).permute(2, 3, 0, 4, 1, 5)
+            target = out_tiles[:, top:bottom, :, :, :, start:stop]
+            pending.append((target, y, None if bias is None else bias[start:stop]))
+            if not deferred:
+                _write_tiles(pending)
+    _write_tiles(pending)
+    if result is not None:
+        return result
+    return nhwc[:, :h, :w].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+
+def _filter_blocks(
+    filters: torch.Tensor | FilterSource,
+) -> tuple[int, int, list[tuple[int, int]]]:
+    """Input channels, output channels and the (start, stop) output blocks of ``filters``."""
     if isinstance(filters, FilterSource):
         c_in, k = filters.in_channels, filters.out_channels
         blocks = [(s, min(s + FILTER_BLOCK, k)) for s in range(0, k, FILTER_BLOCK)]
     else:
         c_in, k = filters.shape[1], filters.shape[2]
         blocks = [(0, k)]
-    if c_in != c:
-        raise ValueError(f"expected {c_in} input channels, got {c}")
-    nh, nw = -(-h // TILE), -(-w // TILE)
-    source = x.permute(0, 2, 3, 1)  # NHWC view (a plain view when x is channels-last)
-    exact = h % TILE == 0 and w % TILE == 0
+    return c_in, k, blocks
+
+
+def _output_buffer(
+    x: torch.Tensor, k: int, nh: int, nw: int, exact: bool, out: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The (B, K, H, W) result (None unless the sides are whole tiles) and the NHWC buffer."""
+    b, _, h, w = x.shape
     if out is not None:
         if not exact or out.shape != (b, k, h, w):
             raise ValueError(f"out must be a ({b}, {k}, {h}, {w}) tensor with sides % {TILE} == 0")
@@ -260,69 +301,108 @@ def winograd_conv3x3(
                 b, k, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last
             )
         )
-        nhwc = result.permute(0, 2, 3, 1)
-    else:
-        nhwc = x.new_empty(b, TILE * nh, TILE * nw, k)
-    out_tiles = nhwc.view(b, nh, TILE, nw, TILE, k)
+        return result, result.permute(0, 2, 3, 1)
+    return None, x.new_empty(b, TILE * nh, TILE * nw, k)
 
-    rows = max(1, band_tiles // (b * nw))
-    most = b * min(rows, nh) * nw
-    widest = max(stop - start for start, stop in blocks)
+
+@dataclass
+class _Workspace:
+    """Buffers that every band of :func:`winograd_conv3x3` reuses."""
+
+    gathered: torch.Tensor
+    transformed: torch.Tensor
+    products: torch.Tensor
+    outputs: torch.Tensor
+    block_buffer: torch.Tensor | None
+    band: torch.Tensor
+
+    @classmethod
+    def allocate(
+        cls,
+        x: torch.Tensor,
+        filters: torch.Tensor | FilterSource,
+        blocks: list[tuple[int, int]],
+        k: int,
+        rows: int,
+        nh: int,
+        nw: int,
+        *,
+        deferred: bool,
+    ) -> _Workspace:
+        """Buffers for bands of up to ``rows`` tile rows of ``x`` (B, C, H, W)."""
+        b, c, _, w = x.shape
+        most = b * min(rows, nh) * nw
+        widest = max(stop - start for start, stop in blocks)
+        area = WINDOW * WINDOW
+        gathered = x.new_empty(area, most * c)
+        transformed = x.new_empty(area, most * c)
+        products = x.new_empty(area, most * widest)
+        outputs = x.new_empty(TILE * TILE * most * (k if deferred else widest))
+        # One buffer for every block of per-call filters (fresh allocations page-fault).
+        block_buffer = None if isinstance(filters, torch.Tensor) else x.new_empty(area * c * widest)
+        # The zero-padded input of one band of tile rows at a time (1 pixel of padding, plus
+        # what completes the last tiles): a band stays in cache, where a padded copy of the
+        # whole input would not.
+        band = x.new_empty(b, TILE * min(rows, nh) + 2, TILE * nw + 2, c)
+        band[:, :, 0].zero_()
+        band[:, :, w + 1 :].zero_()
+        return cls(gathered, transformed, products, outputs, block_buffer, band)
+
+
+def _fill_band(
+    band: torch.Tensor, source: torch.Tensor, top: int, bottom: int, *, relu: bool
+) -> torch.Tensor:
+    """Copy (ReLU applied with ``relu``) tile rows ``top:bottom`` of NHWC ``source`` into the
+    zero-padded ``band``; returns the band's used part."""
+    h, w = source.shape[1], source.shape[2]
+    first = TILE * top - 1  # input row at the band's first padded row
+    height = TILE * (bottom - top) + 2
+    lo, hi = max(first, 0), min(first + height, h)
+    padded = band[:, :height]
+    padded[:, : lo - first].zero_()
+    padded[:, hi - first :].zero_()
+    inside = padded[:, lo - first : hi - first, 1 : w + 1]
+    if relu:
+        torch.clamp_min(source[:, lo:hi], 0, out=inside)
+    else:
+        inside.copy_(source[:, lo:hi])
+    return padded
+
+
+def _input_transform(
+    padded: torch.Tensor, kb: torch.Tensor, work: _Workspace, tile_rows: int, nw: int
+) -> torch.Tensor:
+    """(36, tiles, C) Winograd-domain input tiles ``Bᵀ d B`` of a padded band."""
+    b, c = padded.shape[0], padded.shape[3]
+    count = b * tile_rows * nw
     area = WINDOW * WINDOW
-    gathered = x.new_empty(area, most * c)
-    transformed = x.new_empty(area, most * c)
-    products = x.new_empty(area, most * widest)
-    # When writing into the input's memory, a band's outputs wait (one segment per block)
-    # until the next band's input has been copied.
-    deferred = out is not None and _same_memory(out, x)
-    outputs = x.new_empty(TILE * TILE * most * (k if deferred else widest))
-    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-    # One buffer for every block of per-call filters (fresh allocations page-fault).
-    block_buffer = None if isinstance(filters, torch.Tensor) else x.new_empty(area * c * widest)
-    # The zero-padded input of one band of tile rows at a time (1 pixel of padding, plus
-    # what completes the last tiles), with the ReLU applied while copying: a band stays in
-    # cache, where a padded copy of the whole input would not.
-    band = x.new_empty(b, TILE * min(rows, nh) + 2, TILE * nw + 2, c)
-    band[:, :, 0].zero_()
-    band[:, :, w + 1 :].zero_()
-    for top in range(0, nh, rows):
-        bottom = min(nh, top + rows)
-        count = b * (bottom - top) * nw
-        first = TILE * top - 1  # input row at the band's first padded row
-        height = TILE * (bottom - top) + 2
-        lo, hi = max(first, 0), min(first + height, h)
-        padded = band[:, :height]
-        padded[:, : lo - first].zero_()
-        padded[:, hi - first :].zero_()
-        inside = padded[:, lo - first : hi - first, 1 : w + 1]
-        if relu:
-            torch.clamp_min(source[:, lo:hi], 0, out=inside)
-        else:
-            inside.copy_(source[:, lo:hi])
-        _write_tiles(pending)
-        windows = padded.unfold(1, WINDOW, TILE).unfold(2, WINDOW, TILE)  # b, r, nw, c, 6, 6
-        d = gathered[:, : count * c]
-        d.view(WINDOW, WINDOW, b, bottom - top, nw, c).copy_(windows.permute(4, 5, 0, 1, 2, 3))
-        v = torch.mm(kb, d, out=transformed[:, : count * c]).view(area, count, c)
-        for start, stop in blocks:
-            width = stop - start
-            if isinstance(filters, torch.Tensor):
-                u = filters
-            else:
-                u = filters.block(start, stop, out=block_buffer)
-            m = torch.bmm(v, u, out=products[:, : count * width].view(area, count, width))
-            at = TILE * TILE * count * start if deferred else 0
-            segment = outputs[at : at + TILE * TILE * count * width].view(TILE * TILE, -1)
-            y = torch.mm(ka, m.view(area, -1), out=segment)
-            y = y.view(TILE, TILE, b, bottom - top, nw, width).permute(2, 3, 0, 4, 1, 5)
-            target = out_tiles[:, top:bottom, :, :, :, start:stop]
-            pending.append((target, y, None if bias is None else bias[start:stop]))
-            if not deferred:
-                _write_tiles(pending)
-    _write_tiles(pending)
-    if exact:
-        return result
-    return nhwc[:, :h, :w].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    windows = padded.unfold(1, WINDOW, TILE).unfold(2, WINDOW, TILE)  # b, r, nw, c, 6, 6
+    d = work.gathered[:, : count * c]
+    d.view(WINDOW, WINDOW, b, tile_rows, nw, c).copy_(windows.permute(4, 5, 0, 1, 2, 3))
+    return torch.mm(kb, d, out=work.transformed[:, : count * c]).view(area, count, c)
+
+
+def _output_block(
+    v: torch.Tensor,
+    filters: torch.Tensor | FilterSource,
+    start: int,
+    stop: int,
+    ka: torch.Tensor,
+    work: _Workspace,
+    *,
+    deferred: bool,
+) -> torch.Tensor:
+    """(16, tiles · (stop - start)) output tiles of output channels ``start:stop``."""
+    area, count = v.shape[0], v.shape[1]
+    width = stop - start
+    if isinstance(filters, torch.Tensor):
+        u = filters
+    else:
+        u = filters.block(start, stop, out=work.block_buffer)
+    m = torch.bmm(v, u, out=work.products[:, : count * width].view(area, count, width))
+    at = TILE * TILE * count * start if deferred else 0
+    segment = work.outputs[at : at + TILE * TILE * count * width].view(TILE * TILE, -1)
+    return torch.mm(ka, m.view(area, -1), out=segment)
 
 
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -106,6 +106,22 @@ class ClipOutput:
     fraction: float
 
 
+def _bootstrap_schedule(
+    total_steps: int | None, start_warm: int | None, end_warm: int | None, final_fraction: float
+) -> BootstrapSchedule:
+    """The bootstrap schedule: scaled to ``total_steps``, else explicit or published steps."""
+    if total_steps is None:  # no stage length: explicit steps or the published ones
+        published = BootstrapSchedule()
+        return BootstrapSchedule(
+            published.start_warm if start_warm is None else int(start_warm),
+            published.end_warm if end_warm is None else int(end_warm),
+            final_fraction,
+        )
+    return BootstrapSchedule.scaled(
+        total_steps, start_warm=start_warm, end_warm=end_warm, final_fraction=final_fraction
+    )
+
+
 def _pick(x: torch.Tensor, batch: int, t: int) -> torch.Tensor:
     """Frame ``t`` of a tensor computed on (B·T) stacked frames."""
     return x.view(batch, -1, *x.shape[1:])[:, t]
@@ -211,17 +227,7 @@ class PropagationTrainingModule(LightningModule):
             power=poly_power,
             warmup_steps=warmup_steps,
         )
-        if total_steps is None:  # no stage length: explicit steps or the published ones
-            published = BootstrapSchedule()
-            self.bootstrap = BootstrapSchedule(
-                published.start_warm if start_warm is None else int(start_warm),
-                published.end_warm if end_warm is None else int(end_warm),
-                final_fraction,
-            )
-        else:
-            self.bootstrap = BootstrapSchedule.scaled(
-                total_steps, start_warm=start_warm, end_warm=end_warm, final_fraction=final_fraction
-            )
+        self.bootstrap = _bootstrap_schedule(total_steps, start_warm, end_warm, final_fraction)
         self._compiled = False
         self._last_step_time: float | None = None
 
@@ -291,14 +297,7 @@ class PropagationTrainingModule(LightningModule):
         b, t_len = frames.shape[:2]
         if t_len < 2:
             raise ValueError(f"a training clip needs at least 2 frames, got {t_len}")
-        num_objects = torch.as_tensor(num_objects, device=frames.device).view(-1)
-        n = int(self.hparams.pad_objects_to or int(num_objects.max()))
-        if int(num_objects.max()) > n:
-            raise ValueError(f"a sample has {int(num_objects.max())} objects > pad_objects_to={n}")
-        valid = torch.arange(n, device=frames.device).view(1, n) < num_objects.view(b, 1)
-        valid_bg = torch.cat([valid.new_ones(b, 1), valid], dim=1)
-        labels = torch.arange(1, n + 1, device=masks.device).view(1, 1, n, 1, 1)
-        one_hot = (masks.unsqueeze(2) == labels).to(frames.dtype)  # (B, T, N, H, W)
+        n, valid, valid_bg, one_hot = self._object_masks(frames, masks, num_objects)
 
         features = model.encode_image(frames.flatten(0, 1))
         keys = model.project_key(features)
@@ -318,33 +317,10 @@ class PropagationTrainingModule(LightningModule):
         sums = {"ce": 0.0, "dice": 0.0, "aux": 0.0}
         probs = []
         for t in range(1, t_len):
-            refs = self._reference_frames(t)
-            memory_key = key_all[:, refs].permute(0, 2, 1, 3).flatten(2)
-            memory_shrinkage = shrink_all[:, refs].permute(0, 2, 1, 3).flatten(2)
-            memory_value = torch.stack([values[r] for r in refs], dim=3).flatten(3)
-            frame = _frame(features, b, t)
-            query = KeyProjection(
-                _pick(keys.key, b, t), _pick(keys.shrinkage, b, t), _pick(keys.selection, b, t)
-            )
-            readout = model.read_memory(
-                query, memory_key, memory_shrinkage, memory_value, top_k=None
-            )
-            aux = model.aux_logits(frame, sensory)
-            aux_agg, _ = model.aggregate(mask_absent_objects(aux, valid), upsample=16)
+            frame, readout = self._memory_readout(features, keys, key_all, shrink_all, values, t)
             is_last = t == t_len - 1
-            sensory, logits = model.segment(
-                frame, readout, sensory, last_mask, update_sensory=not is_last
-            )
-            agg, _ = model.aggregate(mask_absent_objects(logits, valid))
-            agg = mask_absent_objects(agg, valid_bg)
-            prob = torch.softmax(agg.float(), dim=1)
-            terms = frame_losses(
-                agg,
-                prob,
-                mask_absent_objects(aux_agg, valid_bg),
-                masks[:, t],
-                valid,
-                fraction=fraction,
+            sensory, prob, terms = self._predict_frame(
+                frame, readout, sensory, last_mask, masks[:, t], valid, valid_bg, fraction, is_last
             )
             total = total + self._weighted(terms)
             for name in sums:
@@ -359,6 +335,72 @@ class PropagationTrainingModule(LightningModule):
                 values.append(value)
         terms_out = {k: torch.as_tensor(v, device=total.device) for k, v in sums.items()}
         return ClipOutput(total, terms_out, torch.stack(probs, dim=1), fraction)
+
+    def _object_masks(
+        self, frames: torch.Tensor, masks: torch.Tensor, num_objects: torch.Tensor
+    ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Padded object count N, (B, N) / (B, 1 + N) validity and (B, T, N, H, W) one-hot masks."""
+        b = frames.shape[0]
+        num_objects = torch.as_tensor(num_objects, device=frames.device).view(-1)
+        n = int(self.hparams.pad_objects_to or int(num_objects.max()))
+        if int(num_objects.max()) > n:
+            raise ValueError(f"a sample has {int(num_objects.max())} objects > pad_objects_to={n}")
+        valid = torch.arange(n, device=frames.device).view(1, n) < num_objects.view(b, 1)
+        valid_bg = torch.cat([valid.new_ones(b, 1), valid], dim=1)
+        labels = torch.arange(1, n + 1, device=masks.device).view(1, 1, n, 1, 1)
+        one_hot = (masks.unsqueeze(2) == labels).to(frames.dtype)  # (B, T, N, H, W)
+        return n, valid, valid_bg, one_hot
+
+    def _memory_readout(
+        self,
+        features: PixelFeatures,
+        keys: KeyProjection,
+        key_all: torch.Tensor,
+        shrink_all: torch.Tensor,
+        values: list[torch.Tensor],
+        t: int,
+    ) -> tuple[PixelFeatures, torch.Tensor]:
+        """Frame ``t``'s features and its readout of the memory frames drawn for it."""
+        b = key_all.shape[0]
+        refs = self._reference_frames(t)
+        memory_key = key_all[:, refs].permute(0, 2, 1, 3).flatten(2)
+        memory_shrinkage = shrink_all[:, refs].permute(0, 2, 1, 3).flatten(2)
+        memory_value = torch.stack([values[r] for r in refs], dim=3).flatten(3)
+        frame = _frame(features, b, t)
+        query = KeyProjection(
+            _pick(keys.key, b, t), _pick(keys.shrinkage, b, t), _pick(keys.selection, b, t)
+        )
+        readout = self.model.read_memory(
+            query, memory_key, memory_shrinkage, memory_value, top_k=None
+        )
+        return frame, readout
+
+    def _predict_frame(
+        self,
+        frame: PixelFeatures,
+        readout: torch.Tensor,
+        sensory: torch.Tensor,
+        last_mask: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor,
+        valid_bg: torch.Tensor,
+        fraction: float,
+        is_last: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, FrameLosses]:
+        """Segment one frame: new sensory memory, (B, 1 + N, H, W) probabilities, losses."""
+        model = self.model
+        aux = model.aux_logits(frame, sensory)
+        aux_agg, _ = model.aggregate(mask_absent_objects(aux, valid), upsample=16)
+        sensory, logits = model.segment(
+            frame, readout, sensory, last_mask, update_sensory=not is_last
+        )
+        agg, _ = model.aggregate(mask_absent_objects(logits, valid))
+        agg = mask_absent_objects(agg, valid_bg)
+        prob = torch.softmax(agg.float(), dim=1)
+        terms = frame_losses(
+            agg, prob, mask_absent_objects(aux_agg, valid_bg), target, valid, fraction=fraction
+        )
+        return sensory, prob, terms
 
     def _weighted(self, terms: FrameLosses) -> torch.Tensor:
         return terms.total(dice_weight=self.hparams.dice_weight, aux_weight=self.hparams.aux_weight)
