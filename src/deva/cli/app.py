@@ -27,8 +27,8 @@ from omegaconf import OmegaConf
 
 from deva.app import AppSettings, TrackingApp, build_demo, launch_demo, prepare_tiny_segmenters
 from deva.config import ConfigError, compose, config_dir, repository_path
-from deva.config.options import tracker_config
-from deva.modeling.weights import pick_device
+from deva.config.options import inference_options, tracker_config
+from deva.inference.options import pick_device
 from deva.segmenters import check_segmenter_name
 
 log = logging.getLogger("app")
@@ -97,7 +97,8 @@ def settings_from_config(cfg, workdir: Path) -> AppSettings:
         default_segmenter=default,
         model_preset=preset,
         model_weights=weights,
-        tracker=tracker_config(cfg, device),
+        tracker=tracker_config(cfg),
+        inference=inference_options(cfg),
         workdir=workdir,
         device=device,
         segmenter_dtype=None if cfg.amp == "none" else cfg.amp,

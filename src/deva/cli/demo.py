@@ -23,10 +23,11 @@ from tqdm import tqdm
 from deva.config import ConfigError, compose, repository_path
 from deva.config.options import autocast_dtype
 from deva.data.synthetic import SyntheticVideoConfig, generate_video
+from deva.inference.options import InferenceOptions, pick_device
 from deva.inference.propagator import Propagator
 from deva.io.video import Mp4Writer, overlay_mask
 from deva.metrics import jf_sequence, jf_summary
-from deva.modeling.weights import build_model, pick_device
+from deva.modeling.weights import build_model
 from deva.pipelines.vos import segment_frames
 
 log = logging.getLogger("demo")
@@ -55,7 +56,7 @@ def run(cfg) -> dict[str, float]:
     names = [f"{t:05d}" for t in range(video.num_frames)]
     frames = zip(names, video.frames, strict=True)
     first = {names[0]: video.masks[0].astype(np.int64)}
-    propagator = Propagator(model, autocast_dtype=amp)
+    propagator = Propagator(model, options=InferenceOptions(autocast=amp))
     predictions = []
     with Mp4Writer(out / "overlay.mp4", fps=cfg.fps) as writer:
         stream = segment_frames(propagator, frames, first, shorter_side=cfg.size)

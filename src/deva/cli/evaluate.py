@@ -23,11 +23,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from deva.config import ConfigError, compose
-from deva.config.options import autocast_dtype, memory_config, output_folder, tracker_config
+from deva.config.options import inference_options, memory_config, output_folder, tracker_config
+from deva.inference.options import pick_device
 from deva.inference.propagator import Propagator
 from deva.io.masks import write_mask_png
-from deva.modeling.weights import build_model, pick_device
-from deva.pipelines.dataset_tracking import run_benchmark
+from deva.modeling.weights import build_model
+from deva.pipelines.dataset_tracking import track_dataset
 from deva.pipelines.vos import davis_videos, generic_videos, segment_video, youtube_vos_videos
 
 log = logging.getLogger("evaluate")
@@ -71,7 +72,7 @@ def run_tracking(cfg) -> int:
             raise FileNotFoundError(f"data.{key} not found: {cfg.data[key]}")
     out = output_folder(cfg.output, cfg.overwrite)
     device = pick_device(cfg.device)
-    config = tracker_config(cfg, device)
+    config = tracker_config(cfg)
     print(
         f"{cfg.benchmark}: tracking {cfg.data.images} with detections {cfg.data.detections} "
         f"({config.mode.value}, detect every {config.detect_every}, clip "
@@ -80,10 +81,11 @@ def run_tracking(cfg) -> int:
     )
     model = build_model(cfg.model.preset, cfg.model.weights).to(device)
     start = time.perf_counter()
-    frames = run_benchmark(
+    frames = track_dataset(
         cfg.benchmark,
         model,
         config,
+        options=inference_options(cfg),
         images=cfg.data.images,
         detections=cfg.data.detections,
         output=out,
@@ -103,17 +105,9 @@ def run_vos(cfg) -> int:
     videos = _videos(cfg)
     out = output_folder(cfg.output, cfg.overwrite)
     device = pick_device(cfg.device)
-    amp = autocast_dtype(cfg.amp, device)
+    options = inference_options(cfg)
     model = build_model(cfg.model.preset, cfg.model.weights).to(device)
-    propagator = Propagator(
-        model,
-        memory_config(cfg),
-        mem_every=cfg.mem_every,
-        chunk_size=cfg.chunk_size,
-        autocast_dtype=amp,
-        winograd=cfg.get("winograd"),
-        compile=bool(cfg.get("compile", False)),
-    )
+    propagator = Propagator(model, memory_config(cfg), mem_every=cfg.mem_every, options=options)
     log.info(
         "%s: %d videos from %s -> %s on %s (size %s, weights %s)",
         cfg.benchmark,

@@ -25,8 +25,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from deva.config import ConfigError, compose
-from deva.config.options import output_folder, tracker_config
-from deva.modeling.weights import build_model, pick_device
+from deva.config.options import inference_options, output_folder, tracker_config
+from deva.inference.options import pick_device
+from deva.modeling.weights import build_model
 from deva.pipelines.video_tracking import clear_outputs, track_video
 from deva.segmenters import SEGMENTERS, build_segmenter, check_segmenter_name
 from deva.segmenters.registry import PROMPTED
@@ -90,7 +91,7 @@ def run(cfg) -> int:
                 "overwrite=true: removed %d files of the previous run in %s", len(removed), out
             )
     device = pick_device(cfg.device)
-    config = tracker_config(cfg, device)
+    config = tracker_config(cfg)
     what = f"{name} prompt {cfg.prompt!r}" if cfg.prompt and name in PROMPTED else name
     model_id = cfg.detections if name == "precomputed" else cfg.segmenter.get("model")
     print(
@@ -105,6 +106,7 @@ def run(cfg) -> int:
         model,
         segmenter,
         config,
+        options=inference_options(cfg),
         source=cfg.input,
         output=out,
         overlay=cfg.overlay,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from deva.cli import quiet_albumentations
 from deva.config import ConfigError, compose, quote_paths
+from deva.inference.options import InferenceOptions
 
 log = logging.getLogger("validate")
 
@@ -82,7 +83,9 @@ def run(cfg) -> int:
     folder = Path(cfg.output) if cfg.output else folder
     sets = _sets(cfg, run_dir, checkpoints[0])
     dtype = validation_autocast(cfg.validation.get("autocast"), cfg.trainer.accelerator)
-    build_tasks(sets, autocast_dtype=dtype)  # every set is checked before any process starts
+    build_tasks(
+        sets, options=InferenceOptions(autocast=dtype)
+    )  # every set is checked before any process starts
 
     fabric = Fabric(**cfg.trainer)
 
@@ -96,7 +99,7 @@ def run(cfg) -> int:
             )
         records = validate_checkpoints(
             checkpoints,
-            lambda: build_tasks(sets, autocast_dtype=dtype),
+            lambda: build_tasks(sets, options=InferenceOptions(autocast=dtype)),
             results=results,
             tensorboard=tensorboard,
             rank=fabric.global_rank,
