@@ -221,7 +221,7 @@ def test_predict_then_commit_equals_step_and_survives_deletion(model: Propagatio
 
 def test_amp_option_on_the_cpu(model: PropagationModel) -> None:
     from deva.config import ConfigError
-    from deva.config.options import autocast_dtype
+    from deva.config.builder import autocast_dtype
     from deva.modeling.inference_model import cpu_supports_bf16
 
     cpu = torch.device("cpu")

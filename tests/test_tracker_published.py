@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deva.config import compose
-from deva.config.options import tracker_config
+from deva.config import builder, compose
+from deva.config.schema import EvaluateConfig, TrackConfig, parse
 from deva.data.synthetic import SyntheticVideoConfig, frame_name, generate_video
 from deva.inference import tracker as tracker_module
 from deva.inference.preprocess import (
@@ -418,6 +418,12 @@ def test_incremental_mode_keeps_visible_objects(model, video, incremental: bool)
         assert tracker.registry.ids == [1] and tracker.registry[1].missed == 0
     else:
         assert results[2].removed_ids == [1]
+
+
+def tracker_config(cfg) -> TrackerConfig:
+    """The tracker settings a tool builds from its composed config."""
+    schema = EvaluateConfig if "benchmark" in cfg else TrackConfig
+    return builder.tracker_config(parse(schema, cfg))
 
 
 def test_command_line_options() -> None:

@@ -12,12 +12,12 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
+from deva.cli.train import train
 from deva.config import compose
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 from deva.training.predictor import Predictor
 from deva.training.tasks.vos import SyntheticVideos, VOSTask
-from deva.training.train import train
 
 TINY = PropagationConfig.preset("tiny")
 

@@ -11,16 +11,17 @@ import torch
 from lightning.pytorch import Callback
 from torch.utils.data import default_collate
 
+from deva.cli.train import train
 from deva.config import compose
+from deva.config.builder.tasks import validation_tasks
+from deva.config.builder.training import per_device_batch_size
 from deva.data.synthetic_clips import SyntheticClipDataset
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 from deva.training.callbacks import MaxSkipCurriculum
 from deva.training.module import LRSchedule, PropagationTrainingModule, clip_grid
 from deva.training.tasks.base import rank_indices
-from deva.training.tasks.build import build_tasks
 from deva.training.tasks.vos import SyntheticVideos, VOSTask
-from deva.training.train import per_device_batch_size, train
 
 TINY = PropagationConfig.preset("tiny").to_dict()
 
@@ -292,7 +293,7 @@ def test_vos_task_on_memory_and_folder_videos(tmp_path: Path) -> None:
     assert all(0 <= values[k] <= 1 for k in ("jf", "j", "f")) and values["num_objects"] >= 2
 
     write_synthetic_dataset(tmp_path / "set", SyntheticVideoConfig(**settings), num_videos=2)
-    (folder,) = build_tasks({"folder": {"type": "generic", "root": str(tmp_path / "set")}})
+    (folder,) = validation_tasks({"folder": {"type": "generic", "root": str(tmp_path / "set")}})
     folder.shorter_side = -1
     metric = folder.make_metric()
     for i in range(len(folder)):

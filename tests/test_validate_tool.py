@@ -14,10 +14,10 @@ import torch
 from conftest import threads
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from deva.cli.train import VALIDATION_HISTORY, summary_lines, train
 from deva.config import compose
 from deva.data.synthetic import SyntheticVideoConfig, generate_video, video_name, video_seed
 from deva.data.synthetic_benchmarks import write_vipseg_layout
-from deva.training.train import VALIDATION_HISTORY, summary_lines, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "validate.py"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from deva.config.builder.tasks import validation_tasks
 from deva.data.synthetic import SyntheticVideoConfig, generate_video, video_name, video_seed
 from deva.data.synthetic_benchmarks import (
     panoptic_ground_truth,
@@ -24,9 +25,8 @@ from deva.io.detections import write_frame_segmentation
 from deva.io.masks import read_id_png
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
-from deva.modeling.weights import build_model, save_weights
+from deva.modeling.weights import save_weights
 from deva.training.tasks.base import run_tasks
-from deva.training.tasks.build import build_tasks
 from deva.training.tasks.burst import BurstTask
 from deva.training.tasks.panoptic import SyntheticPanopticTask, VipsegTask
 from deva.types import empty_segmentation
@@ -107,7 +107,7 @@ def test_vipseg_task_equals_evaluate_and_score(
 ) -> None:
     paths = write_vipseg_layout(tmp_path / "set", videos, VIDEO, detections=layout)
     spec = {"type": "vipseg", **{k: str(v) for k, v in paths.items()}, **TRACKER}
-    (task,) = build_tasks({"vip": spec})
+    (task,) = validation_tasks({"vip": spec})
     assert isinstance(task, VipsegTask)
     ours = run_tasks(model, [task])
 
@@ -130,9 +130,9 @@ def test_vipseg_task_equals_evaluate_and_score(
 def test_burst_task_equals_evaluate_and_score(tmp_path: Path, capsys, burst_set) -> None:
     weights = ROOT / "checkpoints" / "deva-small-synthetic.pth"  # trained: tracks find objects
     spec = {"type": "burst", **{k: str(v) for k, v in burst_set.items()}, **TRACKER}
-    (task,) = build_tasks({"ow": spec})
+    (task,) = validation_tasks({"ow": spec})
     assert isinstance(task, BurstTask)
-    ours = run_tasks(build_model("small", weights), [task])
+    ours = run_tasks(PropagationModel.from_pretrained(weights), [task])
     gt = burst_set["gt"]
     out = _offline(
         capsys, tmp_path, weights, "burst", burst_set, f"data.gt={gt / 'all_classes.json'}"
@@ -147,7 +147,7 @@ def test_burst_task_equals_evaluate_and_score(tmp_path: Path, capsys, burst_set)
 
 def test_max_videos_and_max_frames_shorten_a_pass(vipseg_set, burst_set, model) -> None:
     spec = {k: str(v) for k, v in vipseg_set.items()}
-    (short,) = build_tasks(
+    (short,) = validation_tasks(
         {"v": {"type": "vipseg", **spec, "max_videos": 1, "max_frames": 3, "size": -1}}
     )
     assert len(short) == 1 and short.num_frames(0) == 3
@@ -155,7 +155,7 @@ def test_max_videos_and_max_frames_shorten_a_pass(vipseg_set, burst_set, model) 
     assert gt_ids.shape[0] == 3 and len(gt_segments) == 3
     run_tasks(model, [short])  # 3 frames scored against 3 ground-truth frames
     spec = {k: str(v) for k, v in burst_set.items()}
-    (burst,) = build_tasks({"b": {"type": "burst", **spec, "max_frames": 5, "size": -1}})
+    (burst,) = validation_tasks({"b": {"type": "burst", **spec, "max_frames": 5, "size": -1}})
     # frames 0, 2, 4 of 8 are annotated (every 2nd); 5 tracked frames keep three of them
     assert burst._ground_truth(0, "all").annotated_image_paths == [
         "00000.jpg",
@@ -168,7 +168,7 @@ def test_max_videos_and_max_frames_shorten_a_pass(vipseg_set, burst_set, model) 
 def test_synthetic_panoptic_task_and_picture(model: PropagationModel) -> None:
     spec = {"type": "synthetic_panoptic", "num_videos": 2, "seed": 7, "num_frames": 6,
             "height": 64, "width": 96, "mode": "online", "detect_every": 2}  # fmt: skip
-    (task,) = build_tasks({"pan": spec})
+    (task,) = validation_tasks({"pan": spec})
     assert isinstance(task, SyntheticPanopticTask)
     assert task.config.shorter_side == -1 and task.config.detect_every == 2
     first = run_tasks(model, [task])
@@ -186,7 +186,7 @@ def test_trained_weights_score_higher_vpq_than_random() -> None:
     """The task measures the propagation model: the embedded checkpoint beats random weights."""
     spec = {"type": "synthetic_panoptic", "num_videos": 1, "seed": 11, "num_frames": 12,
             "height": 96, "width": 128, "preview_frames": 0}  # fmt: skip
-    (task,) = build_tasks({"p": spec})
+    (task,) = validation_tasks({"p": spec})
     trained = PropagationModel.from_pretrained(ROOT / "checkpoints" / "deva-small-synthetic.pth")
     torch.manual_seed(0)
     random = PropagationModel(trained.config)
@@ -230,7 +230,7 @@ def test_bad_sets_fail_at_start_with_one_clear_error(tmp_path: Path, vipseg_set)
     ]  # fmt: skip
     for spec, message in cases:
         with pytest.raises((ValueError, FileNotFoundError)) as info:
-            build_tasks({"bad": spec})
+            validation_tasks({"bad": spec})
         text = str(info.value)
         assert message in text, text
         assert "\n" not in text
@@ -250,7 +250,7 @@ def test_detections_for_frames_that_do_not_exist(tmp_path: Path, vipseg_set, bur
     with pytest.raises(
         ValueError, match=r"frame\(s\) that video 'video_000' does not have, e.g. '00008'"
     ):
-        build_tasks({"v": spec})
+        validation_tasks({"v": spec})
     # BURST json naming a frame the folder lacks
     data = json.loads(burst_set["detections"].read_text())
     data["sequences"][0]["annotated_image_paths"][-1] = "00099.jpg"
@@ -259,7 +259,7 @@ def test_detections_for_frames_that_do_not_exist(tmp_path: Path, vipseg_set, bur
     spec = {"type": "burst", "images": str(burst_set["images"]), "gt": str(burst_set["gt"]),
             "detections": str(bad)}  # fmt: skip
     with pytest.raises(ValueError, match="'00099'"):
-        build_tasks({"b": spec})
+        validation_tasks({"b": spec})
 
 
 def test_missing_frame_of_the_ground_truth(tmp_path: Path, vipseg_set) -> None:
@@ -270,7 +270,7 @@ def test_missing_frame_of_the_ground_truth(tmp_path: Path, vipseg_set) -> None:
             "detections": str(root / "detections"),
             "gt": str(root / "panoptic_gt_VIPSeg_val.json")}  # fmt: skip
     with pytest.raises(FileNotFoundError, match="video 'video_001' has no frame '00004'"):
-        build_tasks({"v": spec})
+        validation_tasks({"v": spec})
 
 
 def test_make_synthetic_writes_benchmark_layouts_that_validate(tmp_path: Path, capsys) -> None:
@@ -286,5 +286,5 @@ def test_make_synthetic_writes_benchmark_layouts_that_validate(tmp_path: Path, c
     ow = {"type": "burst", "images": str(tmp_path / "b" / "frames" / "val"),
           "gt": str(tmp_path / "b" / "gt" / "val"),
           "detections": str(tmp_path / "b" / "detections.json")}  # fmt: skip
-    tasks = build_tasks({"vip": vip, "ow": ow})
+    tasks = validation_tasks({"vip": vip, "ow": ow})
     assert [len(t) for t in tasks] == [1, 1] and tasks[0].num_frames(0) == 4

@@ -19,7 +19,6 @@ from deva.modeling.config import PropagationConfig
 from deva.modeling.inference_model import build_inference_model
 from deva.modeling.modules import GroupedConv2d, conv_input_slice, relu_conv
 from deva.modeling.propagation import PropagationModel
-from deva.modeling.weights import build_model
 from deva.modeling.winograd import (
     WinogradConv2d,
     filter_transform,
@@ -207,7 +206,7 @@ EMBEDDED = Path(__file__).resolve().parents[1] / "checkpoints" / "deva-small-syn
 def test_trained_model_masks_match_direct_convolutions() -> None:
     """Propagated masks with and without Winograd on the embedded checkpoint: at most
     0.01 % of the pixels may differ (float summation order)."""
-    embedded_model = build_model("small", str(EMBEDDED)).eval()
+    embedded_model = PropagationModel.from_pretrained(EMBEDDED).eval()
     video = generate_video(
         SyntheticVideoConfig(num_frames=6, height=96, width=160, num_objects=2), seed=3
     )
@@ -249,33 +248,26 @@ def test_per_call_filters_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_tracker_and_tools_can_turn_winograd_off() -> None:
-    from omegaconf import OmegaConf
-
-    from deva.config.options import inference_options, tracker_config
+    from deva.config import builder, compose
+    from deva.config.schema import EvaluateConfig, parse
     from deva.inference.tracker import DecoupledTracker
 
-    configs = Path(__file__).resolve().parents[1] / "src" / "deva" / "configs"
-    cfg = OmegaConf.load(configs / "evaluate.yaml")
-    cfg.model = {"preset": "tiny", "weights": None}
     model = PropagationModel(PropagationConfig.preset("tiny"))
 
-    def tracker() -> DecoupledTracker:
-        options = inference_options(cfg)
-        return DecoupledTracker(
-            model, lambda image, **_: None, tracker_config(cfg), options=options
-        )
+    def tracker(*overrides: str) -> DecoupledTracker:
+        config = parse(EvaluateConfig, compose("evaluate", ["model.preset=tiny", *overrides]))
+        options = builder.inference_options(config)
+        segment = builder.tracker_config(config)
+        return DecoupledTracker(model, lambda image, **_: None, segment, options=options)
 
     def network_options(t: DecoupledTracker):
         return t.propagator.network.options
 
-    assert cfg.winograd is None
+    assert compose("evaluate", []).winograd is None
     on = tracker()
-    cfg.winograd = False
-    off = tracker()
-    assert inference_options(cfg).winograd is False
+    off = tracker("winograd=false")
+    assert network_options(off).winograd is False
     assert network_options(on).winograd and not network_options(off).winograd
-    assert cfg.compile is False and not network_options(on).compile
-    cfg.compile = True
-    cfg.winograd = None
-    compiled = tracker()
+    assert compose("evaluate", []).compile is False and not network_options(on).compile
+    compiled = tracker("compile=true")
     assert network_options(compiled).compile and not network_options(compiled).winograd

@@ -24,9 +24,10 @@ from deva.app.settings import (
     check_request,
     request_tracker_config,
 )
+from deva.config import builder
+from deva.config.schema import ModelSection
 from deva.inference.tracker_config import TrackerConfig, TrackingMode
 from deva.modeling.propagation import PropagationModel
-from deva.modeling.weights import build_model
 from deva.pipelines.video_tracking import (
     MASKS_DIR,
     OVERLAY_FILE,
@@ -107,7 +108,8 @@ class TrackingApp:
         """The propagation network (built once)."""
         if self._model is None:
             weights = self.settings.model_weights
-            self._model = build_model(self.settings.model_preset, weights).to(self.settings.device)
+            section = ModelSection(preset=self.settings.model_preset, weights=weights)
+            self._model = builder.model(section).to(self.settings.device)
             self._model.eval()
         return self._model
 
@@ -125,7 +127,7 @@ class TrackingApp:
             options,
             prompt=prompt,
             device=self.settings.device,
-            dtype=self.settings.segmenter_dtype if self.settings.device.type != "cpu" else None,
+            amp=self.settings.segmenter_dtype,
             local_files_only=self.settings.local_files_only,
         )
         self._segmenters[name] = segmenter

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from deva.config import ConfigError, repository_path
+from deva.config import ConfigError, builder, repository_path
+from deva.config.schema import ModelSection
 from deva.data.synthetic import SyntheticVideo, SyntheticVideoConfig, generate_video
 from deva.modeling.config import PropagationConfig
 from deva.modeling.inference_model import check_autocast, cpu_supports_bf16
 from deva.modeling.propagation import PropagationModel
-from deva.modeling.weights import build_model
 
 SUITES = ("propagation", "tracker", "consensus", "memory", "training")
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -202,7 +202,8 @@ def _model(
     if weights == "auto":
         weights = str(EMBEDDED) if preset == "small" and EMBEDDED.is_file() else None
     if weights:
-        return build_model(preset, weights).to(device).eval(), Path(weights).name
+        section = ModelSection(preset=preset, weights=weights)
+        return builder.model(section).to(device).eval(), Path(weights).name
     torch.manual_seed(seed)
     return PropagationModel(PropagationConfig.preset(preset)).to(device).eval(), "random"
 

@@ -5,13 +5,3 @@ Installed as console scripts (``deva-train``, ``deva-track``, ``deva-evaluate``,
 ``deva-make-shards``); ``python tools/<name>.py`` runs the same ``main`` from a checkout.
 Arguments are ``key=value`` overrides of the tool's config (``deva/configs/<name>.yaml``).
 """
-
-from __future__ import annotations
-
-import os
-
-
-def quiet_albumentations() -> None:
-    """Turn off albumentations' online version check, which runs when it is first imported
-    (by the training data pipeline); call before anything imports it."""
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -16,19 +16,18 @@ random shapes (the page says so); that checkpoint lives in the repository, so ru
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from deva.app import AppSettings, TrackingApp, build_demo, launch_demo, prepare_tiny_segmenters
-from deva.config import ConfigError, compose, config_dir, repository_path
-from deva.config.options import inference_options, tracker_config
-from deva.inference.options import pick_device
+from deva.cli.common import one_line
+from deva.config import ConfigError, builder, compose, config_dir, repository_path
+from deva.config.schema import AppConfig, parse
 from deva.segmenters import check_segmenter_name
 
 log = logging.getLogger("app")
@@ -44,68 +43,60 @@ def _requested_segmenter(argv: list[str]) -> None:
             check_segmenter_name(value.strip())
 
 
-def _weights(path: str | None) -> str | None:
-    """``model.weights`` as given, or relative to the repository (the embedded checkpoint)."""
-    if not path or Path(path).is_file() or "://" in str(path):
-        return path
-    if repository_path(path).is_file():
-        return str(repository_path(path))
-    return path  # build_model resolves published names or says what is missing
-
-
-def settings_from_config(cfg, workdir: Path) -> AppSettings:
-    """``app.yaml`` (composed) → :class:`AppSettings`; tiny models go in ``workdir``."""
-    if cfg.demo is not None and cfg.demo not in DEMOS:
-        raise ConfigError(f"demo must be one of {list(DEMOS)} or null, got {cfg.demo!r}")
-    names = [check_segmenter_name(str(n)) for n in cfg.segmenters]
-    default = cfg.segmenter.name
+def _offered(config: AppConfig, workdir: Path) -> tuple[dict[str, dict], str, str | None, list]:
+    """The offered segmenters' options, the propagation preset and weights, and notes."""
+    names = [check_segmenter_name(str(n)) for n in config.segmenters]
+    default = config.segmenter["name"]
     if default not in names:
         names.insert(0, default)
-    notes: list[str] = []
-    if cfg.demo == "tiny":
-        preset, weights = cfg.model.preset, _weights(cfg.model.weights)
-        if not weights:
-            if not EMBEDDED.is_file():
-                raise FileNotFoundError(
-                    f"embedded checkpoint not found: {EMBEDDED} (run from the repository or "
-                    "give model.weights=FILE)"
-                )
-            preset, weights = "small", str(EMBEDDED)
-            notes.append(
-                "Propagation: the embedded small checkpoint `deva-small-synthetic.pth`, "
-                "trained on synthetic videos only."
-            )
-        tiny = prepare_tiny_segmenters(workdir / "tiny_models")
-        segmenters = {n: tiny[n] for n in names if n in tiny}
-    else:
+    preset = config.model.preset
+    weights = builder.weights_path(config.model.weights) if config.model.weights else None
+    if config.demo != "tiny":
         segmenters = {}
         for name in names:
             if name == default:
-                options = OmegaConf.to_container(cfg.segmenter, resolve=True)
+                segmenters[name] = dict(config.segmenter)
             else:
-                options = OmegaConf.to_container(
-                    OmegaConf.load(config_dir() / "segmenter" / f"{name}.yaml"), resolve=True
-                )
-            segmenters[name] = dict(options)
-        preset, weights = cfg.model.preset, _weights(cfg.model.weights)
-    offline = cfg.offline_models
-    if offline is None and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-        offline = True
-    device = pick_device(cfg.device)
+                stored = OmegaConf.load(config_dir() / "segmenter" / f"{name}.yaml")
+                segmenters[name] = dict(OmegaConf.to_container(stored, resolve=True))
+        return segmenters, preset, weights, []
+    notes: list[str] = []
+    if not weights:
+        if not EMBEDDED.is_file():
+            raise FileNotFoundError(
+                f"embedded checkpoint not found: {EMBEDDED} (run from the repository or "
+                "give model.weights=FILE)"
+            )
+        preset, weights = "small", str(EMBEDDED)
+        notes.append(
+            "Propagation: the embedded small checkpoint `deva-small-synthetic.pth`, "
+            "trained on synthetic videos only."
+        )
+    tiny = prepare_tiny_segmenters(workdir / "tiny_models")
+    return {n: tiny[n] for n in names if n in tiny}, preset, weights, notes
+
+
+def settings_from_config(cfg: DictConfig | AppConfig, workdir: Path) -> AppSettings:
+    """``app.yaml`` (composed) → :class:`AppSettings`; tiny models go in ``workdir``."""
+    config = parse(AppConfig, cfg)
+    if config.demo is not None and config.demo not in DEMOS:
+        raise ConfigError(f"demo must be one of {list(DEMOS)} or null, got {config.demo!r}")
+    segmenters, preset, weights, notes = _offered(config, workdir)
+    options = builder.inference_options(config)
     return AppSettings(
         segmenters=segmenters,
-        default_segmenter=default,
+        default_segmenter=config.segmenter["name"],
         model_preset=preset,
         model_weights=weights,
-        tracker=tracker_config(cfg),
-        inference=inference_options(cfg),
+        tracker=builder.tracker_config(config),
+        inference=options,
         workdir=workdir,
-        device=device,
-        segmenter_dtype=None if cfg.amp == "none" else cfg.amp,
-        local_files_only=offline,
-        random_segmenters=cfg.demo == "tiny",
-        default_prompt=cfg.prompt or "",
-        keep_runs=int(cfg.keep_runs),
+        device=options.torch_device(),
+        segmenter_dtype=None if config.amp == "none" else config.amp,
+        local_files_only=builder.offline_models(config.offline_models),
+        random_segmenters=config.demo == "tiny",
+        default_prompt=config.prompt or "",
+        keep_runs=config.keep_runs,
         notes=notes,
     )
 
@@ -146,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped")
     except (ConfigError, FileNotFoundError, ValueError, KeyError, ImportError, OSError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     finally:
         if temporary is not None:

@@ -11,55 +11,58 @@ arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
 import numpy as np
+from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from deva.config import ConfigError, compose, repository_path
-from deva.config.options import autocast_dtype
+from deva.cli.common import one_line
+from deva.config import ConfigError, builder, compose
+from deva.config.schema import DemoConfig, parse
 from deva.data.synthetic import SyntheticVideoConfig, generate_video
-from deva.inference.options import InferenceOptions, pick_device
 from deva.inference.propagator import Propagator
 from deva.io.video import Mp4Writer, overlay_mask
 from deva.metrics import jf_sequence, jf_summary
-from deva.modeling.weights import build_model
 from deva.pipelines.vos import segment_frames
 
 log = logging.getLogger("demo")
 
 
-def run(cfg) -> dict[str, float]:
-    weights = cfg.model.weights
-    if weights and not Path(weights).is_file() and repository_path(weights).is_file():
-        weights = str(repository_path(weights))  # the embedded checkpoint, from any folder
+def run(cfg: DictConfig | DemoConfig) -> dict[str, float]:
+    """Run the demo as ``cfg`` says; returns the J&F scores."""
+    config = parse(DemoConfig, cfg)
+    weights = builder.weights_path(config.model.weights) if config.model.weights else None
     if weights and not Path(weights).is_file():
         raise FileNotFoundError(f"weights file not found: {weights} (model.weights=null: random)")
-    out = Path(cfg.output)
+    options = builder.inference_options(config)
+    device = options.torch_device()
+    model = builder.model(dataclasses.replace(config.model, weights=weights)).to(device)
+    out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     video = generate_video(
-        SyntheticVideoConfig(num_frames=cfg.num_frames, height=cfg.height, width=cfg.width),
-        seed=cfg.seed,
+        SyntheticVideoConfig(
+            num_frames=config.num_frames, height=config.height, width=config.width
+        ),
+        seed=config.seed,
     )
-    device = pick_device(cfg.device)
-    amp = autocast_dtype(cfg.get("amp", "none"), device)
-    model = build_model(cfg.model.preset, weights).to(device)
     print(
-        f"demo: {video.num_frames} synthetic frames ({cfg.height}x{cfg.width}, seed {cfg.seed}), "
-        f"{len(video.objects)} objects, weights {weights or 'RANDOM'}, device {device}, "
-        f"amp {cfg.get('amp', 'none')} -> {out}"
+        f"demo: {video.num_frames} synthetic frames ({config.height}x{config.width}, seed "
+        f"{config.seed}), {len(video.objects)} objects, weights {weights or 'RANDOM'}, device "
+        f"{device}, amp {config.amp} -> {out}"
     )
     names = [f"{t:05d}" for t in range(video.num_frames)]
     frames = zip(names, video.frames, strict=True)
     first = {names[0]: video.masks[0].astype(np.int64)}
-    propagator = Propagator(model, options=InferenceOptions(autocast=amp))
+    propagator = Propagator(model, options=options)
     predictions = []
-    with Mp4Writer(out / "overlay.mp4", fps=cfg.fps) as writer:
-        stream = segment_frames(propagator, frames, first, shorter_side=cfg.size)
+    with Mp4Writer(out / "overlay.mp4", fps=config.fps) as writer:
+        stream = segment_frames(propagator, frames, first, shorter_side=config.size)
         for (_, ids), frame in tqdm(
             zip(stream, video.frames, strict=True), total=video.num_frames, desc="tracking"
         ):
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(compose("demo", argv))
     except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -20,109 +20,116 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from deva.config import ConfigError, compose
-from deva.config.options import inference_options, memory_config, output_folder, tracker_config
-from deva.inference.options import pick_device
+from deva.cli.common import one_line, output_folder
+from deva.config import ConfigError, builder, compose
+from deva.config.schema import EvaluateConfig, parse
 from deva.inference.propagator import Propagator
 from deva.io.masks import write_mask_png
-from deva.modeling.weights import build_model
 from deva.pipelines.dataset_tracking import track_dataset
-from deva.pipelines.vos import davis_videos, generic_videos, segment_video, youtube_vos_videos
+from deva.pipelines.vos import (
+    VOSVideo,
+    davis_videos,
+    generic_videos,
+    segment_video,
+    youtube_vos_videos,
+)
 
 log = logging.getLogger("evaluate")
-
-
-def _videos(cfg):
-    root = cfg.data.root
-    if root is None:
-        raise ConfigError("data.root is required (the benchmark folder)")
-    if cfg.benchmark == "davis":
-        return davis_videos(root, cfg.data.split, cfg.data.resolution)
-    if cfg.benchmark == "ytvos":
-        return youtube_vos_videos(root, cfg.data.meta)
-    if cfg.benchmark == "generic":
-        return generic_videos(root, use_all_masks=cfg.use_all_masks)
-    raise ConfigError(f"unknown VOS benchmark {cfg.benchmark!r}; expected davis, ytvos or generic")
-
 
 VOS_BENCHMARKS = ("davis", "ytvos", "generic")
 TRACKING_BENCHMARKS = ("detections", "vipseg", "burst")
 
 
-def run(cfg) -> int:
+def _videos(config: EvaluateConfig) -> list[VOSVideo]:
+    root = config.data.root
+    if root is None:
+        raise ConfigError("data.root is required (the benchmark folder)")
+    if config.benchmark == "davis":
+        return davis_videos(root, config.data.split, config.data.resolution)
+    if config.benchmark == "ytvos":
+        return youtube_vos_videos(root, config.data.meta)
+    return generic_videos(root, use_all_masks=config.use_all_masks)
+
+
+def run(cfg: DictConfig | EvaluateConfig) -> int:
     """Dispatch on ``benchmark``; returns the number of frames written."""
-    if cfg.benchmark in VOS_BENCHMARKS:
-        return run_vos(cfg)
-    if cfg.benchmark in TRACKING_BENCHMARKS:
-        return run_tracking(cfg)
+    config = parse(EvaluateConfig, cfg)
+    if config.benchmark in VOS_BENCHMARKS:
+        return run_vos(config)
+    if config.benchmark in TRACKING_BENCHMARKS:
+        return run_tracking(config)
     raise ConfigError(
-        f"unknown benchmark {cfg.benchmark!r}; expected one of "
+        f"unknown benchmark {config.benchmark!r}; expected one of "
         f"{VOS_BENCHMARKS + TRACKING_BENCHMARKS}"
     )
 
 
-def run_tracking(cfg) -> int:
+def run_tracking(config: EvaluateConfig) -> int:
     """Decoupled tracking from precomputed detections; the benchmark's output format."""
+    data = config.data
     for key in ("images", "detections"):
-        if cfg.data.get(key) is None:
-            raise ConfigError(f"data.{key}=PATH is required for benchmark={cfg.benchmark}")
-        if not Path(cfg.data[key]).exists():
-            raise FileNotFoundError(f"data.{key} not found: {cfg.data[key]}")
-    out = output_folder(cfg.output, cfg.overwrite)
-    device = pick_device(cfg.device)
-    config = tracker_config(cfg)
+        if getattr(data, key) is None:
+            raise ConfigError(f"data.{key}=PATH is required for benchmark={config.benchmark}")
+        if not Path(getattr(data, key)).exists():
+            raise FileNotFoundError(f"data.{key} not found: {getattr(data, key)}")
+    out = output_folder(config.output, config.overwrite)
+    tracker = builder.tracker_config(config)
+    options = builder.inference_options(config)
+    device = options.torch_device()
     print(
-        f"{cfg.benchmark}: tracking {cfg.data.images} with detections {cfg.data.detections} "
-        f"({config.mode.value}, detect every {config.detect_every}, clip "
-        f"{config.clip_length}, max missed {config.max_missed}) on {device} -> {out} "
-        f"(weights {cfg.model.weights or 'RANDOM'})"
+        f"{config.benchmark}: tracking {data.images} with detections {data.detections} "
+        f"({tracker.mode.value}, detect every {tracker.detect_every}, clip "
+        f"{tracker.clip_length}, max missed {tracker.max_missed}) on {device} -> {out} "
+        f"(weights {config.model.weights or 'RANDOM'})"
     )
-    model = build_model(cfg.model.preset, cfg.model.weights).to(device)
+    model = builder.model(config.model).to(device)
     start = time.perf_counter()
     frames = track_dataset(
-        cfg.benchmark,
+        config.benchmark,
         model,
-        config,
-        options=inference_options(cfg),
-        images=cfg.data.images,
-        detections=cfg.data.detections,
+        tracker,
+        options=options,
+        images=data.images,
+        detections=data.detections,
         output=out,
-        gt=cfg.data.get("gt"),
-        split=cfg.data.split,
+        gt=data.gt,
+        split=data.split,
     )
     elapsed = time.perf_counter() - start
     print(
-        f"done: {frames} frames tracked, {cfg.benchmark} output in {out} in {elapsed:.1f} s "
+        f"done: {frames} frames tracked, {config.benchmark} output in {out} in {elapsed:.1f} s "
         f"({frames / max(elapsed, 1e-9):.2f} frames/s)"
     )
     return frames
 
 
-def run_vos(cfg) -> int:
+def run_vos(config: EvaluateConfig) -> int:
     """Semi-supervised VOS: propagate the given masks; index PNGs per frame."""
-    videos = _videos(cfg)
-    out = output_folder(cfg.output, cfg.overwrite)
-    device = pick_device(cfg.device)
-    options = inference_options(cfg)
-    model = build_model(cfg.model.preset, cfg.model.weights).to(device)
-    propagator = Propagator(model, memory_config(cfg), mem_every=cfg.mem_every, options=options)
+    videos = _videos(config)
+    out = output_folder(config.output, config.overwrite)
+    options = builder.inference_options(config)
+    device = options.torch_device()
+    model = builder.model(config.model).to(device)
+    memory = builder.memory_config(config.memory)
+    propagator = Propagator(model, memory, mem_every=config.mem_every, options=options)
     log.info(
         "%s: %d videos from %s -> %s on %s (size %s, weights %s)",
-        cfg.benchmark,
+        config.benchmark,
         len(videos),
-        cfg.data.root,
+        config.data.root,
         out,
         device,
-        cfg.size,
-        cfg.model.weights or "RANDOM",
+        config.size,
+        config.model.weights or "RANDOM",
     )
     start, frames = time.perf_counter(), 0
     for video in tqdm(videos, desc="videos", unit="video", position=0):
         target = out / video.name
         for name, ids in tqdm(
-            segment_video(propagator, video, shorter_side=cfg.size),
+            segment_video(propagator, video, shorter_side=config.size),
             desc=video.name,
             unit="frame",
             leave=False,
@@ -143,10 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = compose("evaluate", argv)
-        run(cfg)
+        run(compose("evaluate", argv))
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
 

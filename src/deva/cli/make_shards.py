@@ -23,7 +23,6 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from deva.cli import quiet_albumentations
 from deva.data.sample import VideoRecord
 
 DATASETS = ("static", "davis", "ytvos", "ovis", "synthetic")
@@ -66,7 +65,6 @@ def _progress(records: Iterable[VideoRecord], total: int) -> Iterator[VideoRecor
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``key=value`` arguments, pack the shards, return the exit status."""
-    quiet_albumentations()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -16,21 +16,19 @@ generic per-frame format (``deva.io.detections``), named like the frames (video 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 
-from deva.config import ConfigError, compose
-from deva.config.options import inference_options, output_folder, tracker_config
-from deva.inference.options import pick_device
-from deva.modeling.weights import build_model
+from deva.cli.common import one_line, output_folder
+from deva.config import ConfigError, builder, compose
+from deva.config.schema import TrackConfig, parse
 from deva.pipelines.video_tracking import clear_outputs, track_video
-from deva.segmenters import SEGMENTERS, build_segmenter, check_segmenter_name
-from deva.segmenters.registry import PROMPTED
+from deva.segmenters.registry import PROMPTED, check_segmenter_name
 
 log = logging.getLogger("track")
 
@@ -44,79 +42,65 @@ def _requested_segmenter(argv: list[str]) -> str | None:
     return None
 
 
-def _settings(cfg) -> dict:
-    """The resolved config as plain data (stored in run.json and summary.json)."""
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def _segmenter(cfg, device, dtype_name: str):
-    options = OmegaConf.to_container(cfg.segmenter, resolve=True)
-    name = options.pop("name")
-    if name not in PROMPTED and cfg.prompt:
-        log.warning("prompt=%r is ignored by segmenter=%s", cfg.prompt, name)
-    offline = cfg.offline_models
-    if offline is None and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-        offline = True
-    return build_segmenter(
-        name,
-        options,
-        prompt=cfg.prompt,
-        detections=cfg.detections,
-        device=device,
-        dtype=dtype_name if device.type != "cpu" else None,
-        local_files_only=offline,
-    )
-
-
-def run(cfg) -> int:
-    """Track ``cfg.input``; returns the number of frames in the output."""
-    if cfg.input is None:
+def _check(config: TrackConfig) -> None:
+    """The tool's own rules on top of the schema's types."""
+    if config.input is None:
         raise ConfigError("input=VIDEO_OR_FRAME_DIR is required")
-    if not Path(cfg.input).exists():
-        raise FileNotFoundError(f"input not found: {cfg.input}")
-    if cfg.resume and cfg.overwrite:
+    if not Path(config.input).exists():
+        raise FileNotFoundError(f"input not found: {config.input}")
+    if config.resume and config.overwrite:
         raise ConfigError("resume=true and overwrite=true contradict each other; pick one")
-    name = cfg.segmenter.name
-    if name == "precomputed" and cfg.detections is None:
-        raise ConfigError("detections=DIR is required with segmenter=precomputed")
-    if name in PROMPTED and not cfg.prompt:
-        raise ConfigError(f'segmenter={name} needs a text prompt, e.g. prompt="person. dog."')
-    if cfg.output is None:
+    if config.output is None:
         raise ConfigError("output=DIR is required")
-    out = Path(cfg.output) if cfg.resume else output_folder(cfg.output, cfg.overwrite)
-    if cfg.overwrite and not cfg.resume and out.is_dir():
+
+
+def run(cfg: DictConfig | TrackConfig) -> int:
+    """Track ``cfg.input``; returns the number of frames in the output."""
+    config = parse(TrackConfig, cfg)
+    _check(config)
+    name = config.segmenter["name"]
+    if name not in PROMPTED and config.prompt:
+        log.warning("prompt=%r is ignored by segmenter=%s", config.prompt, name)
+    tracker = builder.tracker_config(config)
+    options = builder.inference_options(config)
+    device = options.torch_device()
+    out = Path(config.output) if config.resume else output_folder(config.output, config.overwrite)
+    segmenter = builder.segmenter(
+        config.segmenter,
+        prompt=config.prompt,
+        detections=config.detections,
+        device=device,
+        amp=config.amp,
+        local_files_only=builder.offline_models(config.offline_models),
+    )
+    if config.overwrite and not config.resume and out.is_dir():
         removed = clear_outputs(out)
         if removed:
-            log.info(
-                "overwrite=true: removed %d files of the previous run in %s", len(removed), out
-            )
-    device = pick_device(cfg.device)
-    config = tracker_config(cfg)
-    what = f"{name} prompt {cfg.prompt!r}" if cfg.prompt and name in PROMPTED else name
-    model_id = cfg.detections if name == "precomputed" else cfg.segmenter.get("model")
+            log.info("overwrite=true: removed %d earlier files in %s", len(removed), out)
+    what = f"{name} prompt {config.prompt!r}" if config.prompt and name in PROMPTED else name
+    model_id = config.detections if name == "precomputed" else config.segmenter.get("model")
     print(
-        f"tracking {cfg.input} with {what} ({model_id}) ({config.mode.value}, detect every "
-        f"{config.detect_every}, clip {config.clip_length}) on {device} -> {out} "
-        f"(weights {cfg.model.weights or 'RANDOM'}){' [resume]' if cfg.resume else ''}"
+        f"tracking {config.input} with {what} ({model_id}) ({tracker.mode.value}, detect every "
+        f"{tracker.detect_every}, clip {tracker.clip_length}) on {device} -> {out} "
+        f"(weights {config.model.weights or 'RANDOM'}){' [resume]' if config.resume else ''}"
     )
-    segmenter = _segmenter(cfg, device, cfg.amp)
-    model = build_model(cfg.model.preset, cfg.model.weights).to(device)
+    model = builder.model(config.model).to(device)
     start = time.perf_counter()
     report = track_video(
         model,
         segmenter,
-        config,
-        options=inference_options(cfg),
-        source=cfg.input,
+        tracker,
+        options=options,
+        source=config.input,
         output=out,
-        overlay=cfg.overlay,
-        fps=cfg.fps,
-        progress=cfg.progress,
-        resume=cfg.resume,
-        settings=_settings(cfg),
+        overlay=config.overlay,
+        fps=config.fps,
+        progress=config.progress,
+        resume=config.resume,
+        settings=dataclasses.asdict(config),
     )
     elapsed = time.perf_counter() - start
-    resumed = f" ({report.resumed_frames} kept from the interrupted run)" if cfg.resume else ""
+    resumed = f" ({report.resumed_frames} kept from the interrupted run)" if config.resume else ""
     print(
         f"done: {report.frames} frames{resumed}, {report.objects} objects in {elapsed:.1f} s "
         f"-> {out}"
@@ -131,20 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _requested_segmenter(argv)
         run(compose("track", argv))
-    except (
-        ConfigError,
-        FileNotFoundError,
-        ValueError,
-        KeyError,
-        ImportError,
-    ) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        print(f"error: {message}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, ImportError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-__all__ = ["SEGMENTERS", "main", "run"]

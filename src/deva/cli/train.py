@@ -5,25 +5,143 @@
         [ckpt_path=FILE] [output_dir=DIR] [debug=fast]
 
 Without arguments: the small model on synthetic videos generated on the fly, on the CPU, with
-TensorBoard logs and checkpoints under outputs/train/. See deva/configs/train.yaml for examples and
-deva.training.train for what is built. ``python tools/train.py`` takes the same arguments.
+TensorBoard logs and checkpoints under outputs/train/. See deva/configs/train.yaml for examples
+and :mod:`deva.config.builder.training` for what is built. ``python tools/train.py`` takes the
+same arguments.
+
+Outputs (``output_dir``, default ``outputs/train/<stage>_<time>``): ``config.yaml`` (the
+resolved config, also beside the checkpoints and inside them as ``hyper_parameters``),
+``checkpoints/*.ckpt`` (resume with ``ckpt_path=``), ``tensorboard/``, the Predictor's numbers
+by step (``validation_history.json``) and, at the end, ``model.pth`` (weights + architecture,
+loadable with ``PropagationModel.from_pretrained``). Multi-node: run the same command on every
+node with ``trainer.num_nodes=K`` (Lightning reads the cluster environment: SLURM, torchrun's
+``MASTER_ADDR`` / ``NODE_RANK``, ...) and give an explicit shared ``output_dir``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-from deva.cli import quiet_albumentations
+import torch
+from lightning.pytorch import Callback, seed_everything
+from omegaconf import DictConfig
+
 from deva.config import ConfigError, compose, quote_paths
+from deva.config.builder.training import TrainingRun, build_run
+from deva.config.schema import TrainConfig, parse
+from deva.modeling.weights import save_weights
+from deva.training.predictor import Predictor
 
 log = logging.getLogger("train")
+
+#: The Predictor's numbers of a run, by step, written into the output folder at the end.
+VALIDATION_HISTORY = "validation_history.json"
+
+
+def train(cfg: DictConfig | TrainConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train the propagation model as ``cfg`` says; returns a summary.
+
+    Returns ``{"global_rank", "global_step", "output_dir", "checkpoint_dir", "last_checkpoint",
+    "weights", "metrics" (last logged values), "validation" (Predictor results), ...}``.
+    ``callbacks`` are added to the configured ones (tests use this).
+    """
+    config = parse(TrainConfig, cfg)
+    seed_everything(config.seed, workers=True)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    run = build_run(config, callbacks)
+    trainer = run.trainer
+    if trainer.is_global_zero:
+        log.info(_plan(config, run))
+    trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=run.ckpt_path)
+    weights = None
+    if trainer.is_global_zero and not trainer.fast_dev_run and config.export.weights:
+        path = save_weights(run.module.model, run.output_dir / "model.pth", half=config.export.half)
+        weights = str(path)
+    predictor = next((c for c in trainer.callbacks if isinstance(c, Predictor)), None)
+    history_file = None
+    if predictor is not None and predictor.history and trainer.is_global_zero:
+        history_file = _write_history(run.output_dir, predictor)
+    tensorboard = None
+    if trainer.logger is not None and getattr(trainer.logger, "log_dir", None):
+        tensorboard = str(trainer.logger.log_dir)
+    return {
+        "global_rank": int(trainer.global_rank),
+        "global_step": int(trainer.global_step),
+        "output_dir": str(run.output_dir),
+        "checkpoint_dir": str(run.output_dir / "checkpoints"),
+        "last_checkpoint": run.checkpoint.last_model_path or None,
+        "weights": weights,
+        "metrics": {k: _scalar(v) for k, v in trainer.callback_metrics.items()},
+        "validation": dict(predictor.results) if predictor is not None else {},
+        "validation_history": dict(predictor.history) if predictor is not None else {},
+        "validation_file": str(history_file) if history_file else None,
+        "tensorboard": tensorboard,
+    }
+
+
+def _plan(config: TrainConfig, run: TrainingRun) -> str:
+    """The line saying what is trained, on what, with which batch arithmetic, to where."""
+    stage, trainer = config.stage, run.trainer
+    what = config.model.weights or config.model.preset
+    resuming = f"; resuming {run.ckpt_path}" if run.ckpt_path else ""
+    return (
+        f"training the {what} model ({stage.name} stage, {stage.iterations} iterations) on "
+        f"{config.data['source']} data: global batch {stage.batch_size} = {run.batch_size} per "
+        f"device × {trainer.world_size} process(es) × {trainer.accumulate_grad_batches} "
+        f"accumulation; output {run.output_dir}{resuming}"
+    )
+
+
+def _write_history(output_dir: Path, predictor: Predictor) -> Path:
+    path = output_dir / VALIDATION_HISTORY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    history = {str(step): values for step, values in sorted(predictor.history.items())}
+    path.write_text(json.dumps(history, indent=1))
+    return path
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    return value
+
+
+def summary_lines(result: Mapping[str, Any]) -> list[str]:
+    """Human-readable lines of a :func:`train` result (for the command line): where the
+    checkpoint, the weights, the logs and the numbers are, and the validation numbers at the
+    first and the last validated step."""
+    lines = [f"global step: {result['global_step']}", f"output: {result['output_dir']}"]
+    if result.get("last_checkpoint"):
+        lines.append(f"last checkpoint: {result['last_checkpoint']}")
+    if result.get("weights"):
+        lines.append(f"weights: {result['weights']}")
+    if result.get("tensorboard"):
+        lines.append(f"TensorBoard logs: {result['tensorboard']} (tensorboard --logdir ...)")
+    if result.get("validation_file"):
+        lines.append(f"validation numbers: {result['validation_file']}")
+    history = result.get("validation_history") or {}
+    steps = sorted(history)
+    if len(steps) >= 2:
+        first, last = history[steps[0]], history[steps[-1]]
+        lines.append(f"validation at step {steps[0]} -> step {steps[-1]}:")
+        for key in sorted(last):
+            before = first.get(key, float("nan"))
+            lines.append(f"  {key}: {before:.4f} -> {last[key]:.4f}")
+    else:
+        for key, value in sorted(result.get("validation", {}).items()):
+            lines.append(f"{key}: {value:.4f}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     """Compose ``train.yaml`` with ``argv`` and train; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    quiet_albumentations()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
     for name in ("deva", "train"):  # Lightning has its own console handler
@@ -34,8 +152,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = compose("train", quote_paths(argv, ("ckpt_path", "output_dir", "model.weights")))
-        from deva.training.train import summary_lines, train
-
         result = train(cfg)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"train: {error}", file=sys.stderr)

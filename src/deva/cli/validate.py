@@ -17,25 +17,38 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
-from deva.cli import quiet_albumentations
+import torch
+from lightning.fabric import Fabric
+from omegaconf import DictConfig
+
+from deva.cli.common import one_line
 from deva.config import ConfigError, compose, quote_paths
+from deva.config.builder.tasks import validation_tasks
+from deva.config.builder.training import validation_autocast
+from deva.config.schema import ValidateConfig, parse
 from deva.inference.options import InferenceOptions
+from deva.training.validate import (
+    CheckpointInfo,
+    ResultsFile,
+    find_checkpoints,
+    format_table,
+    read_checkpoint_info,
+    run_config,
+    tensorboard_dir,
+    validate_checkpoints,
+)
 
 log = logging.getLogger("validate")
 
 
-def _sets(cfg, run_dir: Path | None, first) -> dict:
-    from omegaconf import OmegaConf
-
-    from deva.training.validate import run_config
-
+def _sets(config: ValidateConfig, run_dir: Path | None, first: CheckpointInfo) -> dict[str, Any]:
+    """The sets to score: the run's saved ones plus those given here, filtered by ``sets``."""
     stored = run_config(run_dir, first).get("validation", {}).get("sets") or {}
-    added = OmegaConf.to_container(cfg.validation.sets, resolve=True) or {}
-    sets = {**stored, **added}
-    wanted = cfg.get("sets")
-    if wanted is not None:
-        wanted = [wanted] if isinstance(wanted, str) else [str(w) for w in wanted]
+    sets = {**stored, **config.validation.sets}
+    if config.sets is not None:
+        wanted = [config.sets] if isinstance(config.sets, str) else [str(w) for w in config.sets]
         unknown = [w for w in wanted if w not in sets]
         if unknown:
             raise ConfigError(f"unknown set(s) {unknown}; configured: {sorted(sets)}")
@@ -48,50 +61,42 @@ def _sets(cfg, run_dir: Path | None, first) -> dict:
     return sets
 
 
-def run(cfg) -> int:
-    """Validate as ``cfg`` says; returns the number of checkpoints scored."""
-    import torch
-    from lightning.fabric import Fabric
-
-    from deva.training.tasks.build import build_tasks
-    from deva.training.train import validation_autocast
-    from deva.training.validate import (
-        ResultsFile,
-        find_checkpoints,
-        format_table,
-        read_checkpoint_info,
-        tensorboard_dir,
-        validate_checkpoints,
-    )
-
-    if bool(cfg.run) == bool(cfg.ckpt):
+def _checkpoints(config: ValidateConfig) -> tuple[list[CheckpointInfo], Path | None, Path]:
+    """The checkpoints to score, the run folder (None for a lone file) and the output folder."""
+    if bool(config.run) == bool(config.ckpt):
         raise ConfigError("give exactly one of run=OUTPUT_DIR or ckpt=FILE")
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    if cfg.run:
-        run_dir: Path | None = Path(cfg.run)
+    if config.run:
+        run_dir: Path | None = Path(config.run)
         if not run_dir.is_dir():
             raise FileNotFoundError(f"run folder not found: {run_dir}")
         checkpoints = find_checkpoints(run_dir)
         folder = run_dir
     else:
-        info = read_checkpoint_info(cfg.ckpt)
+        info = read_checkpoint_info(config.ckpt)
         checkpoints = [info]
         parent = info.path.parent
         run_dir = parent.parent if parent.name == "checkpoints" else None
         folder = parent
-    folder = Path(cfg.output) if cfg.output else folder
-    sets = _sets(cfg, run_dir, checkpoints[0])
-    dtype = validation_autocast(cfg.validation.get("autocast"), cfg.trainer.accelerator)
-    build_tasks(
-        sets, options=InferenceOptions(autocast=dtype)
-    )  # every set is checked before any process starts
+    return checkpoints, run_dir, Path(config.output) if config.output else folder
 
-    fabric = Fabric(**cfg.trainer)
+
+def run(cfg: DictConfig | ValidateConfig) -> int:
+    """Validate as ``cfg`` says; returns the number of checkpoints scored."""
+    config = parse(ValidateConfig, cfg)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    checkpoints, run_dir, folder = _checkpoints(config)
+    sets = _sets(config, run_dir, checkpoints[0])
+    accelerator = str(config.trainer.get("accelerator", "auto"))
+    options = InferenceOptions(
+        autocast=validation_autocast(config.validation.autocast, accelerator)
+    )
+    validation_tasks(sets, options=options)  # every set is checked before any process starts
+    fabric = Fabric(**config.trainer)
 
     def work(fabric: Fabric) -> int:
         results = ResultsFile(folder)
-        tensorboard = tensorboard_dir(run_dir) if (run_dir and cfg.tensorboard) else None
+        tensorboard = tensorboard_dir(run_dir) if (run_dir and config.tensorboard) else None
         if fabric.global_rank == 0:
             print(
                 f"validating {len(checkpoints)} checkpoint(s) on {sorted(sets)} with "
@@ -99,18 +104,17 @@ def run(cfg) -> int:
             )
         records = validate_checkpoints(
             checkpoints,
-            lambda: build_tasks(sets, options=InferenceOptions(autocast=dtype)),
+            lambda: validation_tasks(sets, options=options),
             results=results,
             tensorboard=tensorboard,
             rank=fabric.global_rank,
             world=fabric.world_size,
             device=fabric.device,
-            force=bool(cfg.force),
+            force=config.force,
         )
         if fabric.global_rank == 0:
-            shown = [
-                r for r in results.records if r["checkpoint"] in {c.path.name for c in checkpoints}
-            ]
+            names = {c.path.name for c in checkpoints}
+            shown = [r for r in results.records if r["checkpoint"] in names]
             print(format_table(shown) if shown else "nothing to score")
             print(f"wrote {results.json_path} and {results.csv_path}")
             if tensorboard is not None:
@@ -123,7 +127,6 @@ def run(cfg) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Compose ``validate.yaml`` with ``argv`` and score; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    quiet_albumentations()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__)
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(compose("validate", quote_paths(argv, ("run", "ckpt", "output"))))
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as error:
-        print(f"validate: {error}", file=sys.stderr)
+        print(f"validate: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -16,14 +16,29 @@ Frames are RGB ``uint8`` ``(H, W, 3)``, masks ``uint8`` label maps ``(H, W)``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import albumentations as A
 import cv2
 import numpy as np
 
 Frames = list[np.ndarray]
 Masks = list[np.ndarray]
+
+
+if TYPE_CHECKING:
+    import albumentations as A
+
+
+def _albumentations() -> ModuleType:
+    """albumentations, imported on first use with its online version check turned off (it
+    queries PyPI when first imported, in every data worker)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations
+
+    return albumentations
 
 
 def _seed(rng: np.random.Generator) -> int:
@@ -62,6 +77,7 @@ def _check_clip(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> No
 
 
 def _colour_jitter(strength: float, hue: float, p: float) -> A.ColorJitter:
+    A = _albumentations()
     return A.ColorJitter(brightness=strength, contrast=strength, saturation=strength, hue=hue, p=p)
 
 
@@ -73,6 +89,7 @@ class ResizeCrop:
     """
 
     def __init__(self, crop_size: int = 384) -> None:
+        A = _albumentations()
         self.crop_size = crop_size
         self._compose = A.Compose(
             [
@@ -109,6 +126,7 @@ class VideoAugment:
         clip_jitter: float = 0.2,
         frame_jitter: float = 0.05,
     ) -> None:
+        A = _albumentations()
         self.crop_size = crop_size
         geometry: list[A.BasicTransform] = []
         if short_side is not None:
@@ -171,6 +189,7 @@ class StaticAugment:
         crop_scale: tuple[float, float] = (0.36, 1.0),
         jitter: float = 0.1,
     ) -> None:
+        A = _albumentations()
         if num_frames < 1:
             raise ValueError(f"num_frames must be ≥ 1, got {num_frames}")
         self.crop_size = crop_size

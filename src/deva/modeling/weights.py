@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from deva.modeling.checkpoint import WeightsMismatchError, resolve_path
-from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 
 log = logging.getLogger(__name__)
@@ -87,16 +86,3 @@ def _copy_trunk(module: nn.Module, source: Mapping[str, torch.Tensor], what: str
             f"ImageNet weights do not fit the {what}: missing {missing[:3]}, shapes {shapes[:3]}"
         )
     module.load_state_dict({k: source[k] for k in trunk_keys}, strict=False)
-
-
-def build_model(preset: str = "published", weights: str | Path | None = None) -> PropagationModel:
-    """The model tools use: loaded from ``weights`` (architecture from the file), or a
-    randomly initialised ``preset`` with a loud warning when no weights are given."""
-    if weights:
-        return PropagationModel.from_pretrained(weights)
-    log.warning(
-        "NO WEIGHTS GIVEN: using a RANDOMLY INITIALISED %r propagation model; its masks are "
-        "meaningless (pass model.weights=FILE, e.g. DEVA-propagation.pth)",
-        preset,
-    )
-    return PropagationModel(PropagationConfig.preset(preset))

@@ -15,7 +15,7 @@ the CPU caches (without that the transforms are memory-bound and eat the gain).
 Exact in exact arithmetic; in float32 the result differs from a direct convolution by about
 1e-5 of the output's magnitude (a direct one: about 2e-6), which the benchmark's mask checks
 measure. On the published decoder's stride-16 and stride-8 convolutions it is about 2× faster
-than oneDNN's direct convolution on AVX-512 (see ``tools/benchmark.py``); convolutions with
+than oneDNN's direct convolution on AVX-512 (see ``deva-benchmark``); convolutions with
 few channels gain nothing and are left alone (:func:`worth_winograd`).
 """
 

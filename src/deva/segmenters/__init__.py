@@ -9,7 +9,7 @@ from deva.segmenters.grounded_sam import GroundedSamSegmenter, parse_prompt
 from deva.segmenters.hf import ModelNotAvailableError
 from deva.segmenters.panoptic import Mask2FormerSegmenter, OneFormerSegmenter
 from deva.segmenters.precomputed import BurstSegmenter, PrecomputedSegmenter, VipsegSegmenter
-from deva.segmenters.registry import SEGMENTERS, build_segmenter, check_segmenter_name
+from deva.segmenters.registry import SEGMENTERS, check_segmenter_name
 from deva.segmenters.sam import SamAutomaticSegmenter, SamPromptDecoder
 from deva.types import ImageSegmenter
 
@@ -25,7 +25,6 @@ __all__ = [
     "SamAutomaticSegmenter",
     "SamPromptDecoder",
     "VipsegSegmenter",
-    "build_segmenter",
     "check_segmenter_name",
     "parse_prompt",
 ]

@@ -1,12 +1,12 @@
-"""Segmenters by name, for command lines and the web demo.
+"""The image segmenters by name, for command lines and the web demo.
 
-``build_segmenter("sam", options, ...)`` turns a name plus a mapping of options (the
-``segmenter.*`` keys of ``deva/configs/track.yaml``) into a loaded :class:`ImageSegmenter`.
-Model-backed segmenters import ``transformers`` only when built.
+:func:`build_segmenter` builds one from its name and options (the ``segmenter.*`` keys of the
+tools' configs); model-backed segmenters import ``transformers`` only when built.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,6 @@ def check_segmenter_name(name: str) -> str:
     return name
 
 
-def _options(options: Mapping[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in dict(options).items() if k not in drop and v is not None}
-
-
 def build_segmenter(
     name: str,
     options: Mapping[str, Any] | None = None,
@@ -52,80 +48,78 @@ def build_segmenter(
     prompt: str | None = None,
     detections: str | Path | None = None,
     device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
+    amp: str | None = None,
     local_files_only: bool | None = None,
 ) -> ImageSegmenter:
-    """Build segmenter ``name`` with ``options`` (model id / folder in ``model``, thresholds).
+    """The image segmenter ``name`` with ``options`` (``model``: hub id or folder, thresholds;
+    None values keep the model's defaults).
 
-    ``prompt`` is required by ``grounded_sam``; ``detections`` (a folder) by ``precomputed``.
+    ``prompt`` is required by the prompted segmenters; ``detections`` (a folder) by
+    ``precomputed``. ``amp`` (bf16 / fp16) applies to image models on a GPU only. Unknown
+    options are one-line errors before any model is loaded.
     """
+    options = {k: v for k, v in dict(options or {}).items() if v is not None and k != "name"}
     check_segmenter_name(name)
-    options = dict(options or {})
-    options.pop("name", None)
-    loaders: dict[str, Callable[[], ImageSegmenter]] = {}
-
-    def sam() -> ImageSegmenter:
-
-        return SamAutomaticSegmenter.from_pretrained(
-            options.get("model") or "facebook/sam-vit-base",
-            device=device,
-            dtype=dtype,
-            local_files_only=local_files_only,
-            **_options(options, ("model",)),
-        )
-
-    def grounded_sam() -> ImageSegmenter:
-
-        if not prompt:
-            raise ValueError('segmenter=grounded_sam needs a text prompt: prompt="person. dog."')
-        return GroundedSamSegmenter.from_pretrained(
-            options.get("model") or "IDEA-Research/grounding-dino-tiny",
-            options.get("sam_model") or "facebook/sam-vit-base",
-            prompt=prompt,
-            device=device,
-            dtype=dtype,
-            local_files_only=local_files_only,
-            **_options(options, ("model", "sam_model")),
-        )
-
-    def mask2former() -> ImageSegmenter:
-
-        return Mask2FormerSegmenter.from_pretrained(
-            options.get("model") or DEFAULT_MASK2FORMER,
-            device=device,
-            dtype=dtype,
-            local_files_only=local_files_only,
-            **_options(options, ("model",)),
-        )
-
-    def oneformer() -> ImageSegmenter:
-
-        return OneFormerSegmenter.from_pretrained(
-            options.get("model") or DEFAULT_ONEFORMER,
-            device=device,
-            dtype=dtype,
-            local_files_only=local_files_only,
-            **_options(options, ("model",)),
-        )
-
-    def precomputed() -> ImageSegmenter:
-
-        folder = detections or options.get("detections")
+    if name == "precomputed":
+        folder = detections or options.pop("detections", None)
         if not folder:
             raise ValueError("detections=DIR is required with segmenter=precomputed")
-        return PrecomputedSegmenter(folder, missing=options.get("missing", "empty"))
+        _check_options(name, options, PrecomputedSegmenter.__init__)
+        return PrecomputedSegmenter(folder, **options)
+    if name in PROMPTED and not prompt:
+        raise ValueError(f'segmenter={name} needs a text prompt, e.g. prompt="person. dog."')
+    on_gpu = device is not None and torch.device(device).type != "cpu"
+    common = {
+        "device": device,
+        "dtype": amp if on_gpu and amp not in (None, "none") else None,
+        "local_files_only": local_files_only,
+    }
+    load, sources, signatures = _LOADERS[name]
+    positional = [options.pop(key, default) for key, default in sources]
+    _check_options(name, options, *signatures)
+    extra = {"prompt": prompt} if name in PROMPTED else {}
+    return load(*positional, **common, **extra, **options)
 
-    loaders.update(
-        sam=sam,
-        grounded_sam=grounded_sam,
-        mask2former=mask2former,
-        oneformer=oneformer,
-        precomputed=precomputed,
-    )
-    return loaders[name]()
+
+# name -> (loader, (option, default) of its model sources, functions whose keywords it takes)
+_LOADERS: dict[str, tuple[Callable[..., ImageSegmenter], tuple[tuple[str, str], ...], tuple]] = {
+    "sam": (
+        SamAutomaticSegmenter.from_pretrained,
+        (("model", "facebook/sam-vit-base"),),
+        (SamAutomaticSegmenter.from_pretrained, SamAutomaticSegmenter.__init__),
+    ),
+    "grounded_sam": (
+        GroundedSamSegmenter.from_pretrained,
+        (("model", "IDEA-Research/grounding-dino-tiny"), ("sam_model", "facebook/sam-vit-base")),
+        (GroundedSamSegmenter.from_pretrained, GroundedSamSegmenter.__init__),
+    ),
+    "mask2former": (
+        Mask2FormerSegmenter.from_pretrained,
+        (("model", DEFAULT_MASK2FORMER),),
+        (Mask2FormerSegmenter.from_pretrained, Mask2FormerSegmenter.__init__),
+    ),
+    "oneformer": (
+        OneFormerSegmenter.from_pretrained,
+        (("model", DEFAULT_ONEFORMER),),
+        (OneFormerSegmenter.from_pretrained, OneFormerSegmenter.__init__),
+    ),
+}
 
 
-def category_names(segmenter: Any) -> dict[int, str]:
-    """Category id → name of a segmenter (empty when it has no names)."""
-    names = getattr(segmenter, "category_names", None)
-    return {int(k): str(v) for k, v in dict(names or {}).items()}
+def _check_options(name: str, options: Mapping[str, Any], *functions: Callable) -> None:
+    """ValueError naming the first option none of ``functions`` takes as a keyword."""
+    known: set[str] = set()
+    for function in functions:
+        for parameter in inspect.signature(function).parameters.values():
+            if parameter.kind is parameter.KEYWORD_ONLY or (
+                parameter.kind is parameter.POSITIONAL_OR_KEYWORD
+                and parameter.default is not parameter.empty
+            ):
+                known.add(parameter.name)
+    known -= {"self", "device", "dtype", "local_files_only", "prompt"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"segmenter.{unknown[0]}: not an option of segmenter {name} "
+            f"(options: {', '.join(sorted(known))})"
+        )

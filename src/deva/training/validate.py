@@ -1,7 +1,7 @@
 """Score saved checkpoints on validation sets after training (``tools/validate.py``).
 
 The same tasks as the training-time :class:`~deva.training.predictor.Predictor` (built by
-:func:`~deva.training.predictor.build_tasks` from ``validation.sets``) run on each checkpoint
+:func:`~deva.config.builder.tasks.validation_tasks` from ``validation.sets``) run on each checkpoint
 of a run folder, or on one checkpoint file, on 1 or N processes (Lightning Fabric; each video
 on one rank, metrics gathered). Results go to ``validation.json`` / ``validation.csv`` — in
 the run folder, or next to a single checkpoint — and, for a run, into its TensorBoard at

@@ -1,5 +1,7 @@
-"""Validation tasks from the ``validation.sets`` config entries: one task per named set,
-checked when built so that a bad set fails before training starts.
+"""The builder, validation side: ``validation.sets`` entries → the Predictor's tasks.
+
+One task per named set, checked when built (folders, frames, detections, keys), so that a bad
+set fails before training starts, with one error naming the set.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from deva.training.tasks.vos import SyntheticVideos, VOSTask, vos_folder_videos
 log = logging.getLogger(__name__)
 
 
-def build_tasks(
+def validation_tasks(
     sets: Mapping[str, Mapping[str, Any]], *, options: InferenceOptions | None = None
 ) -> list[PredictionTask]:
     """Tasks from the ``validation.sets`` config: name → ``{type: ..., ...}``; a null entry is

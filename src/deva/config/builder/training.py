@@ -1,0 +1,322 @@
+"""The builder, training side: a parsed ``train`` config → the objects Lightning fits.
+
+:func:`build_run` turns a :class:`~deva.config.schema.TrainConfig` into explicit objects —
+the :class:`~deva.training.module.PropagationTrainingModule` with the stage's recipe, the data
+module, the callbacks (checkpoints, saved config, gap curriculum, the Predictor), the
+TensorBoard logger and the ``Trainer``. Nothing below reads a config key.
+
+Distribution: ``trainer.devices`` × ``trainer.num_nodes`` processes (DDP). The stage's
+``batch_size`` is *global*: each process loads ``batch_size / (world size × gradient
+accumulation)`` samples per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import OmegaConf
+
+from deva.config import ConfigError
+from deva.config.builder import autocast_dtype
+from deva.config.builder.tasks import validation_tasks
+from deva.config.schema import (
+    DataCommon,
+    ShardsData,
+    StageSection,
+    StaticData,
+    SyntheticData,
+    TrainConfig,
+    VideoData,
+    parse_data,
+)
+from deva.data.datamodule import VOSDataModule
+from deva.data.synthetic_clips import SyntheticClipDataset
+from deva.inference.options import InferenceOptions
+from deva.modeling.config import PropagationConfig
+from deva.modeling.propagation import PropagationModel
+from deva.modeling.weights import init_from_imagenet
+from deva.training.callbacks import MaxSkipCurriculum, SaveConfig, StepCheckpoint
+from deva.training.module import PropagationTrainingModule
+from deva.training.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+#: Set by the launching process so that re-launched DDP processes share the output folder.
+RUN_DIR_ENV = "DEVA_RUN_DIR"
+
+
+@dataclass
+class TrainingRun:
+    """Everything :meth:`Trainer.fit` needs, built from one config."""
+
+    module: PropagationTrainingModule
+    datamodule: VOSDataModule
+    trainer: Trainer
+    checkpoint: ModelCheckpoint
+    output_dir: Path
+    ckpt_path: str | None
+    batch_size: int  # per device
+
+
+def build_run(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainingRun:
+    """The module (with its starting weights), data module and trainer of ``config``."""
+    output_dir = output_folder(config)
+    os.environ[RUN_DIR_ENV] = str(output_dir)
+    ckpt_path = resume_path(config, output_dir)
+    model_config, state = initial_model(config)
+    module = training_module(config, model_config)
+    if ckpt_path is None:
+        if state is not None:
+            module.model.load_state_dict(state, strict=True)
+        else:
+            imagenet_init(config, module)
+    trainer, checkpoint = build_trainer(config, output_dir, callbacks)
+    stage = config.stage
+    batch = per_device_batch_size(
+        stage.batch_size, trainer.world_size, trainer.accumulate_grad_batches
+    )
+    max_skip = stage.max_skip.values[0] if stage.max_skip else 5
+    data = datamodule(parse_data(config.data), stage, batch_size=batch, max_skip=max_skip)
+    return TrainingRun(module, data, trainer, checkpoint, output_dir, ckpt_path, batch)
+
+
+def per_device_batch_size(global_batch: int, world_size: int, accumulate: int = 1) -> int:
+    """Samples per process and step for a global batch (samples per optimizer step)."""
+    parts = max(1, int(world_size)) * max(1, int(accumulate))
+    if global_batch < parts or global_batch % parts:
+        raise ConfigError(
+            f"the global batch size {global_batch} must be a multiple of devices × nodes × "
+            f"gradient accumulation = {parts}"
+        )
+    return global_batch // parts
+
+
+def output_folder(config: TrainConfig) -> Path:
+    """``output_dir``, else the folder of a resumed checkpoint, else a new timestamped one."""
+    if config.output_dir:
+        return Path(config.output_dir)
+    ckpt = config.ckpt_path
+    if ckpt and ckpt != "last" and Path(ckpt).parent.name == "checkpoints":
+        return Path(ckpt).parent.parent
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited:
+        return Path(inherited)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("outputs") / "train" / f"{config.stage.name}_{stamp}"
+
+
+def resume_path(config: TrainConfig, output_dir: Path) -> str | None:
+    """``ckpt_path`` as a file path (``last`` = ``<output_dir>/checkpoints/last.ckpt``)."""
+    ckpt = config.ckpt_path
+    if not ckpt:
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt == "last" else Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint to resume not found: {path}")
+    return str(path)
+
+
+def initial_model(config: TrainConfig) -> tuple[PropagationConfig, dict[str, torch.Tensor] | None]:
+    """Architecture and starting weights: ``model.weights`` (published or ours; its
+    architecture wins over ``model.preset``) or a random ``model.preset``."""
+    weights = config.model.weights
+    try:
+        preset = PropagationConfig.preset(config.model.preset)
+    except ValueError as error:
+        raise ConfigError(f"model.preset: {error}") from None
+    if weights:
+        model = PropagationModel.from_pretrained(weights)
+        if model.config != preset:
+            log.info("architecture taken from %s (not preset %r)", weights, config.model.preset)
+        return model.config, model.state_dict()
+    return preset, None
+
+
+def training_module(
+    config: TrainConfig, model_config: PropagationConfig
+) -> PropagationTrainingModule:
+    """The LightningModule with the stage's recipe (explicit arguments)."""
+    stage = config.stage
+    loss = stage.loss
+    return PropagationTrainingModule(
+        model_config.to_dict(),
+        num_ref_frames=stage.num_ref_frames,
+        deep_update_prob=stage.deep_update_prob,
+        lr=stage.lr,
+        weight_decay=stage.weight_decay,
+        schedule=stage.schedule,
+        milestones=list(stage.milestones),
+        gamma=stage.gamma,
+        total_steps=stage.iterations,
+        poly_power=stage.poly_power,
+        warmup_steps=stage.warmup_steps,
+        start_warm=loss.start_warm,
+        end_warm=loss.end_warm,
+        final_fraction=loss.final_fraction,
+        dice_weight=loss.dice_weight,
+        aux_weight=loss.aux_weight,
+        pad_objects_to=config.pad_objects_to,
+        freeze_batchnorm=config.freeze_batchnorm,
+        compile=config.compile,
+        image_log_every=config.image_log_every,
+        train_config=dataclasses.asdict(config),
+    )
+
+
+def imagenet_init(config: TrainConfig, module: PropagationTrainingModule) -> None:
+    """The trunks from ImageNet weights (``init.*``), when given."""
+    pixel, mask = config.init.pixel_trunk, config.init.mask_trunk
+    if pixel or mask:
+        init_from_imagenet(module.model, pixel, mask)
+        log.info("trunks initialised from ImageNet weights: %s, %s", pixel, mask)
+
+
+def validation_autocast(name: str | None, accelerator: str) -> torch.dtype | None:
+    """``validation.autocast`` as a dtype, checked now against the device validation will run
+    on (``trainer.accelerator``), so that a bad choice fails before training starts."""
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    try:
+        return autocast_dtype(name, torch.device("cuda" if gpu else "cpu"))
+    except ConfigError as error:
+        raise ConfigError(f"validation.autocast: {error}") from None
+
+
+def predictor(config: TrainConfig) -> Predictor | None:
+    """The Predictor callback of ``validation`` (None when nothing is to be validated)."""
+    val = config.validation
+    every = val.every_n_steps
+    if not val.sets or (not every and not val.at_end and not val.at_start):
+        return None
+    dtype = validation_autocast(val.autocast, str(config.trainer.get("accelerator", "auto")))
+    tasks = validation_tasks(val.sets, options=InferenceOptions(autocast=dtype))
+    if not tasks:
+        return None
+    return Predictor(tasks, every_n_steps=every or None, at_start=val.at_start, at_end=val.at_end)
+
+
+def build_trainer(
+    config: TrainConfig, output_dir: Path, callbacks: Sequence[Callback] = ()
+) -> tuple[Trainer, ModelCheckpoint]:
+    """The Lightning ``Trainer`` (``trainer`` are its keyword arguments) and callbacks."""
+    ckpt_dir = output_dir / "checkpoints"
+    checkpoint = StepCheckpoint(
+        dirpath=ckpt_dir,
+        filename="step_{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=config.checkpoint.every_n_steps or None,
+        save_top_k=config.checkpoint.save_top_k,
+        save_last=True,
+    )
+    text = OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(config)))
+    all_callbacks: list[Callback] = [checkpoint, SaveConfig(text, [output_dir, ckpt_dir])]
+    stage = config.stage
+    if stage.max_skip:
+        all_callbacks.append(
+            MaxSkipCurriculum(
+                values=list(stage.max_skip.values),
+                boundaries=list(stage.max_skip.boundaries),
+                total_steps=stage.iterations,
+            )
+        )
+    validating = predictor(config)
+    if validating is not None:
+        all_callbacks.append(validating)
+    all_callbacks += list(callbacks)
+    logger: Any = False
+    if config.logger == "tensorboard":
+        logger = TensorBoardLogger(
+            save_dir=str(output_dir), name="tensorboard", default_hp_metric=False
+        )
+    elif config.logger != "none":
+        raise ConfigError(f"logger: expected tensorboard or none, got {config.logger!r}")
+    kwargs = dict(config.trainer)
+    kwargs.setdefault("max_steps", stage.iterations)
+    return Trainer(**kwargs, callbacks=all_callbacks, logger=logger), checkpoint
+
+
+def datamodule(
+    data: DataCommon, stage: StageSection, *, batch_size: int, max_skip: int
+) -> VOSDataModule:
+    """The data module of the ``data`` section for ``stage`` (``batch_size`` per device):
+    synthetic clips generated on the fly, image folders, VOS folders or shards."""
+    common = {
+        "batch_size": batch_size,
+        "num_workers": data.num_workers,
+        "crop_size": stage.crop_size,
+        "num_frames": stage.num_frames,
+        "max_objects": stage.max_objects,
+        "max_skip": max_skip,
+        "min_object_pixels": data.min_object_pixels,
+        "augment": data.augment,
+        "fixed_seed": data.fixed_seed,
+        "pin_memory": data.pin_memory,
+        "persistent_workers": data.persistent_workers,
+    }
+    if isinstance(data, SyntheticData):
+        dataset = SyntheticClipDataset(
+            length=data.samples_per_epoch,
+            num_frames=stage.num_frames,
+            crop_size=stage.crop_size,
+            max_objects=stage.max_objects,
+            max_skip=max_skip,
+            video_frames=data.video_frames,
+            height=data.height,
+            width=data.width,
+            augment=data.augment,
+            min_object_pixels=data.min_object_pixels,
+            fixed_seed=data.fixed_seed,
+            video=dict(data.video),
+        )
+        return VOSDataModule(stage="video", dataset=dataset, **common)
+    if isinstance(data, StaticData):
+        return VOSDataModule(stage="static", roots=_static_roots(data.roots), **common)
+    if isinstance(data, VideoData):
+        roots = {str(k): v for k, v in data.roots.items() if v}
+        if not roots:
+            raise ConfigError(
+                "data=video needs at least one of data.roots.davis / .ytvos / .ovis = FOLDER"
+            )
+        repeats = dict(data.repeats) if data.repeats else None
+        return VOSDataModule(stage="video", roots=roots, repeats=repeats, **common)
+    return _shards_datamodule(data, stage, common)  # type: ignore[arg-type]
+
+
+def _static_roots(roots: Any) -> dict[str, str]:
+    """``data.roots`` of the static stage (a folder, a list or name → folder) by name."""
+    if isinstance(roots, str):
+        roots = [roots]
+    if isinstance(roots, dict):
+        named = {str(k): v for k, v in roots.items() if v}
+    else:
+        named = {f"root{i}": r for i, r in enumerate(roots or []) if r}
+    if not named:
+        raise ConfigError("data=static needs data.roots=[FOLDER,...] (image + mask folders)")
+    return named
+
+
+def _shards_datamodule(
+    data: ShardsData, stage: StageSection, common: dict[str, Any]
+) -> VOSDataModule:
+    if not data.urls:
+        raise ConfigError("data=shards needs data.urls=PATTERN (e.g. dir/train-{000..099}.tar)")
+    if stage.data_kind not in ("static", "video"):
+        raise ConfigError(f"shards need a stage of kind static or video, got {stage.data_kind!r}")
+    urls = data.urls if isinstance(data.urls, str) else list(data.urls)
+    return VOSDataModule(
+        stage=stage.data_kind,  # type: ignore[arg-type]
+        shard_urls=urls,
+        samples_per_epoch=data.samples_per_epoch or None,
+        shuffle_buffer=data.shuffle_buffer,
+        **common,
+    )

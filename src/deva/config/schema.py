@@ -1,0 +1,388 @@
+"""The config schema: the type of every key the tools read, checked once at start-up.
+
+The values — defaults included — live in the YAML files (``deva/configs/``); these dataclasses
+say only which keys exist and what type each holds, so a field has no default here.
+:func:`parse` merges a composed config into its schema and returns the typed dataclass, or
+raises one :class:`~deva.config.ConfigError` line naming the key (``size: Value 'abc' of type
+'str' could not be converted to Integer``). Sections whose keys depend on a choice (the
+training data by ``data.source``) are parsed again by their variant (:func:`parse_data`);
+free-form sections (Lightning's ``trainer`` arguments, a segmenter's options, validation
+sets) are checked where they are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from deva.config import ConfigError
+from deva.inference.memory import MemoryConfig
+
+T = TypeVar("T")
+
+
+def keys_of(library: type) -> type:
+    """A schema section with the fields and types of a library dataclass and none of its
+    defaults (the values are the YAML's)."""
+    hints = typing.get_type_hints(library)
+    fields = [(f.name, hints[f.name]) for f in dataclasses.fields(library)]
+    return dataclasses.make_dataclass(f"{library.__name__}Keys", fields)
+
+
+MemorySection = keys_of(MemoryConfig)
+
+
+# ---- shared sections ---------------------------------------------------------------------------
+@dataclass
+class ModelSection:
+    """The propagation network: a size preset and the weights to load (None: random)."""
+
+    preset: str
+    weights: str | None
+
+
+@dataclass
+class RuntimeFields:
+    """How inference runs (:class:`~deva.inference.options.InferenceOptions`)."""
+
+    device: str
+    amp: str
+    winograd: bool | None
+    compile: bool
+    chunk_size: int
+
+
+@dataclass
+class TrackingFields:
+    """The decoupled tracker's settings (:class:`~deva.inference.tracker_config.TrackerConfig`)
+    and the memory's (:class:`~deva.inference.memory.MemoryConfig`)."""
+
+    mode: str
+    detect_every: int
+    clip_size: int
+    max_missed: int
+    incremental: bool
+    max_objects: int | None
+    size: int
+    mem_every: int
+    memory: MemorySection  # type: ignore[valid-type]
+
+
+# ---- tools ---------------------------------------------------------------------------------
+@dataclass
+class TrackConfig(TrackingFields, RuntimeFields):
+    """``deva-track`` / ``tools/track.py`` (``track.yaml``)."""
+
+    model: ModelSection
+    segmenter: dict[str, Any]
+    input: str | None
+    output: str | None
+    overwrite: bool
+    resume: bool
+    detections: str | None
+    prompt: str | None
+    offline_models: bool | None
+    progress: bool
+    overlay: bool
+    fps: float | None
+
+
+@dataclass
+class EvaluateData:
+    """Where a benchmark's files are (see ``evaluate.yaml``)."""
+
+    root: str | None
+    images: str | None
+    detections: str | None
+    gt: str | None
+    split: str
+    resolution: str
+    meta: str | None
+
+
+@dataclass
+class EvaluateConfig(TrackingFields, RuntimeFields):
+    """``deva-evaluate`` / ``tools/evaluate.py`` (``evaluate.yaml``)."""
+
+    model: ModelSection
+    benchmark: str
+    data: EvaluateData
+    output: str | None
+    overwrite: bool
+    use_all_masks: bool
+
+
+@dataclass
+class AppConfig(TrackingFields, RuntimeFields):
+    """``deva-app`` / ``tools/app.py`` (``app.yaml``)."""
+
+    model: ModelSection
+    segmenter: dict[str, Any]
+    demo: str | None
+    segmenters: list[str]
+    prompt: str
+    host: str
+    port: int
+    share: bool
+    workdir: str | None
+    keep_runs: int
+    offline_models: bool | None
+
+
+@dataclass
+class DemoConfig(RuntimeFields):
+    """``deva-demo`` / ``tools/demo.py`` (``demo.yaml``)."""
+
+    model: ModelSection
+    output: str
+    seed: int
+    num_frames: int
+    height: int
+    width: int
+    size: int
+    fps: float
+
+
+@dataclass
+class ValidationRun:
+    """Precision and sets of a ``deva-validate`` run (``validate.yaml``)."""
+
+    autocast: str | None
+    sets: dict[str, Any]
+
+
+@dataclass
+class ValidateConfig:
+    """``deva-validate`` / ``tools/validate.py`` (``validate.yaml``)."""
+
+    run: str | None
+    ckpt: str | None
+    sets: Any  # a set name, a list of names, or null (all)
+    force: bool
+    threads: int | None
+    output: str | None
+    tensorboard: bool
+    validation: ValidationRun
+    trainer: dict[str, Any]
+
+
+# ---- training ------------------------------------------------------------------------------
+@dataclass
+class LossSection:
+    """Loss weights and the bootstrapped cross-entropy warm-up (None: the published one)."""
+
+    start_warm: int | None
+    end_warm: int | None
+    final_fraction: float
+    dice_weight: float
+    aux_weight: float
+
+
+@dataclass
+class MaxSkipSection:
+    """The maximum frame gap curriculum: ``values[i]`` from ``boundaries[i - 1]`` of the run."""
+
+    values: list[int]
+    boundaries: list[float]
+
+
+@dataclass
+class StageSection:
+    """One training stage's recipe (``configs/stage/<name>.yaml``)."""
+
+    name: str
+    data_kind: str
+    iterations: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    schedule: str
+    milestones: list[int]
+    gamma: float
+    poly_power: float
+    warmup_steps: int
+    num_frames: int
+    num_ref_frames: int
+    crop_size: int
+    max_objects: int
+    deep_update_prob: float
+    loss: LossSection
+    max_skip: MaxSkipSection | None
+    freeze_batchnorm: bool
+
+
+@dataclass
+class DataCommon:
+    """Keys every training data source has."""
+
+    source: str
+    augment: bool
+    min_object_pixels: int
+    fixed_seed: int | None
+    num_workers: int
+    pin_memory: bool
+    persistent_workers: bool
+
+
+@dataclass
+class SyntheticData(DataCommon):
+    """Synthetic videos generated on the fly (``data=synthetic``)."""
+
+    samples_per_epoch: int
+    video_frames: int
+    height: int
+    width: int
+    video: dict[str, Any]
+
+
+@dataclass
+class StaticData(DataCommon):
+    """Image + mask folders turned into pseudo-videos (``data=static``)."""
+
+    roots: Any  # a folder, a list of folders or name -> folder
+
+
+@dataclass
+class VideoData(DataCommon):
+    """VOS training sets (``data=video``)."""
+
+    roots: dict[str, str | None]
+    repeats: dict[str, int] | None
+
+
+@dataclass
+class ShardsData(DataCommon):
+    """webdataset shards (``data=shards``)."""
+
+    urls: Any  # a brace pattern, a folder or a list
+    samples_per_epoch: int | None
+    shuffle_buffer: int
+
+
+DATA_SOURCES: dict[str, type[DataCommon]] = {
+    "synthetic": SyntheticData,
+    "static": StaticData,
+    "video": VideoData,
+    "shards": ShardsData,
+}
+
+
+@dataclass
+class InitSection:
+    """ImageNet trunk weights used when neither ``model.weights`` nor ``ckpt_path`` is given."""
+
+    pixel_trunk: str | None
+    mask_trunk: str | None
+
+
+@dataclass
+class CheckpointSection:
+    every_n_steps: int
+    save_top_k: int
+
+
+@dataclass
+class ExportSection:
+    weights: bool
+    half: bool
+
+
+@dataclass
+class ValidationSection:
+    """The Predictor's cadence, precision and sets (``validation.sets.<name>``)."""
+
+    every_n_steps: int
+    at_start: bool
+    at_end: bool
+    autocast: str | None
+    sets: dict[str, Any]
+
+
+@dataclass
+class TrainConfig:
+    """``deva-train`` / ``tools/train.py`` (``train.yaml`` and its groups)."""
+
+    seed: int
+    output_dir: str | None
+    ckpt_path: str | None
+    logger: str
+    image_log_every: int
+    compile: bool
+    freeze_batchnorm: bool
+    pad_objects_to: int | None
+    init: InitSection
+    checkpoint: CheckpointSection
+    export: ExportSection
+    validation: ValidationSection
+    trainer: dict[str, Any]
+    model: ModelSection
+    stage: StageSection
+    data: dict[str, Any]  # parsed by its source: :func:`parse_data`
+
+
+# ---- parsing -------------------------------------------------------------------------------
+def parse(schema: type[T], cfg: DictConfig | dict[str, Any]) -> T:
+    """``cfg`` checked against ``schema`` and returned as that dataclass (nested sections as
+    theirs); one ConfigError line naming the first bad, unknown or missing key."""
+    if isinstance(cfg, schema):
+        return cfg
+    try:
+        if isinstance(cfg, DictConfig):
+            cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise ConfigError(f"{missing[0]}: no value given (the config file lacks this key)")
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except ConfigKeyError as error:
+        raise ConfigError(_unknown_key(schema, error)) from None
+    except OmegaConfBaseException as error:
+        raise ConfigError(_message(error)) from None
+    except (TypeError, ValueError) as error:  # a section's own checks (e.g. MemoryConfig)
+        raise ConfigError(str(error).strip().splitlines()[0]) from None
+
+
+def parse_data(data: dict[str, Any]) -> DataCommon:
+    """The ``data`` section as the dataclass of its ``source``."""
+    source = data.get("source")
+    if source not in DATA_SOURCES:
+        raise ConfigError(
+            f"data.source: unknown training data {source!r}; expected one of {sorted(DATA_SOURCES)}"
+        )
+    try:
+        return parse(DATA_SOURCES[source], data)
+    except ConfigError as error:
+        raise ConfigError(f"data.{error}") from None
+
+
+def _message(error: OmegaConfBaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    key = getattr(error, "full_key", None)
+    return f"{key}: {text}" if key else text
+
+
+def _unknown_key(schema: type, error: ConfigKeyError) -> str:
+    """``key: unknown option (known: ...)`` for a key the schema does not have."""
+    key = getattr(error, "full_key", None) or ""
+    if not key:
+        return _message(error)
+    section: type | None = schema
+    for part in key.split(".")[:-1]:
+        section = _section_type(section, part) if section is not None else None
+    known = sorted(f.name for f in dataclasses.fields(section)) if section else []
+    hint = f" (known: {', '.join(known)})" if known else ""
+    return f"{key}: unknown option{hint}"
+
+
+def _section_type(section: type, name: str) -> type | None:
+    """The dataclass type of field ``name`` of ``section`` (also inside ``X | None``)."""
+    kind = typing.get_type_hints(section).get(name)
+    for candidate in (kind, *typing.get_args(kind)):
+        if dataclasses.is_dataclass(candidate):
+            return candidate  # type: ignore[return-value]
+    return None
