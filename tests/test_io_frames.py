@@ -15,7 +15,7 @@ from deva.inference.preprocess import (
     normalize_image,
     preprocess_frame,
     preprocess_mask,
-    probabilities_to_mask,
+    probabilities_to_ids,
     resize_image,
     resized_size,
     restore_probabilities,
@@ -132,11 +132,12 @@ def test_probability_round_trip() -> None:
         _, geometry = preprocess_frame(_frame(*size), shorter_side=shorter)
         prob = preprocess_mask(one_hot.float(), geometry)
         assert prob.shape[-2:] == geometry.padded_size
-        back = probabilities_to_mask(prob, geometry)
+        channels = list(range(1, prob.shape[-3]))  # channel i is id i
+        back = probabilities_to_ids(prob, channels, geometry)
         assert back.shape == size
         agreement = (back.numpy() == mask).mean()
         assert agreement >= expected
-        batched = probabilities_to_mask(prob[None].expand(2, -1, -1, -1), geometry)
+        batched = probabilities_to_ids(prob[None].expand(2, -1, -1, -1), channels, geometry)
         assert batched.shape == (2, *size)
 
 
