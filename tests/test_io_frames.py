@@ -20,7 +20,7 @@ from deva.inference.preprocess import (
     resized_size,
     restore_probabilities,
 )
-from deva.io.frames import FrameReader, iter_frames, list_frame_files, natural_sorted, read_frame
+from deva.io.frames import FrameReader, list_frame_files, natural_sorted, read_frame
 from deva.io.masks import id_colours, read_mask_png, write_mask_png
 from deva.io.video import Mp4Writer, mask_boundaries, overlay_mask, write_mp4
 
@@ -168,7 +168,7 @@ def test_folder_reading_order_names_and_colours(tmp_path: Path) -> None:
     for _, frame in frames:
         assert frame.shape == (8, 12, 3) and frame.dtype == np.uint8
         assert frame[4, 4, 0] > 240 and frame[4, 4, 1:].max() < 15  # RGB, not BGR
-    assert [n for n, _ in iter_frames(tmp_path)] == ["1", "2", "10"]  # re-iterable
+    assert [n for n, _ in reader] == ["1", "2", "10"]  # re-iterable
 
 
 def test_grey_and_rgba_frames_become_rgb(tmp_path: Path) -> None:

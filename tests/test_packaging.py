@@ -9,7 +9,6 @@ shadows the one the build needs.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -50,7 +49,10 @@ def _env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> dict[str, Path]:
     """A fresh virtual environment with the package installed from a copy of the sources."""
-    if importlib.util.find_spec("pip") is None:
+    # Asked in a child: looking pip up here would switch off setuptools' distutils shim in
+    # this process (its import hook does so for pip), which later torch.compile tests need.
+    probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True)
+    if probe.returncode != 0:
         pytest.skip("pip is not installed")
     root = tmp_path_factory.mktemp("packaging")
     source = root / "source"

@@ -323,20 +323,19 @@ def test_corrupt_frame_is_named_and_earlier_outputs_kept(track, clip, tmp_path, 
 
 
 def test_library_api(clip, tmp_path) -> None:
-    """DecoupledTracker.from_pretrained + read_video, as in the README."""
+    """PropagationModel.from_pretrained + DecoupledTracker + read_video, as in the README."""
     from deva.inference.tracker import DecoupledTracker
+    from deva.inference.tracker_config import TrackerConfig
     from deva.modeling.config import PropagationConfig
     from deva.modeling.propagation import PropagationModel
     from deva.modeling.weights import save_weights
     from deva.segmenters import PrecomputedSegmenter
 
     weights = save_weights(PropagationModel(PropagationConfig.preset("tiny")), tmp_path / "w.pth")
-    tracker = DecoupledTracker.from_pretrained(
-        str(weights),
-        segmenter=PrecomputedSegmenter(clip["dets"]),
-        mode="online",
-        shorter_side=-1,
-        device="cpu",
+    tracker = DecoupledTracker(
+        PropagationModel.from_pretrained(str(weights)),
+        PrecomputedSegmenter(clip["dets"]),
+        TrackerConfig(mode="online", shorter_side=-1),
     )
     results = list(tracker.stream(read_video(clip["mp4"])))
     assert [r.name for r in results] == [f"{t:05d}" for t in range(T)]

@@ -276,10 +276,10 @@ def test_track_frame_folder_and_video_file(track, synthetic: Path, tmp_path: Pat
     assert json.loads((out / "summary.json").read_text())["frames"] == T
 
     # an mp4 input: frames are named 00000, 00001, ... like the synthetic detections
-    from deva.io.frames import iter_frames
+    from deva.io.frames import FrameReader
 
     video = tmp_path / "input.mp4"
-    write_mp4(video, (frame for _, frame in iter_frames(frames_dir)), fps=10)
+    write_mp4(video, (frame for _, frame in FrameReader(frames_dir)), fps=10)
     out2 = tmp_path / "track_mp4"
     code, _, err = _run(
         track,

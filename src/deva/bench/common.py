@@ -4,6 +4,7 @@ memory readings and the mask comparison of a variant against its reference."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import resource
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from deva.config import ConfigError, builder, repository_path
-from deva.config.schema import ModelSection
+from deva.config import ConfigError, builder, compose, repository_path
+from deva.config.schema import BenchmarkConfig, ModelSection, parse
 from deva.data.synthetic import SyntheticVideo, SyntheticVideoConfig, generate_video
 from deva.modeling.config import PropagationConfig
 from deva.modeling.inference_model import check_autocast, cpu_supports_bf16
@@ -30,80 +31,18 @@ MIN_IOU = 0.99
 RSS_VARIANTS = ("fp32-reference", "fp32", "bf16")
 RSS_MODES = ("vos", "semionline", "online")
 
-DEFAULTS: dict[str, Any] = {
-    "suite": None,  # list or name; default [propagation]
-    "tasks": None,  # alias of suite (earlier commands)
-    "presets": ["small", "published"],
-    "size": 480,
-    "frames": 20,
-    "warmup": 2,
-    "objects": 2,
-    "device": "auto",
-    "amp": "bf16",
-    "compile": "auto",  # torch.compile variants: auto = on a GPU only (CPU compiles take minutes)
-    "threads": 0,
-    "quick": False,
-    "out": None,
-    "seed": 0,
-    "decisive_margin": 1e-3,  # fp32 checks: reference top-2 probability margin
-    "decisive_margin_amp": 0.05,  # reduced-precision checks
-    "weights": "auto",  # auto: the embedded checkpoint for preset small, random otherwise
-    # tracker / consensus
-    "segments": 40,  # Voronoi segments per frame (tracker_detections=partition, consensus)
-    "tracker_detections": "partition",  # or "video": the generator's simulated detections
-    "clip_size": 3,
-    "detect_every": 5,
-    "repeats": 5,
-    "tracker_frames": 10,
-    "tracker_size": None,  # default: size
-    # memory
-    "memory_preset": "small",
-    "memory_frames": 10_000,
-    "memory_size": 64,
-    "memory_record_every": 10,
-    "rss_presets": ["published"],  # peak RSS, each variant in a fresh process ([] to skip)
-    "rss_frames": 10,
-    "rss_modes": list(RSS_MODES),  # vos, semionline, online (tracker with detections)
-    "plot": None,  # PNG path; default next to out, else benchmark_memory.png
-    # training
-    "train_presets": ["tiny", "small", "published"],
-    "train_size": 384,
-    "train_frames": 3,
-    "train_batch": 2,
-    "train_objects": 3,
-    "train_steps": 3,
-}
-
-QUICK: dict[str, Any] = {
-    "size": 64,
-    "frames": 3,
-    "warmup": 1,
-    "segments": 6,
-    "repeats": 1,
-    "tracker_frames": 5,
-    "memory_frames": 40,
-    "memory_size": 32,
-    "memory_record_every": 1,
-    "rss_presets": ["tiny"],
-    "rss_frames": 3,
-    "train_presets": ["tiny"],
-    "train_size": 64,
-    "train_steps": 1,
-    "train_batch": 1,
-}
-
 
 # ---- options --------------------------------------------------------------------------------
 def parse_options(argv: list[str]) -> DictConfig:
-    """Defaults ← quick settings (``quick=true``) ← ``key=value`` overrides."""
-    user = OmegaConf.from_dotlist(argv)
-    unknown = sorted(set(user.keys()) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown options {unknown}; known: {sorted(DEFAULTS)}")
-    layers = [OmegaConf.create(DEFAULTS)]
-    if user.get("quick"):
-        layers.append(OmegaConf.create(QUICK))
-    cfg = OmegaConf.merge(*layers, user)
+    """``benchmark.yaml`` ← its ``quick_settings`` (``quick=true``, for the keys not given)
+    ← ``key=value`` overrides, checked against the schema."""
+    given = {item.partition("=")[0].lstrip("+~") for item in argv}
+    config = parse(BenchmarkConfig, compose("benchmark", list(argv)))
+    if config.quick:
+        for key, value in config.quick_settings.items():
+            if key not in given:
+                setattr(config, key, value)
+    cfg = OmegaConf.create(dataclasses.asdict(config))
     suite = cfg.suite if cfg.suite is not None else cfg.tasks
     if suite is None:
         suite = ["propagation"]

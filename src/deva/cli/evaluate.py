@@ -27,7 +27,7 @@ from deva.cli.common import one_line, output_folder
 from deva.config import ConfigError, builder, compose
 from deva.config.schema import EvaluateConfig, parse
 from deva.inference.propagator import Propagator
-from deva.io.masks import write_mask_png
+from deva.io import davis
 from deva.pipelines.dataset_tracking import track_dataset
 from deva.pipelines.vos import (
     VOSVideo,
@@ -127,7 +127,6 @@ def run_vos(config: EvaluateConfig) -> int:
     )
     start, frames = time.perf_counter(), 0
     for video in tqdm(videos, desc="videos", unit="video", position=0):
-        target = out / video.name
         for name, ids in tqdm(
             segment_video(propagator, video, shorter_side=config.size),
             desc=video.name,
@@ -135,7 +134,7 @@ def run_vos(config: EvaluateConfig) -> int:
             leave=False,
             position=1,
         ):
-            write_mask_png(target / f"{name}.png", ids)
+            davis.write_prediction(out, video.name, name, ids)
             frames += 1
     elapsed = time.perf_counter() - start
     print(

@@ -8,6 +8,7 @@ config: tools pass explicit arguments.
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -55,6 +56,13 @@ def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
             cfg = hydra_compose(config_name=name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
         first = str(error).strip().splitlines()[0]
+        unknown = re.match(r"Could not override '([^']+)'", first)
+        if unknown:
+            key = unknown.group(1)
+            raise ConfigError(
+                f"unknown options ['{key}'] (not a key of {name}.yaml; to add a new key write "
+                f"+{key}=...)"
+            ) from None
         raise ConfigError(f"bad configuration: {first}") from None
     OmegaConf.set_readonly(cfg, True)
     return cfg

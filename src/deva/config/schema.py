@@ -171,6 +171,51 @@ class ValidateConfig:
     trainer: dict[str, Any]
 
 
+@dataclass
+class BenchmarkConfig:
+    """``deva-benchmark`` / ``tools/benchmark.py`` (``benchmark.yaml``); see :mod:`deva.bench`."""
+
+    suite: Any  # a name, a list of names or null
+    tasks: Any
+    presets: Any  # a preset name or a list
+    size: int
+    frames: int
+    warmup: int
+    objects: int
+    device: str
+    amp: str
+    compile: Any  # auto | true | false
+    threads: int
+    quick: bool
+    out: str | None
+    seed: int
+    decisive_margin: float
+    decisive_margin_amp: float
+    weights: str
+    segments: int
+    tracker_detections: str
+    clip_size: int
+    detect_every: int
+    repeats: int
+    tracker_frames: int
+    tracker_size: int | None
+    memory_preset: str
+    memory_frames: int
+    memory_size: int
+    memory_record_every: int
+    rss_presets: Any
+    rss_frames: int
+    rss_modes: Any
+    plot: str | None
+    train_presets: Any
+    train_size: int
+    train_frames: int
+    train_batch: int
+    train_objects: int
+    train_steps: int
+    quick_settings: dict[str, Any]
+
+
 # ---- training ------------------------------------------------------------------------------
 @dataclass
 class LossSection:

@@ -116,13 +116,6 @@ def normalize_image(image: torch.Tensor) -> torch.Tensor:
     return (image - mean) / std
 
 
-def denormalize_image(image: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`normalize_image` (for visualising network inputs)."""
-    mean = image.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = image.new_tensor(IMAGENET_STD).view(3, 1, 1)
-    return image * std + mean
-
-
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize with antialiasing (align_corners off) of (..., C, H, W) float images."""
     if tuple(image.shape[-2:]) == tuple(size):

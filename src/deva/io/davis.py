@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deva.io.masks import read_index_png, write_index_png
+from deva.io.masks import read_index_png, write_mask_png
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ def read_predictions(
 
 
 def write_prediction(out_root: str | Path, sequence: str, name: str, mask: np.ndarray) -> Path:
-    """Write one predicted frame as ``<out_root>/<sequence>/<name>.png`` (DAVIS palette)."""
+    """Write one predicted frame as ``<out_root>/<sequence>/<name>.png``: the DAVIS palette
+    (RGB-encoded ids beyond 255, see :func:`deva.io.masks.write_mask_png`)."""
     path = Path(out_root) / sequence / f"{name}.png"
-    write_index_png(path, np.asarray(mask))
+    write_mask_png(path, np.asarray(mask))
     return path

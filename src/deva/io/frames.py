@@ -154,8 +154,3 @@ class FrameReader:
             index += 1
         if index == 0:
             raise ValueError(f"cannot decode any frame of video {self.source}")
-
-
-def iter_frames(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:
-    """Iterate ``(name, RGB uint8 (H, W, 3))`` over a frame folder or a video file."""
-    return iter(FrameReader(source))

@@ -14,13 +14,20 @@ frame, ``end()``; ``close()`` writes what is kept for the end and returns the pa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from deva.inference.tracker import TrackedFrame
-from deva.io.burst import BurstSequence, encode_rle, load_burst, write_burst
+from deva.io.burst import (
+    BurstSequence,
+    encode_rle,
+    load_burst,
+    prediction_sequence,
+    write_burst,
+)
 from deva.io.detections import write_frame_segmentation
 from deva.io.vipseg import PredictionWriter
 from deva.pipelines.inputs import VideoSource
@@ -124,38 +131,42 @@ class BurstWriter:
 
     def start(self, video: VideoSource) -> None:
         parts = PurePosixPath(video.name).parts
-        dataset = parts[0] if len(parts) > 1 else ""
-        seq_name = "/".join(parts[1:]) if len(parts) > 1 else parts[-1]
         template = self.gt.get(video.name) if self.gt else None
         self.annotated = set(template.annotated_image_paths) if template else None
-        self.current = BurstSequence(
-            id=template.id if template else len(self.sequences) + 1,
-            dataset=template.dataset if template else dataset,
-            seq_name=template.seq_name if template else seq_name,
-            width=template.width if template else None,
-            height=template.height if template else None,
+        self.template = template or BurstSequence(
+            id=len(self.sequences) + 1,
+            dataset=parts[0] if len(parts) > 1 else "",
+            seq_name="/".join(parts[1:]) if len(parts) > 1 else parts[-1],
+            width=None,
+            height=None,
             annotated_image_paths=[],
             segmentations=[],
         )
+        self.paths: list[str] = []
+        self.frames: list[dict[int, dict[str, Any]]] = []
 
     def add(self, frame: TrackedFrame, file_name: str) -> None:
         if self.annotated is not None and file_name not in self.annotated:
             return
         ids = frame.mask.numpy()
-        tracks: dict[str, dict[str, Any]] = {}
-        for seg in frame.segments:
-            key = str(int(seg.id))
-            score = 1.0 if seg.score is None else float(seg.score)
-            tracks[key] = {"rle": encode_rle(ids == seg.id), "score": score}
-            if seg.category_id is not None:
-                self.current.track_category_ids.setdefault(key, int(seg.category_id))
-        if self.current.height is None:
-            self.current.height, self.current.width = (int(v) for v in ids.shape)
-        self.current.annotated_image_paths.append(file_name)
-        self.current.segmentations.append(tracks)
+        if self.template.height is None:
+            height, width = (int(v) for v in ids.shape)
+            self.template = replace(self.template, height=height, width=width)
+        tracks = {
+            int(seg.id): {
+                "rle": encode_rle(ids == seg.id),
+                "score": 1.0 if seg.score is None else float(seg.score),
+                "category_id": seg.category_id,
+            }
+            for seg in frame.segments
+        }
+        self.paths.append(file_name)
+        self.frames.append(tracks)
 
     def end(self) -> None:
-        self.sequences.append(self.current)
+        self.sequences.append(
+            prediction_sequence(self.template, self.frames, image_paths=self.paths)
+        )
 
     def close(self) -> list[Path]:
         return [write_burst(self.path, self.sequences, split=self.split)]

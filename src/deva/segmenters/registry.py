@@ -64,7 +64,7 @@ def build_segmenter(
         folder = detections or options.pop("detections", None)
         if not folder:
             raise ValueError("detections=DIR is required with segmenter=precomputed")
-        _check_options(name, options, PrecomputedSegmenter.__init__)
+        _check_options(name, options, PrecomputedSegmenter)
         return PrecomputedSegmenter(folder, **options)
     if name in PROMPTED and not prompt:
         raise ValueError(f'segmenter={name} needs a text prompt, e.g. prompt="person. dog."')
@@ -76,7 +76,7 @@ def build_segmenter(
     }
     load, sources, signatures = _LOADERS[name]
     positional = [options.pop(key, default) for key, default in sources]
-    _check_options(name, options, *signatures)
+    _check_options(name, options, *signatures, models=tuple(key for key, _ in sources))
     extra = {"prompt": prompt} if name in PROMPTED else {}
     return load(*positional, **common, **extra, **options)
 
@@ -86,40 +86,47 @@ _LOADERS: dict[str, tuple[Callable[..., ImageSegmenter], tuple[tuple[str, str], 
     "sam": (
         SamAutomaticSegmenter.from_pretrained,
         (("model", "facebook/sam-vit-base"),),
-        (SamAutomaticSegmenter.from_pretrained, SamAutomaticSegmenter.__init__),
+        (SamAutomaticSegmenter.from_pretrained, SamAutomaticSegmenter),
     ),
     "grounded_sam": (
         GroundedSamSegmenter.from_pretrained,
         (("model", "IDEA-Research/grounding-dino-tiny"), ("sam_model", "facebook/sam-vit-base")),
-        (GroundedSamSegmenter.from_pretrained, GroundedSamSegmenter.__init__),
+        (GroundedSamSegmenter.from_pretrained, GroundedSamSegmenter),
     ),
     "mask2former": (
         Mask2FormerSegmenter.from_pretrained,
         (("model", DEFAULT_MASK2FORMER),),
-        (Mask2FormerSegmenter.from_pretrained, Mask2FormerSegmenter.__init__),
+        (Mask2FormerSegmenter.from_pretrained, Mask2FormerSegmenter),
     ),
     "oneformer": (
         OneFormerSegmenter.from_pretrained,
         (("model", DEFAULT_ONEFORMER),),
-        (OneFormerSegmenter.from_pretrained, OneFormerSegmenter.__init__),
+        (OneFormerSegmenter.from_pretrained, OneFormerSegmenter),
     ),
 }
 
 
-def _check_options(name: str, options: Mapping[str, Any], *functions: Callable) -> None:
-    """ValueError naming the first option none of ``functions`` takes as a keyword."""
+def _check_options(
+    name: str, options: Mapping[str, Any], *sources: Callable | type, models: tuple[str, ...] = ()
+) -> None:
+    """ValueError naming the first option no keyword of ``sources`` takes (a class stands for
+    the ``__init__`` of every class it derives from, which ``**options`` reach); ``models``
+    are the options naming the model files (already taken)."""
+    functions: list[Callable] = []
+    for source in sources:
+        if isinstance(source, type):
+            functions += [c.__init__ for c in source.__mro__ if "__init__" in vars(c)]
+        else:
+            functions.append(source)
     known: set[str] = set()
     for function in functions:
         for parameter in inspect.signature(function).parameters.values():
-            if parameter.kind is parameter.KEYWORD_ONLY or (
-                parameter.kind is parameter.POSITIONAL_OR_KEYWORD
-                and parameter.default is not parameter.empty
-            ):
+            if parameter.kind is parameter.KEYWORD_ONLY:
                 known.add(parameter.name)
-    known -= {"self", "device", "dtype", "local_files_only", "prompt"}
+    known -= {"device", "dtype", "local_files_only", "prompt"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(
             f"segmenter.{unknown[0]}: not an option of segmenter {name} "
-            f"(options: {', '.join(sorted(known))})"
+            f"(options: {', '.join(sorted(known | set(models)))})"
         )
