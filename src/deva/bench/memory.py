@@ -3,6 +3,7 @@ the peak RSS of each variant in a fresh process."""
 
 from __future__ import annotations
 
+import multiprocessing
 import resource
 import time
 from collections import defaultdict
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from PIL import Image, ImageDraw
 
 from deva.bench.common import RSS_VARIANTS, _model, _rss_mib, _steady_video, _width
 from deva.bench.tracker import ListSegmenter
@@ -130,7 +132,6 @@ def _peak_rss_child(options: dict[str, Any]) -> dict[str, float]:
 def bench_peak_rss(cfg: DictConfig, amp: torch.dtype | None) -> list[dict]:
     """Peak RSS per preset, mode (``rss_modes``) and variant, each run in its own process
     (``ru_maxrss`` is a per-process high-water mark). CPU only."""
-    import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     rows = []
@@ -170,7 +171,6 @@ def bench_peak_rss(cfg: DictConfig, amp: torch.dtype | None) -> list[dict]:
 
 def plot_memory_trace(result: dict, path: Path) -> None:
     """Two stacked line plots (RSS, stored elements) over frames, drawn with PIL."""
-    from PIL import Image, ImageDraw
 
     trace = result["trace"]
     frames = np.asarray(trace["frame"], dtype=float)

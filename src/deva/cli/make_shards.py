@@ -22,8 +22,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from omegaconf import OmegaConf
+from tqdm import tqdm
 
+from deva.data import shards, static, video
 from deva.data.sample import VideoRecord
+from deva.data.shards import write_shards
+from deva.data.synthetic import SyntheticVideoConfig
 
 DATASETS = ("static", "davis", "ytvos", "ovis", "synthetic")
 DEFAULT_SAMPLES_PER_SHARD = {"static": 1000, "synthetic": 50}
@@ -31,7 +35,6 @@ DEFAULT_SAMPLES_PER_SHARD = {"static": 1000, "synthetic": 50}
 
 def _records(args: dict[str, Any]) -> tuple[list[VideoRecord] | Iterable[VideoRecord], int]:
     """The records to pack and how many there are."""
-    from deva.data import shards, static, video
 
     dataset = args["dataset"]
     if dataset == "synthetic":
@@ -40,8 +43,6 @@ def _records(args: dict[str, Any]) -> tuple[list[VideoRecord] | Iterable[VideoRe
         size_keys = {"frames": "num_frames", "height": "height", "width": "width"}
         overrides = {size_keys[k]: int(v) for k, v in args.items() if k in size_keys}
         if overrides:
-            from deva.data.synthetic import SyntheticVideoConfig
-
             config = SyntheticVideoConfig(**overrides)
         return shards.synthetic_records(count, seed=int(args.get("seed", 0)), config=config), count
     root = args.get("root")
@@ -58,7 +59,6 @@ def _records(args: dict[str, Any]) -> tuple[list[VideoRecord] | Iterable[VideoRe
 
 
 def _progress(records: Iterable[VideoRecord], total: int) -> Iterator[VideoRecord]:
-    from tqdm import tqdm
 
     yield from tqdm(records, total=total, unit="sample", desc="packing")
 
@@ -83,7 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"packing {total} {dataset} samples from {args.get('root', '(generated)')} into "
             f"{output}/{prefix}-*.tar, {per_shard} per shard"
         )
-        from deva.data.shards import write_shards
 
         paths = write_shards(
             _progress(records, total), output, prefix=prefix, samples_per_shard=per_shard

@@ -25,7 +25,15 @@ from dataclasses import asdict, fields
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from deva.data.synthetic import SyntheticVideoConfig, write_synthetic_dataset
+from deva.data.synthetic import (
+    SyntheticVideoConfig,
+    generate_video,
+    prepare_output_dir,
+    video_name,
+    video_seed,
+    write_synthetic_dataset,
+)
+from deva.data.synthetic_benchmarks import write_burst_layout, write_vipseg_layout
 
 DEFAULTS = {
     "output": "outputs/synthetic",
@@ -117,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_benchmark(options: dict, config: SyntheticVideoConfig, start: float) -> int:
     """The VIPSeg / BURST layouts (see the module docstring)."""
-    from deva.data.synthetic import generate_video, prepare_output_dir, video_name, video_seed
-    from deva.data.synthetic_benchmarks import write_burst_layout, write_vipseg_layout
 
     try:
         root = prepare_output_dir(options["output"], overwrite=bool(options["overwrite"]))

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from deva.modeling.config import PropagationConfig
 
@@ -88,7 +89,6 @@ def download(
             log.info("server ignored the range request; restarting %s", url)
         length = response.headers.get("Content-Length")
         total = (int(length) + (offset if appending else 0)) if length else None
-        from tqdm import tqdm
 
         with (
             open(partial, "ab" if appending else "wb") as out,

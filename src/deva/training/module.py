@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from deva.data.sample import denormalise_frames
@@ -449,7 +451,6 @@ class PropagationTrainingModule(LightningModule):
     def _log_images(self, frames: torch.Tensor, masks: torch.Tensor, prob: torch.Tensor) -> None:
         if self.trainer is None or not self.trainer.is_global_zero:
             return
-        from lightning.pytorch.loggers import TensorBoardLogger
 
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -486,8 +487,6 @@ def clip_grid(frames: torch.Tensor, masks: torch.Tensor, predicted: torch.Tensor
 def _plain(value: Any) -> Any:
     """Convert OmegaConf containers (or anything nested) into dicts / lists / scalars."""
     try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
         if isinstance(value, DictConfig | ListConfig):
             return OmegaConf.to_container(value, resolve=True)
     except ImportError:  # pragma: no cover

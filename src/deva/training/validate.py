@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from deva.modeling.propagation import PropagationModel
 from deva.training.tasks.base import run_tasks
@@ -76,7 +77,6 @@ def find_checkpoints(run_dir: str | Path) -> list[CheckpointInfo]:
 
 def run_config(run_dir: Path | None, checkpoint: CheckpointInfo | None) -> dict[str, Any]:
     """The training config of a run: ``<run>/config.yaml``, else the checkpoint's copy."""
-    from omegaconf import OmegaConf
 
     if run_dir is not None and (run_dir / "config.yaml").is_file():
         loaded = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)

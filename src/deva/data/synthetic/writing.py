@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import cv2
+from tqdm import tqdm
 
 from deva.data.synthetic.config import SyntheticVideoConfig, frame_name, video_name, video_seed
 from deva.data.synthetic.video import SyntheticVideo, generate_video
@@ -97,8 +98,6 @@ def write_synthetic_dataset(
     names = [video_name(i) for i in range(num_videos)]
     iterator = range(num_videos)
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(iterator, desc="synthetic videos", unit="video")
     for i in iterator:
         video = generate_video(config, video_seed(seed, i))

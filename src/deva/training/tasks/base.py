@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import Metric
 
 from deva.modeling.propagation import PropagationModel
@@ -69,7 +70,6 @@ def run_tasks(
 
 def log_previews(loggers: Sequence[Any], tasks: Sequence[PredictionTask], step: int) -> None:
     """Log each task's latest picture (HWC uint8) to the TensorBoard loggers."""
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     for task in tasks:
         picture = getattr(task, "preview", None)
