@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 SCRIPT = """
 import importlib, pkgutil, sys

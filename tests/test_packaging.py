@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 CONFIGS = REPO / "src" / "deva" / "configs"
 pytestmark = pytest.mark.packaging
 

@@ -10,14 +10,7 @@ from deva.inference.memory import InferenceMemory, MemoryConfig
 from deva.inference.options import InferenceOptions
 from deva.inference.preprocess import image_to_tensor, normalize_image
 from deva.inference.propagator import Propagator
-from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
-
-
-@pytest.fixture(scope="module")
-def model() -> PropagationModel:
-    torch.manual_seed(0)
-    return PropagationModel(PropagationConfig.preset("tiny")).eval()
 
 
 def _first_mask(h: int = 40, w: int = 56) -> torch.Tensor:

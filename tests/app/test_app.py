@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-import av
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -20,6 +19,7 @@ from pycocotools import mask as mask_utils
 from deva.data.synthetic import SyntheticVideoConfig, generate_video
 from deva.io.masks import read_mask_png
 from deva.io.video import write_mp4
+from tests.helpers import mp4_info
 
 H, W, T, FPS = 48, 64, 5, 12
 TIMEOUT_S = 240.0
@@ -117,13 +117,6 @@ def predict(api, *args, progress: list | None = None):
         while not updates.empty():
             progress.extend(getattr(updates.get_nowait(), "progress_data", None) or [])
     return result
-
-
-def mp4_info(path: Path) -> tuple[int, float, tuple[int, int]]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        return len(frames), float(stream.average_rate), frames[0].shape[:2]
 
 
 def check_zip(archive: Path, folder: Path) -> dict:

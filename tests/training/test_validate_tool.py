@@ -3,7 +3,6 @@ after it (tools/validate.py over a run's checkpoints, 1 and 2 processes)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,24 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import threads
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deva.cli.train import VALIDATION_HISTORY, summary_lines, train
 from deva.config import compose
 from deva.data.synthetic import SyntheticVideoConfig, generate_video, video_name, video_seed
 from deva.data.synthetic_benchmarks import write_vipseg_layout
+from tests.helpers import REPO, load_tool, threads
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tools" / "validate.py"
+SCRIPT = REPO / "tools" / "validate.py"
 VIDEO = SyntheticVideoConfig(num_frames=6, height=64, width=96, num_objects=3)
-
-
-def _validate_tool():
-    spec = importlib.util.spec_from_file_location("validate_tool", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,7 +86,7 @@ def test_training_logs_vpq_and_stq_of_the_decoupled_loop(run) -> None:
 
 def test_validate_scores_every_checkpoint_of_a_run(run, capsys) -> None:
     out, result = run
-    tool = _validate_tool()
+    tool = load_tool("validate")
     assert tool.main([f"run={out}", "threads=1"]) == 0
     printed = capsys.readouterr().out
     records = json.loads((out / "validation.json").read_text())
@@ -125,7 +116,7 @@ def test_validate_scores_every_checkpoint_of_a_run(run, capsys) -> None:
 
 def test_validate_one_checkpoint_with_an_added_set(run, vip, tmp_path: Path, capsys) -> None:
     out, _ = run
-    tool = _validate_tool()
+    tool = load_tool("validate")
     ckpt = out / "checkpoints" / "step_0000001.ckpt"
     args = [f"ckpt={ckpt}", "threads=1", f"output={tmp_path}", "sets=[extra]", "tensorboard=false"]
     extra = _vip_override(vip).replace("validation.sets.vip", "validation.sets.extra")
@@ -148,7 +139,7 @@ def test_validate_bad_input_is_one_line(run, capsys, args, message) -> None:
     out, _ = run
     if not any(a.startswith("run=") for a in args) and args != ["threads=1"]:
         args = [f"run={out}", *args]
-    assert _validate_tool().main(args) == 2
+    assert load_tool("validate").main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
 

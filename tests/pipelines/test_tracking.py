@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,26 +15,19 @@ from pycocotools import mask as mask_utils
 from deva.data.synthetic import SyntheticVideoConfig, write_synthetic_dataset
 from deva.io.masks import read_id_png, read_mask_png
 from deva.io.video import write_mp4
+from tests.helpers import REPO, load_tool
 
-REPO = Path(__file__).resolve().parents[1]
 H, W, T = 64, 96, 8
-
-
-def _tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def evaluate() -> ModuleType:
-    return _tool("evaluate")
+    return load_tool("evaluate")
 
 
 @pytest.fixture(scope="module")
 def track() -> ModuleType:
-    return _tool("track")
+    return load_tool("track")
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,10 @@ import torch
 from deva.inference.memory import MemoryConfig
 from deva.inference.options import InferenceOptions
 from deva.inference.propagator import Propagator, reference_alignment
-from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 from deva.types import Segment, Segmentation
 
 H, W = 40, 56
-
-
-@pytest.fixture(scope="module")
-def model() -> PropagationModel:
-    torch.manual_seed(0)
-    return PropagationModel(PropagationConfig.preset("tiny")).eval()
 
 
 def _frames(n: int, seed: int = 0) -> list[torch.Tensor]:

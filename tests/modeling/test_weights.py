@@ -17,8 +17,8 @@ from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 from deva.modeling.resnet import ResNetTrunk
 from deva.modeling.weights import init_from_imagenet, save_weights
+from tests.helpers import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "formats" / "reference_check"
 
 DTYPES = {"float32": torch.float32, "int64": torch.int64}

@@ -21,8 +21,6 @@ from deva.segmenters.hf import (
 )
 from deva.types import ImageSegmenter, Segment
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def image(height: int = 45, width: int = 70, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)

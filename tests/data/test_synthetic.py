@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 from pathlib import Path
@@ -20,9 +19,9 @@ from deva.data.synthetic import (
 from deva.io.detections import read_frame_segmentation
 from deva.io.frames import read_frame
 from deva.io.masks import read_index_png
+from tests.helpers import load_tool
 
 SMALL = SyntheticVideoConfig(num_frames=12, height=64, width=96)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -214,16 +213,8 @@ def test_refuses_to_overwrite(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "JPEGImages").iterdir()] == ["video_000"]
 
 
-def _cli():
-    path = ROOT / "tools" / "make_synthetic.py"
-    spec = importlib.util.spec_from_file_location("make_synthetic", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cli = _cli()
+    cli = load_tool("make_synthetic")
     out = tmp_path / "out"
     args = [f"output={out}", "num_videos=1", "num_frames=4", "height=48", "width=64", "seed=2"]
     assert cli.main(args) == 0

@@ -3,7 +3,6 @@ output keys, and one-line error exits."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -15,19 +14,10 @@ import pytest
 
 from deva.io import burst, davis, vipseg
 from deva.io.masks import write_id_png, write_index_png
+from tests.helpers import REPO, load_tool
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tools" / "score.py"
-
-
-def _load_score():
-    spec = importlib.util.spec_from_file_location("score_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-score = _load_score()
+SCRIPT = REPO / "tools" / "score.py"
+score = load_tool("score")
 
 
 def run_inprocess(capsys, *args: str) -> tuple[int, dict | None, str]:

@@ -4,11 +4,9 @@ fail at start-up, and the picture of the first video is made."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -30,17 +28,10 @@ from deva.training.tasks.base import run_tasks
 from deva.training.tasks.burst import BurstTask
 from deva.training.tasks.panoptic import SyntheticPanopticTask, VipsegTask
 from deva.types import empty_segmentation
+from tests.helpers import EMBEDDED, load_tool
 
-ROOT = Path(__file__).resolve().parents[1]
 VIDEO = SyntheticVideoConfig(num_frames=8, height=64, width=96, num_objects=3)
 TRACKER = {"size": -1, "mode": "semionline", "detect_every": 2, "clip_size": 2}
-
-
-def _tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -75,7 +66,7 @@ def burst_set(tmp_path_factory, videos) -> dict[str, Path]:
 
 def _offline(capsys, tmp_path: Path, weights: Path, benchmark: str, paths, *extra: str) -> Path:
     out = tmp_path / f"offline_{benchmark}"
-    code = _tool("evaluate").main(
+    code = load_tool("evaluate").main(
         [
             f"benchmark={benchmark}",
             f"data.images={paths['images']}",
@@ -95,7 +86,7 @@ def _offline(capsys, tmp_path: Path, weights: Path, benchmark: str, paths, *extr
 
 
 def _score(capsys, *args: str) -> dict:
-    code = _tool("score").main(list(args))
+    code = load_tool("score").main(list(args))
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return json.loads(captured.out)
@@ -128,7 +119,7 @@ def test_vipseg_task_equals_evaluate_and_score(
 
 
 def test_burst_task_equals_evaluate_and_score(tmp_path: Path, capsys, burst_set) -> None:
-    weights = ROOT / "checkpoints" / "deva-small-synthetic.pth"  # trained: tracks find objects
+    weights = EMBEDDED  # trained: tracks find objects
     spec = {"type": "burst", **{k: str(v) for k, v in burst_set.items()}, **TRACKER}
     (task,) = validation_tasks({"ow": spec})
     assert isinstance(task, BurstTask)
@@ -187,7 +178,7 @@ def test_trained_weights_score_higher_vpq_than_random() -> None:
     spec = {"type": "synthetic_panoptic", "num_videos": 1, "seed": 11, "num_frames": 12,
             "height": 96, "width": 128, "preview_frames": 0}  # fmt: skip
     (task,) = validation_tasks({"p": spec})
-    trained = PropagationModel.from_pretrained(ROOT / "checkpoints" / "deva-small-synthetic.pth")
+    trained = PropagationModel.from_pretrained(EMBEDDED)
     torch.manual_seed(0)
     random = PropagationModel(trained.config)
     good = run_tasks(trained.float(), [task])["val/p/vpq"]
@@ -274,7 +265,7 @@ def test_missing_frame_of_the_ground_truth(tmp_path: Path, vipseg_set) -> None:
 
 
 def test_make_synthetic_writes_benchmark_layouts_that_validate(tmp_path: Path, capsys) -> None:
-    tool = _tool("make_synthetic")
+    tool = load_tool("make_synthetic")
     common = ["num_videos=1", "num_frames=4", "height=48", "width=64"]
     assert tool.main([f"output={tmp_path / 'v'}", "format=vipseg", *common]) == 0
     assert tool.main([f"output={tmp_path / 'b'}", "format=burst", *common]) == 0

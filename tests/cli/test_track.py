@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -17,17 +16,14 @@ from pycocotools import mask as mask_utils
 from deva.data.synthetic import SyntheticVideoConfig, generate_video, write_synthetic_video
 from deva.io.masks import read_mask_png
 from deva.io.video import read_video, write_mp4
+from tests.helpers import load_tool, mp4_info
 
-REPO = Path(__file__).resolve().parents[1]
 H, W, T, FPS = 48, 64, 5, 12
 
 
 @pytest.fixture(scope="module")
 def track() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_tool_track", REPO / "tools" / "track.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("track")
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +68,6 @@ def error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
-
-
-def mp4_info(path: Path) -> tuple[int, float, tuple[int, int]]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        return len(frames), float(stream.average_rate), frames[0].shape[:2]
 
 
 def check_outputs(out: Path, names: list[str], fps: float, size: tuple[int, int]) -> dict:

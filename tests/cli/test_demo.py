@@ -11,9 +11,7 @@ from PIL import Image
 
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
-
-REPO = Path(__file__).resolve().parents[1]
-EMBEDDED = REPO / "checkpoints" / "deva-small-synthetic.pth"
+from tests.helpers import EMBEDDED, REPO
 
 
 def test_embedded_checkpoint_is_the_small_model() -> None:

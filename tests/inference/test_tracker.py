@@ -11,17 +11,10 @@ import torch
 from deva.data.synthetic import SyntheticVideoConfig, frame_name, generate_video
 from deva.inference.tracker import DecoupledTracker, TrackedFrame, key_frame_candidates
 from deva.inference.tracker_config import TrackerConfig, TrackingMode
-from deva.modeling.config import PropagationConfig
-from deva.modeling.propagation import PropagationModel
 from deva.types import Segment, Segmentation
+from tests.helpers import ListSegmenter
 
 H, W, T = 96, 128, 12
-
-
-@pytest.fixture(scope="module")
-def model() -> PropagationModel:
-    torch.manual_seed(0)
-    return PropagationModel(PropagationConfig.preset("tiny")).eval()
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +23,6 @@ def video():
         num_frames=T, height=H, width=W, num_objects=3, num_stuff_regions=2
     )
     return generate_video(config, seed=0)
-
-
-class ListSegmenter:
-    """Serves a list of per-frame segmentations by frame name and counts the calls."""
-
-    def __init__(self, segmentations: list[Segmentation]) -> None:
-        self.segmentations = segmentations
-        self.calls: list[str] = []
-
-    def __call__(self, image: np.ndarray, *, frame_name: str | None = None) -> Segmentation:
-        self.calls.append(frame_name)
-        return self.segmentations[int(frame_name)]
 
 
 def _frames(video, count: int | None = None) -> list[tuple[str, np.ndarray]]:

@@ -28,17 +28,11 @@ from deva.inference.preprocess import (
 from deva.inference.propagator import Propagator
 from deva.inference.tracker import DecoupledTracker, TrackedFrame
 from deva.inference.tracker_config import TrackerConfig, TrackingMode
-from deva.modeling.config import PropagationConfig
-from deva.modeling.propagation import PropagationModel, aggregate_probabilities
+from deva.modeling.propagation import aggregate_probabilities
 from deva.types import Segment, Segmentation
+from tests.helpers import ListSegmenter
 
 H, W, T = 96, 128, 12
-
-
-@pytest.fixture(scope="module")
-def model() -> PropagationModel:
-    torch.manual_seed(0)
-    return PropagationModel(PropagationConfig.preset("tiny")).eval()
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +41,6 @@ def video():
         num_frames=T, height=H, width=W, num_objects=3, num_stuff_regions=2
     )
     return generate_video(config, seed=0)
-
-
-class ListSegmenter:
-    """Serves a list of per-frame segmentations by frame name and records the calls."""
-
-    def __init__(self, segmentations: list[Segmentation]) -> None:
-        self.segmentations = segmentations
-        self.calls: list[int] = []
-
-    def __call__(self, image: np.ndarray, *, frame_name: str | None = None) -> Segmentation:
-        self.calls.append(int(frame_name))
-        return self.segmentations[int(frame_name)]
 
 
 def _frames(video, count: int = T) -> list[tuple[str, np.ndarray]]:
@@ -308,7 +290,7 @@ def test_clip_schedule(
     results = list(tracker.stream(_frames(video)))
     _check_order(results, T)
     assert merged == merges
-    assert sorted(segmenter.calls) == detected
+    assert sorted(segmenter.indices) == detected
 
 
 def test_semi_online_with_short_clips_releases_frames_per_clip(model, video) -> None:
@@ -327,7 +309,7 @@ def test_video_shorter_than_a_clip_is_one_clip(model, video, monkeypatch) -> Non
     results = list(tracker.stream(_frames(video, 3)))
     _check_order(results, 3)
     assert merged == [0]
-    assert sorted(segmenter.calls) == [0, 1, 2]
+    assert sorted(segmenter.indices) == [0, 1, 2]
 
 
 # ---- rule 7: max_objects discards all detections of a merge --------------------------------

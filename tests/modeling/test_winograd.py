@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -26,6 +24,7 @@ from deva.modeling.winograd import (
     winograd_conv3x3,
     worth_winograd,
 )
+from tests.helpers import EMBEDDED
 
 
 def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -198,9 +197,6 @@ def test_options_and_refusals() -> None:
             PropagationModel(PropagationConfig.preset("tiny")),
             options=InferenceOptions(winograd=True, autocast=torch.bfloat16),
         )
-
-
-EMBEDDED = Path(__file__).resolve().parents[1] / "checkpoints" / "deva-small-synthetic.pth"
 
 
 def test_trained_model_masks_match_direct_convolutions() -> None:

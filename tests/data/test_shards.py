@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,8 @@ from deva.data.shards import (
 from deva.data.static import PseudoVideoSampler, StaticPseudoVideoDataset, scan_image_pairs
 from deva.data.video import ClipSampler, VOSVideoDataset, davis_records
 from deva.io.masks import write_index_png
+from tests.helpers import load_tool
 
-REPO = Path(__file__).resolve().parents[1]
 COLOURS = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
 
 
@@ -220,15 +219,8 @@ def test_datamodule_reads_folders_and_shards(tmp_path: Path) -> None:
         VOSDataModule(shard_urls=str(tmp_path / "shards"), **common)
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("make_shards", REPO / "tools/make_shards.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_make_shards_command_line(tmp_path: Path, capsys) -> None:
-    tool = load_tool()
+    tool = load_tool("make_shards")
     root = make_davis(tmp_path / "DAVIS")
     status = tool.main(
         ["dataset=davis", f"root={root}", f"output={tmp_path / 'out'}", "samples_per_shard=2"]
@@ -246,7 +238,7 @@ def test_make_shards_command_line(tmp_path: Path, capsys) -> None:
 
 def test_make_shards_synthetic(tmp_path: Path) -> None:
     pytest.importorskip("deva.data.synthetic")
-    tool = load_tool()
+    tool = load_tool("make_shards")
     status = tool.main(
         ["dataset=synthetic", "num_videos=2", "frames=4", "height=48", "width=64",
          f"output={tmp_path}"]

@@ -15,8 +15,8 @@ from PIL import Image
 from deva.data.synthetic import SyntheticVideoConfig, write_synthetic_dataset
 from deva.io.masks import read_index_png, write_index_png
 from deva.modeling.inference_model import cpu_supports_bf16
+from tests.helpers import EMBEDDED, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "evaluate.py"
 
 
@@ -177,7 +177,7 @@ def test_first_frame_mask_is_resized_with_pixel_centre_nearest() -> None:
 def test_bf16_on_the_cpu_matches_fp32_masks(synthetic: Path, tmp_path: Path) -> None:
     """``amp=bf16`` on the CPU (channels-last bf16 path) against the default fp32 path
     (Winograd) with the embedded trained checkpoint: nearly the same masks."""
-    weights = REPO / "checkpoints" / "deva-small-synthetic.pth"
+    weights = EMBEDDED
     outs = {}
     for amp in ("none", "bf16"):
         outs[amp] = tmp_path / amp
