@@ -1,4 +1,4 @@
-"""Run the propagation model over a benchmark and write its official output format.
+r"""Run the propagation model over a benchmark and write its official output format.
 
     deva-evaluate benchmark=davis|ytvos|generic data.root=DIR output=DIR \
         model.weights=FILE [size=480] [use_all_masks=true]

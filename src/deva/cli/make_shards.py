@@ -1,4 +1,4 @@
-"""Pack a training dataset into webdataset tar shards (raw, un-augmented).
+r"""Pack a training dataset into webdataset tar shards (raw, un-augmented).
 
     deva-make-shards dataset=static|davis|ytvos|ovis|synthetic root=DIR output=DIR \
         [samples_per_shard=N] [prefix=NAME] [split=train] [num_videos=N] [seed=S]

@@ -1,4 +1,4 @@
-"""Generate a synthetic DAVIS-style dataset with simulated image-model detections.
+r"""Generate a synthetic DAVIS-style dataset with simulated image-model detections.
 
 Usage (OmegaConf dotlist overrides, all optional):
 

@@ -1,4 +1,4 @@
-"""Track every object of your own video with an image segmenter + the propagation model.
+r"""Track every object of your own video with an image segmenter + the propagation model.
 
     deva-track input=VIDEO_OR_FRAME_DIR output=DIR \
         segmenter=sam|grounded_sam|mask2former|oneformer|precomputed [prompt="a. b."] \

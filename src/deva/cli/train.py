@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     try:
-        cfg = compose("train", quote_paths(argv, ("ckpt_path", "output_dir", "model.weights")))
+        paths = ("ckpt_path", "output_dir", "model.weights", "data.urls")
+        cfg = compose("train", quote_paths(argv, paths))
         result = train(cfg)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"train: {error}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Score the checkpoints of a training run (or one checkpoint) on validation sets.
+r"""Score the checkpoints of a training run (or one checkpoint) on validation sets.
 
     deva-validate run=OUTPUT_DIR | ckpt=FILE [sets=[panoptic,vip]] \
         [+validation.sets.vip={type: vipseg, images: DIR, gt: JSON, detections: DIR}] \

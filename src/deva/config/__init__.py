@@ -70,11 +70,12 @@ def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
 
 def quote_paths(overrides: list[str], keys: tuple[str, ...]) -> list[str]:
     """Quote the values of path-valued ``keys`` so that characters the override grammar
-    reserves (``=``, spaces, brackets, as in ``ckpt=run/step=100.ckpt``) survive."""
+    reserves (``=``, spaces, braces, as in ``ckpt=run/step=100.ckpt`` or shard patterns
+    ``x-{000..099}.tar``) survive; lists (``[a, b]``) and quoted values are left alone."""
     out = []
     for item in overrides:
         key, _, value = item.partition("=")
-        if key in keys and value and value[0] not in "'\"" and "'" not in value:
+        if key in keys and value and value[0] not in "'\"[" and "'" not in value:
             item = f"{key}='{value}'"
         out.append(item)
     return out

@@ -1,6 +1,6 @@
 """Frames to network inputs and network outputs back to frames.
 
-Network inputs follow one rule (see ARCHITECTURE.md, "Image side"): resize so the shorter
+Network inputs follow one rule (the published implementation's): resize so the shorter
 side is ``shorter_side`` (480 by default, ``-1`` keeps the original size) and the longer side
 is ``floor(shorter_side * long / short)``, bilinear with antialiasing for images and
 pixel-centre nearest (``nearest-exact``) for masks; ImageNet normalisation; zero padding to a

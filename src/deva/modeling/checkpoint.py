@@ -8,7 +8,8 @@ Recognised checkpoint formats (sniffed, then loaded strictly with ``weights_only
   :func:`deva.modeling.weights.save_weights`);
 - plain state dicts, optionally with a DDP ``module.`` prefix.
 
-A URL or the bare published file name is downloaded once into the cache.
+A URL is downloaded once into the cache; the bare published file name then finds the cached
+copy (offline, the error names where to get it).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def download(
 
 
 def resolve_path(path_or_url: str | Path) -> Path:
-    """A local path for a local file, a URL, or a published file name (downloaded)."""
+    """A local path for a local file, a URL (downloaded) or a published file name (cached)."""
     if is_url(path_or_url):
         return download(str(path_or_url))
     path = Path(path_or_url)
