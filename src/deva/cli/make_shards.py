@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from deva.config import compose, quote_paths
+from deva.config.schema import MakeShardsConfig, parse
 from deva.data import shards, static, video
 from deva.data.sample import VideoRecord
 from deva.data.shards import write_shards
@@ -31,31 +31,27 @@ from deva.data.synthetic import SyntheticVideoConfig
 
 DATASETS = ("static", "davis", "ytvos", "ovis", "synthetic")
 DEFAULT_SAMPLES_PER_SHARD = {"static": 1000, "synthetic": 50}
+PATHS = ("root", "output")
 
 
-def _records(args: dict[str, Any]) -> tuple[list[VideoRecord] | Iterable[VideoRecord], int]:
+def _records(args: MakeShardsConfig) -> tuple[list[VideoRecord] | Iterable[VideoRecord], int]:
     """The records to pack and how many there are."""
-
-    dataset = args["dataset"]
-    if dataset == "synthetic":
-        count = int(args.get("num_videos", 100))
-        config = None
-        size_keys = {"frames": "num_frames", "height": "height", "width": "width"}
-        overrides = {size_keys[k]: int(v) for k, v in args.items() if k in size_keys}
-        if overrides:
-            config = SyntheticVideoConfig(**overrides)
-        return shards.synthetic_records(count, seed=int(args.get("seed", 0)), config=config), count
-    root = args.get("root")
-    if not root:
-        raise ValueError(f"dataset={dataset} needs root=DIR")
-    if dataset == "static":
-        records = static.scan_image_pairs(root)
-    elif dataset == "davis":
-        split = args.get("split", "train")
-        records = video.davis_records(root, split=None if split in (None, "all") else str(split))
+    if args.dataset == "synthetic":
+        sizes = {"num_frames": args.frames, "height": args.height, "width": args.width}
+        overrides = {k: v for k, v in sizes.items() if v is not None}
+        config = SyntheticVideoConfig(**overrides) if overrides else None
+        records = shards.synthetic_records(args.num_videos, seed=args.seed, config=config)
+        return records, args.num_videos
+    if not args.root:
+        raise ValueError(f"dataset={args.dataset} needs root=DIR")
+    if args.dataset == "static":
+        found = static.scan_image_pairs(args.root)
+    elif args.dataset == "davis":
+        split = None if args.split in (None, "all") else args.split
+        found = video.davis_records(args.root, split=split)
     else:
-        records = video.youtube_records(root, dataset=dataset)
-    return records, len(records)
+        found = video.youtube_records(args.root, dataset=args.dataset)
+    return found, len(found)
 
 
 def _progress(records: Iterable[VideoRecord], total: int) -> Iterator[VideoRecord]:
@@ -68,19 +64,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = OmegaConf.to_container(OmegaConf.from_dotlist(argv)) or {}
-        assert isinstance(args, dict)
-        dataset = args.get("dataset")
+        args = parse(MakeShardsConfig, compose("make_shards", quote_paths(argv, PATHS)))
+        dataset = args.dataset
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
-        output = args.get("output")
+        output = args.output
         if not output:
             raise ValueError("missing output=DIR")
-        per_shard = int(args.get("samples_per_shard", DEFAULT_SAMPLES_PER_SHARD.get(dataset, 20)))
-        prefix = str(args.get("prefix", dataset))
+        per_shard = args.samples_per_shard or DEFAULT_SAMPLES_PER_SHARD.get(dataset, 20)
+        prefix = args.prefix or dataset
         records, total = _records(args)
         print(
-            f"packing {total} {dataset} samples from {args.get('root', '(generated)')} into "
+            f"packing {total} {dataset} samples from {args.root or '(generated)'} into "
             f"{output}/{prefix}-*.tar, {per_shard} per shard"
         )
 

@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from deva.config import ConfigError, compose, quote_paths
+from deva.config.schema import ScoreConfig, parse
 from deva.io import burst, davis, vipseg
 from deva.metrics import scoring
 from deva.metrics._common import nan_to_none
@@ -54,20 +55,18 @@ def _progress(items: Sequence[Any], desc: str) -> Any:
     return tqdm(items, desc=desc, file=sys.stderr, disable=None, leave=False)
 
 
-def _required(cfg: DictConfig, key: str) -> str:
-    value = cfg.get(key)
+def _required(cfg: ScoreConfig, key: str) -> str:
+    value = getattr(cfg, key)
     if value in (None, ""):
         raise UsageError(f"missing {key}=PATH")
     return str(value)
 
 
-def score_jf(cfg: DictConfig) -> dict[str, Any]:
+def score_jf(cfg: ScoreConfig) -> dict[str, Any]:
     """DAVIS J&F (semi-supervised protocol) of a prediction folder."""
     root, pred = Path(_required(cfg, "gt")), Path(_required(cfg, "pred"))
-    split, year = str(cfg.get("split", "val")), int(cfg.get("year", 2017))
-    resolution = str(cfg.get("resolution", "480p"))
-    binary = bool(cfg.get("binary", year == 2016))
-    task = str(cfg.get("task", "semi-supervised"))
+    split, year, resolution, task = cfg.split, cfg.year, cfg.resolution, cfg.task
+    binary = year == 2016 if cfg.binary is None else cfg.binary
     if task not in ("semi-supervised", "unsupervised"):
         raise UsageError(f"task must be semi-supervised or unsupervised, got {task!r}")
     if not pred.is_dir():
@@ -110,8 +109,8 @@ def score_jf(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def _windows(cfg: DictConfig) -> tuple[int | None, ...]:
-    raw = cfg.get("windows", [1, 2, 4, 6, 8, 10, "inf"])
+def _windows(cfg: ScoreConfig) -> tuple[int | None, ...]:
+    raw = cfg.windows
     if isinstance(raw, str | int):
         raw = [raw]
     out: list[int | None] = []
@@ -126,8 +125,8 @@ def _windows(cfg: DictConfig) -> tuple[int | None, ...]:
     return tuple(out)
 
 
-def _vipseg_videos(cfg: DictConfig) -> tuple[vipseg.VipsegGroundTruth, Path, dict]:
-    gt = vipseg.load_ground_truth(_required(cfg, "gt"), str(cfg.get("split", "val")))
+def _vipseg_videos(cfg: ScoreConfig) -> tuple[vipseg.VipsegGroundTruth, Path, dict]:
+    gt = vipseg.load_ground_truth(_required(cfg, "gt"), cfg.split)
     pred_dir = Path(_required(cfg, "pred"))
     preds = vipseg.load_predictions(pred_dir)
     for video in gt.videos:
@@ -136,7 +135,7 @@ def _vipseg_videos(cfg: DictConfig) -> tuple[vipseg.VipsegGroundTruth, Path, dic
     return gt, pred_dir, preds
 
 
-def score_vpq(cfg: DictConfig) -> dict[str, Any]:
+def score_vpq(cfg: ScoreConfig) -> dict[str, Any]:
     """VPQ^k (all / things / stuff) and VPQ_bar of VIPSeg-format predictions."""
     gt, pred_dir, preds = _vipseg_videos(cfg)
     windows = _windows(cfg)
@@ -157,14 +156,14 @@ def score_vpq(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def score_stq(cfg: DictConfig) -> dict[str, Any]:
+def score_stq(cfg: ScoreConfig) -> dict[str, Any]:
     """STQ / AQ / SQ of VIPSeg-format predictions (deeplab2 definition)."""
     gt, pred_dir, preds = _vipseg_videos(cfg)
-    metric = scoring.stq_metric(gt.isthing, cfg.get("num_classes"))
+    metric = scoring.stq_metric(gt.isthing, cfg.num_classes)
     ids: dict[int, str] = {}
     for index, video in enumerate(_progress(gt.videos, "STQ")):
         gt_ids, pred_ids, gt_segs, pred_segs = vipseg.read_video(
-            gt, video, pred_dir, preds[video.video_id], strict=bool(cfg.get("strict", True))
+            gt, video, pred_dir, preds[video.video_id], strict=cfg.strict
         )
         try:
             scoring.update_stq(metric, gt_ids, pred_ids, gt_segs, pred_segs, index)
@@ -187,17 +186,17 @@ def _pred_json(path: Path) -> Path:
     return path
 
 
-def score_owta(cfg: DictConfig) -> dict[str, Any]:
+def score_owta(cfg: ScoreConfig) -> dict[str, Any]:
     """OWTA / DetRe / AssA of a BURST prediction json for all / common / uncommon classes."""
     gt_dir = Path(_required(cfg, "gt"))
     pred = burst.load_burst(_pred_json(Path(_required(cfg, "pred"))))
-    splits = cfg.get("splits", list(burst.SPLIT_FILES))
+    splits = cfg.splits
     splits = [splits] if isinstance(splits, str) else [str(s) for s in splits]
     unknown = [s for s in splits if s not in burst.SPLIT_FILES]
     if unknown:
         raise UsageError(f"unknown BURST class split(s) {unknown}; use {list(burst.SPLIT_FILES)}")
-    similarity = str(cfg.get("similarity", "box"))
-    max_dets = int(cfg.get("max_detections", burst.MAX_DETECTIONS))
+    similarity = cfg.similarity
+    max_dets = cfg.max_detections
     metric = OpenWorldTrackingAccuracy(splits=splits)
     per_sequence: dict[str, dict[str, Any]] = {}
     for split in splits:
@@ -223,11 +222,8 @@ SCORERS = {"jf": score_jf, "vpq": score_vpq, "stq": score_stq, "owta": score_owt
 
 def run(argv: Sequence[str]) -> dict[str, Any]:
     """Parse ``key=value`` arguments and return the JSON-ready result."""
-    try:
-        cfg = OmegaConf.from_dotlist(list(argv))
-    except Exception as error:  # omegaconf raises several grammar error types
-        raise UsageError(f"cannot parse arguments: {error}") from error
-    metric = str(cfg.get("metric", ""))
+    cfg = parse(ScoreConfig, compose("score", quote_paths(list(argv), ("gt", "pred", "out"))))
+    metric = cfg.metric or ""
     if metric not in SCORERS:
         raise UsageError(f"metric must be one of {'|'.join(METRICS)}, got {metric or 'nothing'!r}")
     result = {"metric": metric, **SCORERS[metric](cfg)}
@@ -245,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         result = run(argv)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         if isinstance(error, KeyError):
             message = f"missing key {message}"
@@ -253,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     text = json.dumps(result, allow_nan=False)
     print(text)
-    out = OmegaConf.from_dotlist(argv).get("out")
+    out = next((a.partition("=")[2] for a in argv if a.startswith("out=")), None)
     if out:
         Path(str(out)).parent.mkdir(parents=True, exist_ok=True)
         Path(str(out)).write_text(text + "\n")

@@ -216,6 +216,45 @@ class BenchmarkConfig:
     quick_settings: dict[str, Any]
 
 
+@dataclass
+class ScoreConfig:
+    """``deva-score`` / ``tools/score.py`` (``score.yaml``)."""
+
+    metric: str | None
+    gt: str | None
+    pred: str | None
+    out: str | None
+    verbose: bool
+    split: str
+    year: int
+    resolution: str
+    binary: bool | None
+    task: str
+    windows: Any  # window sizes: integers and inf
+    num_classes: int | None
+    strict: bool
+    splits: Any  # a split name or a list
+    similarity: str
+    max_detections: int
+
+
+@dataclass
+class MakeShardsConfig:
+    """``deva-make-shards`` / ``tools/make_shards.py`` (``make_shards.yaml``)."""
+
+    dataset: str | None
+    root: str | None
+    output: str | None
+    samples_per_shard: int | None
+    prefix: str | None
+    split: str | None
+    num_videos: int
+    seed: int
+    frames: int | None
+    height: int | None
+    width: int | None
+
+
 # ---- training ------------------------------------------------------------------------------
 @dataclass
 class LossSection:
