@@ -1,10 +1,83 @@
-"""What every command line shares: the output folder check and one-line error messages."""
+"""What every command line shares: one-line errors and their exit codes.
+
+A user error — a bad option, a missing or unreadable file, an unwritable output, a full disk,
+weights or checkpoints that are corrupt or of another architecture — ends a tool with one
+line on stderr and exit status 2; Ctrl+C with one line and status 130. Nothing else is
+printed: no traceback. The messages of the library's errors are written to be read alone.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from deva.config import ConfigError
+from deva.modeling.checkpoint import WeightsMismatchError
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a user error (bad option, unusable input or output) and of an interruption.
+USER_ERROR, INTERRUPTED = 2, 130
+
+#: The exceptions that are user errors; anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    ImportError,
+    WeightsMismatchError,
+    OSError,
+)
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an error's message (its type when it has none); disk and permission
+    errors say what happened to which file."""
+    if isinstance(error, OSError) and error.errno in _OS_ERRORS:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{_OS_ERRORS[error.errno]}{where}"
+    text = " ".join(str(error).split()) if isinstance(error, KeyError) else str(error).strip()
+    if isinstance(error, KeyError):
+        text = f"missing key {text}"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+_OS_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "cannot write to a read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def run_tool(
+    prefix: str,
+    body: Callable[[], object],
+    *,
+    interrupted: Callable[[], str] | None = None,
+) -> int:
+    """Run a tool's ``body``: 0 when it returns, 2 with ``<prefix> <one line>`` on stderr for a
+    user error, 130 with the ``interrupted()`` line (default ``interrupted``) on Ctrl+C."""
+    try:
+        body()
+    except KeyboardInterrupt:
+        message = interrupted() if interrupted is not None else "interrupted"
+        print(f"{prefix} {message}", file=sys.stderr)
+        return INTERRUPTED
+    except USER_ERRORS as error:
+        log.debug("user error", exc_info=True)
+        print(f"{prefix} {one_line(error)}", file=sys.stderr)
+        return USER_ERROR
+    return 0
 
 
 def output_folder(output: str | None, overwrite: bool) -> Path:
@@ -17,9 +90,3 @@ def output_folder(output: str | None, overwrite: bool) -> Path:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"output folder {out} is not empty; pass overwrite=true to write into it")
     return out
-
-
-def one_line(error: BaseException) -> str:
-    """The first line of an error's message (its type when it has none)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

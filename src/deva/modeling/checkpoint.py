@@ -36,7 +36,7 @@ PUBLISHED_URLS = {
 LIGHTNING_PREFIX = "model."
 
 
-class WeightsMismatchError(RuntimeError):
+class WeightsMismatchError(ValueError):
     """A checkpoint's parameters do not match the model's (names or shapes)."""
 
 
@@ -134,14 +134,43 @@ def read_checkpoint(
 ) -> tuple[dict[str, torch.Tensor], PropagationConfig | None]:
     """Load a checkpoint of any supported format as (network state dict, config or None)."""
     path = resolve_path(path_or_url)
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt / non-weight files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(
-            f"cannot read weights from {path}: {type(error).__name__}: {first_line}"
-        ) from None
+    obj = load_file(path, map_location=map_location, what="weights from")
     return split_checkpoint(obj, source=str(path))
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint (empty, truncated, not PyTorch, not tensors)."""
+
+
+def load_file(
+    path: str | Path, *, map_location: str | torch.device = "cpu", what: str = "checkpoint"
+) -> Any:
+    """``torch.load`` of a checkpoint file with tensors and plain data only
+    (``weights_only``); :class:`CheckpointError` saying what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what.split()[0]} file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read {what} {path}: the file is empty (0 bytes)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt / non-weight files
+        raise CheckpointError(f"cannot read {what} {path}: {_why(path, error)}") from None
+
+
+def _why(path: Path, error: Exception) -> str:
+    """What a failed ``torch.load`` says about the file, in one line of our own."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    text = str(error)
+    if head[:2] == b"PK" and ("central directory" in text or "zip archive" in text):
+        return "truncated or damaged (an incomplete download or copy?)"
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "it holds objects other than tensors and plain data (not a weights file)"
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        return "not a PyTorch checkpoint file"
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return f"{type(error).__name__}: {first}"
 
 
 def split_checkpoint(
