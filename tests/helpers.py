@@ -63,3 +63,12 @@ def mp4_info(path: Path) -> tuple[int, float, tuple[int, int]]:
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         return len(frames), float(stream.average_rate), frames[0].shape[:2]
+
+
+#: What every tool writes beside its results: the run's record and its file manifest.
+RUN_RECORDS = ("manifest.txt", "run.json")
+
+
+def results_in(folder: Path) -> list[str]:
+    """The names in ``folder`` other than the run's records, sorted."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in RUN_RECORDS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
@@ -11,11 +12,16 @@ import av
 import cv2
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 
 from deva.data.synthetic import SyntheticVideoConfig, generate_video, write_synthetic_video
 from deva.io.masks import read_mask_png
+from deva.io.outputs import OutputFolder
 from deva.io.video import read_video, write_mp4
+from deva.modeling.config import PropagationConfig
+from deva.modeling.propagation import PropagationModel
+from deva.modeling.weights import save_weights
 from tests.helpers import load_tool, mp4_info
 
 H, W, T, FPS = 48, 64, 5, 12
@@ -39,7 +45,7 @@ def clip(tmp_path_factory) -> dict[str, Path]:
     frames.mkdir()
     for t, frame in enumerate(video.frames):
         cv2.imwrite(str(frames / f"{t:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    write_synthetic_video(root / "syn", "v", video, config=config)
+    write_synthetic_video(OutputFolder(root / "syn", tool="test"), "v", video, config=config)
     dets = root / "syn" / "Detections" / "v"
     return {"mp4": root / "clip.mp4", "frames": frames, "dets": dets}
 
@@ -204,44 +210,51 @@ def test_prompt_required_and_offline_error(track, clip, tmp_path, capsys) -> Non
 
 def test_overwrite_and_resume(track, clip, tmp_path, capsys) -> None:
     out = tmp_path / "run"
-    common = [f"input={clip['frames']}", f"output={out}", f"detections={clip['dets']}",
-              "mode=online", "detect_every=2"]  # fmt: skip
-    code, _, err = run(track, capsys, *common)
+    torch.manual_seed(3)
+    weights = save_weights(PropagationModel(PropagationConfig.preset("tiny")), tmp_path / "w.pth")
+    common = [f"input={clip['frames']}", f"output={out}", "mode=online", "detect_every=2",
+              f"model.weights={weights}"]  # fmt: skip
+    code, _, err = run(track, capsys, *common, f"detections={clip['dets']}")
     assert code == 0, err
     first = {p.name: p.read_bytes() for p in (out / "masks").iterdir()}
     # a second run into the same folder is refused, with overwrite=true it replaces the first
-    code, _, err = run(track, capsys, *common)
+    code, _, err = run(track, capsys, *common, f"detections={clip['dets']}")
     assert code == 2 and "overwrite=true" in error_line(err)
+    # ... but never deletes a file no run wrote: it refuses and deletes nothing
     (out / "masks" / "stale.png").write_bytes(first["00000.png"])
-    code, _, err = run(track, capsys, *common, "overwrite=true")
+    code, _, err = run(track, capsys, *common, f"detections={clip['dets']}", "overwrite=true")
+    assert code == 2 and "no deva run wrote" in error_line(err)
+    assert (out / "masks" / "stale.png").exists() and (out / "masks" / "00000.png").exists()
+    (out / "masks" / "stale.png").unlink()
+    code, _, err = run(track, capsys, *common, f"detections={clip['dets']}", "overwrite=true")
     assert code == 0, err
-    assert not (out / "masks" / "stale.png").exists()
     # a complete run is not resumed
-    code, _, err = run(track, capsys, *common, "resume=true")
+    code, _, err = run(track, capsys, *common, f"detections={clip['dets']}", "resume=true")
     assert code == 2 and "already complete" in error_line(err)
 
-    # simulate an interruption after 3 frames, then resume
-    for name in ("00003", "00004"):
-        (out / "masks" / f"{name}.png").unlink()
-        (out / "masks" / f"{name}.json").unlink()
-    run_file = json.loads((out / "run.json").read_text())
-    run_file["state"] = "running"
-    (out / "run.json").write_text(json.dumps(run_file))
-    (out / "summary.json").unlink()
+    # a run that stops at frame 00004 (its detections are unreadable) after its state was
+    # saved at frame 4 resumes there and ends with exactly the masks of an uninterrupted run
+    dets = tmp_path / "dets"
+    shutil.copytree(clip["dets"], dets)
+    good = (dets / "00004.json").read_text()
+    (dets / "00004.json").write_text("{broken")
+    broken = [*common, f"detections={dets}", "state_every=2", "overwrite=true"]
+    code, _, err = run(track, capsys, *broken)
+    assert code == 2 and "00004" in error_line(err)
+    assert json.loads((out / "run.json").read_text())["state"].startswith("failed: ")
+    (dets / "00004.json").write_text(good)
     kept = {n: (out / "masks" / n).stat().st_mtime_ns for n in ("00000.png", "00002.json")}
+    again = [*common, f"detections={dets}", "state_every=2"]
     # other settings are refused
-    code, _, err = run(track, capsys, *common, "resume=true", "detect_every=3")
+    code, _, err = run(track, capsys, *again, "resume=true", "detect_every=3")
     assert code == 2 and "detect_every" in error_line(err)
-    code, stdout, err = run(track, capsys, *common, "resume=true")
+    code, stdout, err = run(track, capsys, *again, "resume=true")
     assert code == 0, err
-    assert "3 kept" in stdout
+    assert "4 kept" in stdout
     summary = check_outputs(out, [f"{t:05d}" for t in range(T)], 24.0, (H, W))
-    assert summary["resumed_frames"] == 3 and summary["frames_tracked"] == 2
+    assert summary["resumed_frames"] == 4 and summary["frames_tracked"] == 1
     assert {n: (out / "masks" / n).stat().st_mtime_ns for n in kept} == kept
-    # objects alive at frame 2 keep their ids at frame 3
-    ids2 = set(np.unique(read_mask_png(out / "masks" / "00002.png")).tolist()) - {0}
-    ids3 = set(np.unique(read_mask_png(out / "masks" / "00003.png")).tolist()) - {0}
-    assert ids2 & ids3
+    assert {p.name: p.read_bytes() for p in (out / "masks").iterdir()} == first
 
     # offline mode says why it cannot resume
     off = tmp_path / "off"

@@ -19,6 +19,7 @@ from deva.data.synthetic import (
 from deva.io.detections import read_frame_segmentation
 from deva.io.frames import read_frame
 from deva.io.masks import read_index_png
+from deva.io.outputs import OutputError
 from tests.helpers import load_tool
 
 SMALL = SyntheticVideoConfig(num_frames=12, height=64, width=96)
@@ -207,7 +208,7 @@ def test_written_layout(tmp_path: Path) -> None:
 
 def test_refuses_to_overwrite(tmp_path: Path) -> None:
     write_synthetic_dataset(tmp_path, SMALL, num_videos=2)
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(OutputError, match="overwrite"):
         write_synthetic_dataset(tmp_path, SMALL, num_videos=1)
     write_synthetic_dataset(tmp_path, SMALL, num_videos=1, overwrite=True)
     assert [p.name for p in (tmp_path / "JPEGImages").iterdir()] == ["video_000"]
@@ -219,7 +220,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = [f"output={out}", "num_videos=1", "num_frames=4", "height=48", "width=64", "seed=2"]
     assert cli.main(args) == 0
     assert len(list((out / "JPEGImages" / "video_000").glob("*.jpg"))) == 4
-    assert cli.main(args) == 1  # not empty
+    assert cli.main(args) == 2  # not empty
     assert "overwrite=true" in capsys.readouterr().err
     assert cli.main([*args, "overwrite=true", "num_objects=2"]) == 0
     assert cli.main([*args, "no_such_key=1"]) == 2

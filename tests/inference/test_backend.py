@@ -102,6 +102,13 @@ class CopyBackend:
         self.calls.append(f"align {len(sources)}")
         return [seg for _, seg in sources]
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"objects": self.objects.state_dict(), "masks": dict(self._masks)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.objects.load_state_dict(state["objects"])
+        self._masks = dict(state["masks"])
+
 
 class ScriptedSegmenter:
     """Detections per frame index: a large box that stays, and a smaller one that vanishes

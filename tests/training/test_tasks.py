@@ -55,6 +55,12 @@ def model(weights: Path) -> PropagationModel:
 
 
 @pytest.fixture(scope="module")
+def trained() -> PropagationModel:
+    """The embedded checkpoint: it tracks objects, so the scores compared are not all zero."""
+    return PropagationModel.from_pretrained(EMBEDDED)
+
+
+@pytest.fixture(scope="module")
 def vipseg_set(tmp_path_factory, videos) -> dict[str, Path]:
     return write_vipseg_layout(tmp_path_factory.mktemp("vipseg"), videos, VIDEO)
 
@@ -80,8 +86,8 @@ def _offline(capsys, tmp_path: Path, weights: Path, benchmark: str, paths, *extr
             *extra,
         ]
     )
-    capsys.readouterr()
-    assert code == 0
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
     return out
 
 
@@ -94,15 +100,15 @@ def _score(capsys, *args: str) -> dict:
 
 @pytest.mark.parametrize("layout", ["vipseg", "generic"])
 def test_vipseg_task_equals_evaluate_and_score(
-    tmp_path: Path, capsys, videos, weights: Path, model: PropagationModel, layout: str
+    tmp_path: Path, capsys, videos, trained: PropagationModel, layout: str
 ) -> None:
     paths = write_vipseg_layout(tmp_path / "set", videos, VIDEO, detections=layout)
     spec = {"type": "vipseg", **{k: str(v) for k, v in paths.items()}, **TRACKER}
     (task,) = validation_tasks({"vip": spec})
     assert isinstance(task, VipsegTask)
-    ours = run_tasks(model, [task])
+    ours = run_tasks(trained, [task])
 
-    out = _offline(capsys, tmp_path, weights, "vipseg", paths)
+    out = _offline(capsys, tmp_path, EMBEDDED, "vipseg", paths)
     vpq = _score(capsys, "metric=vpq", f"gt={paths['gt']}", f"pred={out}")
     stq = _score(capsys, "metric=stq", f"gt={paths['gt']}", f"pred={out}")
     assert ours["val/vip/vpq"] == vpq["VPQ_bar"]
@@ -118,15 +124,16 @@ def test_vipseg_task_equals_evaluate_and_score(
     assert 0 <= ours["val/vip/vpq"] <= 100 and 0 <= ours["val/vip/stq"] <= 1
 
 
-def test_burst_task_equals_evaluate_and_score(tmp_path: Path, capsys, burst_set) -> None:
-    weights = EMBEDDED  # trained: tracks find objects
+def test_burst_task_equals_evaluate_and_score(
+    tmp_path: Path, capsys, burst_set, trained: PropagationModel
+) -> None:
     spec = {"type": "burst", **{k: str(v) for k, v in burst_set.items()}, **TRACKER}
     (task,) = validation_tasks({"ow": spec})
     assert isinstance(task, BurstTask)
-    ours = run_tasks(PropagationModel.from_pretrained(weights), [task])
+    ours = run_tasks(trained, [task])
     gt = burst_set["gt"]
     out = _offline(
-        capsys, tmp_path, weights, "burst", burst_set, f"data.gt={gt / 'all_classes.json'}"
+        capsys, tmp_path, EMBEDDED, "burst", burst_set, f"data.gt={gt / 'all_classes.json'}"
     )
     official = _score(capsys, "metric=owta", f"gt={gt}", f"pred={out}")
     for split in ("all", "common", "uncommon"):
@@ -239,7 +246,9 @@ def test_detections_for_frames_that_do_not_exist(tmp_path: Path, vipseg_set, bur
     spec = {"type": "vipseg", "images": str(root / "images"), "detections": str(det),
             "gt": str(root / "panoptic_gt_VIPSeg_val.json")}  # fmt: skip
     with pytest.raises(
-        ValueError, match=r"frame\(s\) that video 'video_000' does not have, e.g. '00008'"
+        ValueError,
+        match=r"video 'video_000' holds detections for 1 frame\(s\) the video does not have, "
+        r"e.g. '00008'$",
     ):
         validation_tasks({"v": spec})
     # BURST json naming a frame the folder lacks

@@ -164,7 +164,8 @@ def build_demo(app: TrackingApp) -> Any:
     def prompt_visibility(segmenter: str) -> Any:
         return gr.update(visible=segmenter in PROMPTED)
 
-    with gr.Blocks(title=app.settings.title, analytics_enabled=False) as demo:
+    cache = (app.settings.cache_seconds, app.settings.cache_seconds)
+    with gr.Blocks(title=app.settings.title, analytics_enabled=False, delete_cache=cache) as demo:
         _header(gr, app)
         with gr.Row():
             with gr.Column():
@@ -192,11 +193,12 @@ def launch_demo(
     share: bool = False,
     block: bool = True,
     allowed_paths: Sequence[str | Path] = (),
+    max_file_mb: int | None = None,
 ) -> str:
     """Serve ``demo`` (offline settings); returns the local URL.
 
     ``port=None`` or 0 picks a free port (:func:`free_port`); ``block=False`` returns at
-    once (close the server with ``demo.close()``).
+    once (close the server with ``demo.close()``); ``max_file_mb`` caps an upload's size.
     """
     _gradio()  # offline environment before Gradio starts
     if not port:
@@ -215,6 +217,7 @@ def launch_demo(
         mcp_server=False,
         enable_monitoring=False,
         allowed_paths=[str(p) for p in allowed_paths],
+        max_file_size=f"{max_file_mb}mb" if max_file_mb else None,
         footer_links=[],
     )
     logger.info("web demo running on %s", local_url)

@@ -27,6 +27,7 @@ from deva.app.settings import (
 from deva.config import builder
 from deva.config.schema import ModelSection
 from deva.inference.tracker_config import TrackerConfig, TrackingMode
+from deva.io.outputs import read_run
 from deva.modeling.propagation import PropagationModel
 from deva.pipelines.video_tracking import (
     MASKS_DIR,
@@ -144,7 +145,8 @@ class TrackingApp:
         """A fresh ``runs/<time>-<id>`` folder, after deleting the oldest beyond ``keep_runs``."""
         runs = self.settings.workdir / "runs"
         runs.mkdir(parents=True, exist_ok=True)
-        old = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        ours = [p for p in runs.iterdir() if p.is_dir() and _is_run(p)]
+        old = sorted(ours, key=lambda p: p.stat().st_mtime)
         for stale in old[: max(0, len(old) - self.settings.keep_runs + 1)]:
             shutil.rmtree(stale, ignore_errors=True)
         folder = runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -265,3 +267,9 @@ class TrackingApp:
         for note in self.notices():
             lines.append(f"\n⚠️ {note}")
         return "\n".join(lines)
+
+
+def _is_run(folder: Path) -> bool:
+    """A run folder of the demo: tracked by it (its ``run.json``), or left empty."""
+    run = read_run(folder)
+    return (run is not None and run.get("tool") == "track") or not any(folder.iterdir())

@@ -16,6 +16,7 @@ import torch
 
 from deva.inference.options import InferenceOptions
 from deva.inference.tracker_config import TrackerConfig, TrackingMode
+from deva.io.video import VideoFrames
 from deva.segmenters.grounded_sam import parse_prompt
 from deva.segmenters.registry import PROMPTED, check_segmenter_name
 
@@ -47,7 +48,11 @@ class AppSettings:
         local_files_only: never download image models (None: the hub's default).
         random_segmenters: the segmenters are randomly initialised (the page says so).
         default_prompt: the text prompt shown when the page opens.
-        keep_runs: output folders of older requests beyond this are deleted.
+        keep_runs: output folders of older requests beyond this are deleted (only the
+            demo's own run folders).
+        max_frames, max_seconds: the longest video a request may track (None: no limit).
+        max_file_mb: the largest upload (MB); cache_seconds: uploads and results older than
+            this leave Gradio's cache (checked as often), and all of them when it stops.
         title: page title.
         notes: further Markdown notes shown at the top of the page.
     """
@@ -65,6 +70,10 @@ class AppSettings:
     random_segmenters: bool = False
     default_prompt: str = "person. dog."
     keep_runs: int = 20
+    max_frames: int | None = 3000
+    max_seconds: float | None = 300.0
+    max_file_mb: int = 500
+    cache_seconds: int = 3600
     title: str = "DEVA: track anything in your video"
     notes: list[str] = field(default_factory=list)
 
@@ -125,6 +134,7 @@ def check_request(
         tracking_mode = TrackingMode.parse(mode)
     except ValueError as error:
         raise DemoInputError(str(error)) from None
+    _check_length(settings, path)
     return path, text, tracking_mode
 
 
@@ -149,3 +159,22 @@ def request_tracker_config(
             raise DemoInputError(f"processing size must be -1 or at least 32, got {size}")
         config = replace(config, shorter_side=int(size))
     return config
+
+
+def _check_length(settings: AppSettings, path: Path) -> None:
+    """DemoInputError for an unreadable video or one longer than the demo tracks."""
+    try:
+        frames = VideoFrames(path)
+    except (OSError, ValueError) as error:
+        raise DemoInputError(f"cannot read the uploaded video: {error}") from None
+    count, fps = len(frames), frames.fps or 24.0
+    if settings.max_frames is not None and count > settings.max_frames:
+        raise DemoInputError(
+            f"the video has {count} frames; this demo tracks at most {settings.max_frames} "
+            "(max_frames)"
+        )
+    if settings.max_seconds is not None and count / fps > settings.max_seconds:
+        raise DemoInputError(
+            f"the video lasts {count / fps:.0f} s; this demo tracks at most "
+            f"{settings.max_seconds:.0f} s (max_seconds)"
+        )

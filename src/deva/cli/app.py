@@ -97,6 +97,10 @@ def settings_from_config(cfg: DictConfig | AppConfig, workdir: Path) -> AppSetti
         random_segmenters=config.demo == "tiny",
         default_prompt=config.prompt or "",
         keep_runs=config.keep_runs,
+        max_frames=config.max_frames,
+        max_seconds=config.max_seconds,
+        max_file_mb=config.max_file_mb,
+        cache_seconds=config.cache_seconds,
         notes=notes,
     )
 
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             share=bool(cfg.share),
             block=True,
             allowed_paths=[app.settings.workdir],
+            max_file_mb=app.settings.max_file_mb,
         )
     except KeyboardInterrupt:
         print("stopped")

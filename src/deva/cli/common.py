@@ -8,13 +8,13 @@ printed: no traceback. The messages of the library's errors are written to be re
 
 from __future__ import annotations
 
-import errno
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from deva.config import ConfigError
+from deva.errors import one_line
 from deva.modeling.checkpoint import WeightsMismatchError
 
 log = logging.getLogger(__name__)
@@ -38,27 +38,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def one_line(error: BaseException) -> str:
-    """The first line of an error's message (its type when it has none); disk and permission
-    errors say what happened to which file."""
-    if isinstance(error, OSError) and error.errno in _OS_ERRORS:
-        where = f" ({error.filename})" if error.filename else ""
-        return f"{_OS_ERRORS[error.errno]}{where}"
-    text = " ".join(str(error).split()) if isinstance(error, KeyError) else str(error).strip()
-    if isinstance(error, KeyError):
-        text = f"missing key {text}"
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-_OS_ERRORS = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "cannot write to a read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-}
-
-
 def run_tool(
     prefix: str,
     body: Callable[[], object],
@@ -66,11 +45,12 @@ def run_tool(
     interrupted: Callable[[], str] | None = None,
 ) -> int:
     """Run a tool's ``body``: 0 when it returns, 2 with ``<prefix> <one line>`` on stderr for a
-    user error, 130 with the ``interrupted()`` line (default ``interrupted``) on Ctrl+C."""
+    user error, 130 on Ctrl+C with the interruption's own message (e.g. where to resume), else
+    the ``interrupted()`` line (default ``interrupted``)."""
     try:
         body()
-    except KeyboardInterrupt:
-        message = interrupted() if interrupted is not None else "interrupted"
+    except KeyboardInterrupt as error:
+        message = str(error) or (interrupted() if interrupted is not None else "interrupted")
         print(f"{prefix} {message}", file=sys.stderr)
         return INTERRUPTED
     except USER_ERRORS as error:

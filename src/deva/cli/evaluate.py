@@ -15,20 +15,26 @@ Decoupled tracking from precomputed detections (online / semi-online / offline):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from deva.cli.common import one_line, output_folder
+from deva.cli.common import run_tool
 from deva.config import ConfigError, builder, compose
 from deva.config.schema import EvaluateConfig, parse
+from deva.errors import one_line
 from deva.inference.propagator import Propagator
 from deva.io import davis
+from deva.io.frames import list_frame_files
+from deva.io.outputs import OutputFolder, check_folder
 from deva.pipelines.dataset_tracking import track_dataset
+from deva.pipelines.inputs import check_frame_sizes
 from deva.pipelines.vos import (
     VOSVideo,
     davis_videos,
@@ -75,33 +81,40 @@ def run_tracking(config: EvaluateConfig) -> int:
             raise ConfigError(f"data.{key}=PATH is required for benchmark={config.benchmark}")
         if not Path(getattr(data, key)).exists():
             raise FileNotFoundError(f"data.{key} not found: {getattr(data, key)}")
-    out = output_folder(config.output, config.overwrite)
+    inputs = [data.images, data.detections, data.gt]
+    check_folder(_output(config), overwrite=config.overwrite, inputs=inputs)
     tracker = builder.tracker_config(config)
     options = builder.inference_options(config)
     device = options.torch_device()
     print(
         f"{config.benchmark}: tracking {data.images} with detections {data.detections} "
         f"({tracker.mode.value}, detect every {tracker.detect_every}, clip "
-        f"{tracker.clip_length}, max missed {tracker.max_missed}) on {device} -> {out} "
-        f"(weights {config.model.weights or 'RANDOM'})"
+        f"{tracker.clip_length}, max missed {tracker.max_missed}) on {device} -> "
+        f"{config.output} (weights {config.model.weights or 'RANDOM'})"
     )
     model = builder.model(config.model).to(device)
     start = time.perf_counter()
-    frames = track_dataset(
-        config.benchmark,
-        model,
-        tracker,
-        options=options,
-        images=data.images,
-        detections=data.detections,
-        output=out,
-        gt=data.gt,
-        split=data.split,
+    out = OutputFolder(config.output, tool="evaluate", overwrite=config.overwrite, inputs=inputs)
+    frames = _recorded(
+        out,
+        config,
+        lambda: track_dataset(
+            config.benchmark,
+            model,
+            tracker,
+            options=options,
+            images=data.images,
+            detections=data.detections,
+            output=out,
+            gt=data.gt,
+            split=data.split,
+            extra_detections=config.extra_detections,
+        ),
     )
     elapsed = time.perf_counter() - start
     print(
-        f"done: {frames} frames tracked, {config.benchmark} output in {out} in {elapsed:.1f} s "
-        f"({frames / max(elapsed, 1e-9):.2f} frames/s)"
+        f"done: {frames} frames tracked, {config.benchmark} output in {out.root} in "
+        f"{elapsed:.1f} s ({frames / max(elapsed, 1e-9):.2f} frames/s)"
     )
     return frames
 
@@ -109,7 +122,9 @@ def run_tracking(config: EvaluateConfig) -> int:
 def run_vos(config: EvaluateConfig) -> int:
     """Semi-supervised VOS: propagate the given masks; index PNGs per frame."""
     videos = _videos(config)
-    out = output_folder(config.output, config.overwrite)
+    for video in videos:  # one frame size per video, before any work
+        check_frame_sizes(list_frame_files(video.frames_dir))
+    check_folder(_output(config), overwrite=config.overwrite, inputs=[config.data.root])
     options = builder.inference_options(config)
     device = options.torch_device()
     model = builder.model(config.model).to(device)
@@ -120,12 +135,28 @@ def run_vos(config: EvaluateConfig) -> int:
         config.benchmark,
         len(videos),
         config.data.root,
-        out,
+        config.output,
         device,
         config.size,
         config.model.weights or "RANDOM",
     )
-    start, frames = time.perf_counter(), 0
+    out = OutputFolder(
+        config.output, tool="evaluate", overwrite=config.overwrite, inputs=[config.data.root]
+    )
+    start = time.perf_counter()
+    frames = _recorded(out, config, lambda: _propagate_videos(out, propagator, videos, config))
+    elapsed = time.perf_counter() - start
+    print(
+        f"done: {frames} frames of {len(videos)} videos written to {out.root} in "
+        f"{elapsed:.1f} s ({frames / max(elapsed, 1e-9):.2f} frames/s)"
+    )
+    return frames
+
+
+def _propagate_videos(
+    out: OutputFolder, propagator: Propagator, videos: list[VOSVideo], config: EvaluateConfig
+) -> int:
+    frames = 0
     for video in tqdm(videos, desc="videos", unit="video", position=0):
         for name, ids in tqdm(
             segment_video(propagator, video, shorter_side=config.size),
@@ -134,13 +165,31 @@ def run_vos(config: EvaluateConfig) -> int:
             leave=False,
             position=1,
         ):
-            davis.write_prediction(out, video.name, name, ids)
+            out.path(f"{video.name}/{name}.png")
+            davis.write_prediction(out.root, video.name, name, ids)
             frames += 1
-    elapsed = time.perf_counter() - start
-    print(
-        f"done: {frames} frames of {len(videos)} videos written to {out} in {elapsed:.1f} s "
-        f"({frames / max(elapsed, 1e-9):.2f} frames/s)"
-    )
+    return frames
+
+
+def _output(config: EvaluateConfig) -> str:
+    if config.output is None:
+        raise ConfigError("output=DIR is required")
+    return config.output
+
+
+def _recorded(out: OutputFolder, config: EvaluateConfig, work: Callable[[], int]) -> int:
+    """``work()`` with its state recorded in ``run.json`` (running, done, failed, interrupted)."""
+    record = {"settings": dataclasses.asdict(config), "state": "running"}
+    out.write_run(record)
+    try:
+        frames = work()
+    except KeyboardInterrupt:
+        out.write_run({**record, "state": "interrupted"}, final=True)
+        raise
+    except BaseException as error:
+        out.write_run({**record, "state": f"failed: {one_line(error)}"}, final=True)
+        raise
+    out.write_run({**record, "state": "done", "frames": frames}, final=True)
     return frames
 
 
@@ -148,12 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     """Compose ``evaluate.yaml`` with ``argv`` and run it; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(compose("evaluate", argv))
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool("error:", lambda: run(compose("evaluate", argv)))
 
 
 if __name__ == "__main__":

@@ -16,18 +16,22 @@ Shards are written as ``<output>/<prefix>-000000.tar``, ...; see ``deva.data.sha
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from deva.cli.common import run_tool
 from deva.config import compose, quote_paths
 from deva.config.schema import MakeShardsConfig, parse
 from deva.data import shards, static, video
 from deva.data.sample import VideoRecord
 from deva.data.shards import write_shards
 from deva.data.synthetic import SyntheticVideoConfig
+from deva.errors import one_line
+from deva.io.outputs import OutputFolder, check_folder
 
 DATASETS = ("static", "davis", "ytvos", "ovis", "synthetic")
 DEFAULT_SAMPLES_PER_SHARD = {"static": 1000, "synthetic": 50}
@@ -63,30 +67,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``key=value`` arguments, pack the shards, return the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = parse(MakeShardsConfig, compose("make_shards", quote_paths(argv, PATHS)))
-        dataset = args.dataset
-        if dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
-        output = args.output
-        if not output:
-            raise ValueError("missing output=DIR")
-        per_shard = args.samples_per_shard or DEFAULT_SAMPLES_PER_SHARD.get(dataset, 20)
-        prefix = args.prefix or dataset
-        records, total = _records(args)
-        print(
-            f"packing {total} {dataset} samples from {args.root or '(generated)'} into "
-            f"{output}/{prefix}-*.tar, {per_shard} per shard"
-        )
+    return run_tool("make_shards: error:", lambda: _run(argv))
 
+
+def _run(argv: list[str]) -> None:
+    args = parse(MakeShardsConfig, compose("make_shards", quote_paths(argv, PATHS)))
+    dataset = args.dataset
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    if not args.output:
+        raise ValueError("missing output=DIR")
+    per_shard = args.samples_per_shard or DEFAULT_SAMPLES_PER_SHARD.get(dataset, 20)
+    prefix = args.prefix or dataset
+    check_folder(args.output, overwrite=args.overwrite, inputs=[args.root])
+    records, total = _records(args)
+    out = OutputFolder(
+        args.output, tool="make_shards", overwrite=args.overwrite, inputs=[args.root]
+    )
+    print(
+        f"packing {total} {dataset} samples from {args.root or '(generated)'} into "
+        f"{out.root}/{prefix}-*.tar, {per_shard} per shard"
+    )
+    record = {"settings": dataclasses.asdict(args), "state": "running"}
+    out.write_run(record)
+    try:
         paths = write_shards(
-            _progress(records, total), output, prefix=prefix, samples_per_shard=per_shard
+            _progress(records, total), out, prefix=prefix, samples_per_shard=per_shard
         )
-    except (ValueError, FileNotFoundError, FileExistsError, OSError) as error:
-        print(f"make_shards: error: {error}", file=sys.stderr)
-        return 2
+    except BaseException as error:
+        out.write_run({**record, "state": f"failed: {one_line(error)}"}, final=True)
+        raise
+    out.write_run({**record, "state": "done"}, final=True)
     print(f"wrote {len(paths)} shards: {paths[0]} … {paths[-1]}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,15 +25,17 @@ from dataclasses import asdict, fields
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from deva.cli.common import run_tool
 from deva.data.synthetic import (
     SyntheticVideoConfig,
     generate_video,
-    prepare_output_dir,
     video_name,
     video_seed,
     write_synthetic_dataset,
 )
 from deva.data.synthetic_benchmarks import write_burst_layout, write_vipseg_layout
+from deva.errors import one_line
+from deva.io.outputs import OutputFolder
 
 DEFAULTS = {
     "output": "outputs/synthetic",
@@ -85,62 +87,54 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``key=value`` arguments, write the dataset, return the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run_tool("error:", lambda: _run(argv))
+
+
+def _run(argv: list[str]) -> None:
     try:
         options, config = parse_args(argv)
-    except (ValueError, TypeError, OmegaConfBaseException) as error:
-        reason = str(error).splitlines()[0]
-        print(f"error: {reason}", file=sys.stderr)
-        return 2
+    except OmegaConfBaseException as error:
+        raise ValueError(str(error)) from None
     if options["format"] not in FORMATS:
-        print(f"error: format must be one of {FORMATS}, got {options['format']!r}", file=sys.stderr)
-        return 2
+        raise ValueError(f"format must be one of {FORMATS}, got {options['format']!r}")
+    overwrite = bool(options["overwrite"])
+    out = OutputFolder(options["output"], tool="make_synthetic", overwrite=overwrite)
     print(
         f"writing {options['num_videos']} synthetic video(s) of {config.num_frames} frames "
         f"({config.height}x{config.width}, {config.num_objects} objects, seed {options['seed']}) "
-        f"to {options['output']}"
+        f"to {out.root}"
     )
+    record = {"settings": {**options, "video": asdict(config)}, "state": "running"}
+    out.write_run(record)
     start = time.perf_counter()
-    if options["format"] != "davis":
-        return _write_benchmark(options, config, start)
     try:
+        listed = _write(out, options, config)
+    except BaseException as error:
+        out.write_run({**record, "state": f"failed: {one_line(error)}"}, final=True)
+        raise
+    out.write_run({**record, "state": "done"}, final=True)
+    print(f"done in {time.perf_counter() - start:.1f}s: {listed}")
+
+
+def _write(out: OutputFolder, options: dict, config: SyntheticVideoConfig) -> str:
+    """The dataset in the requested layout; what was written, for the last line."""
+    count, seed = int(options["num_videos"]), int(options["seed"])
+    if options["format"] == "davis":
         names = write_synthetic_dataset(
-            options["output"],
+            out,
             config,
-            num_videos=int(options["num_videos"]),
-            seed=int(options["seed"]),
-            overwrite=bool(options["overwrite"]),
+            num_videos=count,
+            seed=seed,
             jpeg_quality=int(options["jpeg_quality"]),
             progress=True,
         )
-    except (FileExistsError, NotADirectoryError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    elapsed = time.perf_counter() - start
-    print(
-        f"done: {len(names)} video(s) in {elapsed:.1f}s -> {options['output']} "
-        "(JPEGImages/, Annotations/, Detections/, Meta/, dataset.json)"
-    )
-    return 0
-
-
-def _write_benchmark(options: dict, config: SyntheticVideoConfig, start: float) -> int:
-    """The VIPSeg / BURST layouts (see the module docstring)."""
-
-    try:
-        root = prepare_output_dir(options["output"], overwrite=bool(options["overwrite"]))
-        videos = [
-            (video_name(i), generate_video(config, video_seed(int(options["seed"]), i)))
-            for i in range(int(options["num_videos"]))
-        ]
-        writer = write_vipseg_layout if options["format"] == "vipseg" else write_burst_layout
-        paths = writer(root, videos, config)
-    except (FileExistsError, NotADirectoryError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    elapsed = time.perf_counter() - start
+        layout = "JPEGImages/, Annotations/, Detections/, Meta/, dataset.json"
+        return f"{len(names)} video(s) -> {out.root} ({layout})"
+    videos = [(video_name(i), generate_video(config, video_seed(seed, i))) for i in range(count)]
+    writer = write_vipseg_layout if options["format"] == "vipseg" else write_burst_layout
+    paths = writer(out, videos, config)
     listed = ", ".join(f"{key}: {path}" for key, path in paths.items())
-    print(f"done: {len(videos)} video(s) in {elapsed:.1f}s as {options['format']} -> {listed}")
-    return 0
+    return f"{len(videos)} video(s) as {options['format']} -> {listed}"
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from deva.config import ConfigError, compose, quote_paths
 from deva.config.schema import ScoreConfig, parse
 from deva.io import burst, davis, vipseg
+from deva.io.outputs import RUN_FILE
 from deva.metrics import scoring
 from deva.metrics._common import nan_to_none
 from deva.metrics.jf import JAndF
@@ -177,7 +178,7 @@ def score_stq(cfg: ScoreConfig) -> dict[str, Any]:
 
 def _pred_json(path: Path) -> Path:
     if path.is_dir():
-        files = sorted(path.glob("*.json"))
+        files = sorted(f for f in path.glob("*.json") if f.name != RUN_FILE)
         if len(files) != 1:
             raise FileNotFoundError(
                 f"{path} must contain exactly one prediction json, found {len(files)}"

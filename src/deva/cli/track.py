@@ -24,10 +24,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from deva.cli.common import one_line, output_folder
+from deva.cli.common import run_tool
 from deva.config import ConfigError, builder, compose
 from deva.config.schema import TrackConfig, parse
-from deva.pipelines.video_tracking import clear_outputs, track_video
+from deva.io.outputs import check_folder
+from deva.io.video import VideoFrames
+from deva.pipelines.inputs import check_detections
+from deva.pipelines.video_tracking import track_video
+from deva.segmenters.precomputed import PrecomputedSegmenter
 from deva.segmenters.registry import PROMPTED, check_segmenter_name
 
 log = logging.getLogger("track")
@@ -43,15 +47,19 @@ def _requested_segmenter(argv: list[str]) -> str | None:
 
 
 def _check(config: TrackConfig) -> None:
-    """The tool's own rules on top of the schema's types."""
+    """The tool's own rules on top of the schema's types; the output before slow work."""
     if config.input is None:
         raise ConfigError("input=VIDEO_OR_FRAME_DIR is required")
     if not Path(config.input).exists():
         raise FileNotFoundError(f"input not found: {config.input}")
-    if config.resume and config.overwrite:
-        raise ConfigError("resume=true and overwrite=true contradict each other; pick one")
     if config.output is None:
         raise ConfigError("output=DIR is required")
+    check_folder(
+        config.output,
+        overwrite=config.overwrite,
+        resume=config.resume,
+        inputs=[config.input, config.detections],
+    )
 
 
 def run(cfg: DictConfig | TrackConfig) -> int:
@@ -64,7 +72,6 @@ def run(cfg: DictConfig | TrackConfig) -> int:
     tracker = builder.tracker_config(config)
     options = builder.inference_options(config)
     device = options.torch_device()
-    out = Path(config.output) if config.resume else output_folder(config.output, config.overwrite)
     segmenter = builder.segmenter(
         config.segmenter,
         prompt=config.prompt,
@@ -73,15 +80,21 @@ def run(cfg: DictConfig | TrackConfig) -> int:
         amp=config.amp,
         local_files_only=builder.offline_models(config.offline_models),
     )
-    if config.overwrite and not config.resume and out.is_dir():
-        removed = clear_outputs(out)
-        if removed:
-            log.info("overwrite=true: removed %d earlier files in %s", len(removed), out)
+    if isinstance(segmenter, PrecomputedSegmenter):
+        frames = VideoFrames(config.input).names()
+        where = str(segmenter.directory)
+        check_detections(
+            segmenter.frame_names(),
+            frames,
+            where,
+            extra=config.extra_detections,
+            hint="extra_detections=warn to go on",
+        )
     what = f"{name} prompt {config.prompt!r}" if config.prompt and name in PROMPTED else name
     model_id = config.detections if name == "precomputed" else config.segmenter.get("model")
     print(
         f"tracking {config.input} with {what} ({model_id}) ({tracker.mode.value}, detect every "
-        f"{tracker.detect_every}, clip {tracker.clip_length}) on {device} -> {out} "
+        f"{tracker.detect_every}, clip {tracker.clip_length}) on {device} -> {config.output} "
         f"(weights {config.model.weights or 'RANDOM'}){' [resume]' if config.resume else ''}"
     )
     model = builder.model(config.model).to(device)
@@ -92,18 +105,21 @@ def run(cfg: DictConfig | TrackConfig) -> int:
         tracker,
         options=options,
         source=config.input,
-        output=out,
+        output=config.output,
         overlay=config.overlay,
         fps=config.fps,
         progress=config.progress,
         resume=config.resume,
+        overwrite=config.overwrite,
+        state_every=config.state_every,
+        inputs=[config.detections],
         settings=dataclasses.asdict(config),
     )
     elapsed = time.perf_counter() - start
     resumed = f" ({report.resumed_frames} kept from the interrupted run)" if config.resume else ""
     print(
         f"done: {report.frames} frames{resumed}, {report.objects} objects in {elapsed:.1f} s "
-        f"-> {out}"
+        f"-> {config.output}"
     )
     return report.frames
 
@@ -112,13 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     """Compose ``track.yaml`` with ``argv`` and track; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> None:
         _requested_segmenter(argv)
         run(compose("track", argv))
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, ImportError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_tool("error:", body)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,9 @@ class TrackConfig(TrackingFields, RuntimeFields):
     output: str | None
     overwrite: bool
     resume: bool
+    state_every: int
     detections: str | None
+    extra_detections: str
     prompt: str | None
     offline_models: bool | None
     progress: bool
@@ -115,6 +117,7 @@ class EvaluateConfig(TrackingFields, RuntimeFields):
     output: str | None
     overwrite: bool
     use_all_masks: bool
+    extra_detections: str
 
 
 @dataclass
@@ -131,6 +134,10 @@ class AppConfig(TrackingFields, RuntimeFields):
     share: bool
     workdir: str | None
     keep_runs: int
+    max_frames: int | None
+    max_seconds: float | None
+    max_file_mb: int
+    cache_seconds: int
     offline_models: bool | None
 
 
@@ -140,6 +147,7 @@ class DemoConfig(RuntimeFields):
 
     model: ModelSection
     output: str
+    overwrite: bool
     seed: int
     num_frames: int
     height: int
@@ -245,6 +253,7 @@ class MakeShardsConfig:
     dataset: str | None
     root: str | None
     output: str | None
+    overwrite: bool
     samples_per_shard: int | None
     prefix: str | None
     split: str | None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ from webdataset.tariterators import tarfile_samples
 
 from deva.data import synthetic
 from deva.data.sample import MediaRef, RecordSampler, Sample, VideoRecord, read_bytes, sample_rng
+from deva.io import atomic
 from deva.io.masks import davis_palette
+from deva.io.outputs import OutputFolder
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +121,7 @@ def shard_sample_to_record(sample: dict[str, Any]) -> VideoRecord:
 
 def write_shards(
     records: Iterable[VideoRecord],
-    output: str | Path,
+    output: str | Path | OutputFolder,
     *,
     prefix: str = "shard",
     samples_per_shard: int = 100,
@@ -126,20 +129,34 @@ def write_shards(
 ) -> list[Path]:
     """Pack records into ``<output>/<prefix>-000000.tar``, ... and return the shard paths.
 
-    A shard closes after ``samples_per_shard`` samples or ``max_shard_bytes`` bytes.
+    A shard closes after ``samples_per_shard`` samples or ``max_shard_bytes`` bytes. Each
+    shard is recorded in the output folder (:class:`~deva.io.outputs.OutputFolder`; a plain
+    path becomes one: a non-empty folder is refused) before it is written, and written under
+    a temporary name until it is complete.
     """
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be ≥ 1, got {samples_per_shard}")
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    pattern = str(output / f"{prefix}-%06d.tar")
+    out = OutputFolder.of(output, tool="make_shards")
+    pattern = str(out.root / f"{prefix}-%06d.tar")
     written: list[Path] = []
+    handles: dict[str, Any] = {}
+
+    def opener(name: str) -> Any:
+        handles[name] = open(atomic.temporary_name(out.path(Path(name).name)), "wb")
+        return handles[name]
+
+    def post(name: str) -> None:
+        handles.pop(name).close()  # the tar writer does not close a stream it was given
+        os.replace(atomic.temporary_name(Path(name)), name)
+        written.append(Path(name))
+
     with wds.ShardWriter(
         pattern,
         maxcount=samples_per_shard,
         maxsize=max_shard_bytes,
         verbose=0,
-        post=lambda name: written.append(Path(name)),
+        post=post,
+        opener=opener,
     ) as writer:
         for index, record in enumerate(records):
             writer.write(record_to_shard_sample(record, f"{index:08d}"))
@@ -147,8 +164,8 @@ def write_shards(
     if total == 0:
         for path in written:
             path.unlink(missing_ok=True)
-        raise ValueError(f"no records to write into {output}")
-    logger.info("wrote %d samples into %d shards under %s", total, len(written), output)
+        raise ValueError(f"no records to write into {out.root}")
+    logger.info("wrote %d samples into %d shards under %s", total, len(written), out.root)
     return written
 
 

@@ -29,10 +29,13 @@ import cv2
 import numpy as np
 
 from deva.data.synthetic import SyntheticVideo, SyntheticVideoConfig, frame_name
+from deva.data.synthetic.writing import write_jpeg
+from deva.io import atomic
 from deva.io.burst import BurstSequence, encode_rle, write_burst
 from deva.io.detections import write_frame_segmentation
 from deva.io.masks import write_id_png
-from deva.io.vipseg import GT_PNG_DIR, PredictionWriter
+from deva.io.outputs import OutputFolder
+from deva.io.vipseg import GT_PNG_DIR, PRED_JSON, PRED_PNG_DIR, PredictionWriter
 
 #: Panoptic ids of things start here (stuff ids are their category ids, always below).
 THING_ID_OFFSET = 1000
@@ -45,6 +48,9 @@ class PanopticVideo:
 
     ids: np.ndarray
     segments: list[list[dict[str, Any]]]
+
+
+JPEG = [cv2.IMWRITE_JPEG_QUALITY, 95]
 
 
 def synthetic_categories(config: SyntheticVideoConfig) -> list[dict[str, Any]]:
@@ -84,15 +90,8 @@ def panoptic_ground_truth(video: SyntheticVideo) -> PanopticVideo:
     return PanopticVideo(ids.astype(np.int32), segments)
 
 
-def _write_jpeg(path: Path, rgb: np.ndarray, quality: int = 95) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
-        raise OSError(f"cannot write frame {path}")
-
-
 def write_vipseg_layout(
-    root: str | Path,
+    root: str | Path | OutputFolder,
     videos: Sequence[tuple[str, SyntheticVideo]],
     config: SyntheticVideoConfig,
     *,
@@ -107,7 +106,8 @@ def write_vipseg_layout(
     """
     if detections not in ("vipseg", "generic"):
         raise ValueError(f"detections layout must be vipseg or generic, got {detections!r}")
-    root = Path(root)
+    out = OutputFolder.of(root, tool="make_synthetic")
+    root = out.root
     det_root = root / "detections"
     writer = PredictionWriter(det_root)
     json_videos, annotations = [], []
@@ -116,8 +116,8 @@ def write_vipseg_layout(
         images, frames = [], []
         for t in range(video.num_frames):
             stem = frame_name(t)
-            _write_jpeg(root / "images" / name / f"{stem}.jpg", video.frames[t])
-            write_id_png(root / GT_PNG_DIR / name / f"{stem}.png", gt.ids[t])
+            write_jpeg(out.path(f"images/{name}/{stem}.jpg"), video.frames[t], JPEG)
+            write_id_png(out.path(f"{GT_PNG_DIR}/{name}/{stem}.png"), gt.ids[t])
             height, width = gt.ids.shape[1:]
             images.append(
                 {"id": stem, "width": width, "height": height, "file_name": f"{stem}.jpg"}
@@ -127,8 +127,11 @@ def write_vipseg_layout(
             )
             det = video.detections[t]
             if detections == "generic":
+                for suffix in (".png", ".json"):
+                    out.path(f"detections/{name}/{stem}{suffix}")
                 write_frame_segmentation(det_root / name, stem, det)
             else:
+                out.path(f"detections/{PRED_PNG_DIR}/{name}/{stem}.png")
                 infos = [
                     {"id": s.id, "category_id": s.category_id, "isthing": bool(s.isthing)}
                     for s in det.segments
@@ -137,14 +140,15 @@ def write_vipseg_layout(
         json_videos.append({"video_id": name, "images": images})
         annotations.append({"video_id": name, "annotations": frames})
     if detections == "vipseg":
+        out.path(f"detections/{PRED_JSON}")
         writer.close()
-    gt_json = root / f"panoptic_gt_VIPSeg_{split}.json"
+    gt_json = out.path(f"panoptic_gt_VIPSeg_{split}.json")
     data = {
         "videos": json_videos,
         "annotations": annotations,
         "categories": synthetic_categories(config),
     }
-    gt_json.write_text(json.dumps(data))
+    atomic.write_text(gt_json, json.dumps(data))
     return {"images": root / "images", "gt": gt_json, "detections": det_root}
 
 
@@ -200,7 +204,7 @@ def _burst_detection_frames(video: SyntheticVideo) -> list[dict[str, dict[str, A
 
 
 def write_burst_layout(
-    root: str | Path,
+    root: str | Path | OutputFolder,
     videos: Sequence[tuple[str, SyntheticVideo]],
     config: SyntheticVideoConfig,
     *,
@@ -214,7 +218,8 @@ def write_burst_layout(
     categories up to half the thing categories are "common", the rest "uncommon". Returns
     ``images`` (``frames/<split>``), ``gt`` (``gt/<split>``) and ``detections``.
     """
-    root = Path(root)
+    out = OutputFolder.of(root, tool="make_synthetic")
+    root = out.root
     frames_root = root / "frames" / split
     common_limit = max(1, config.num_thing_categories // 2)
     splits: dict[str, list[BurstSequence]] = {"all": [], "common": [], "uncommon": []}
@@ -223,7 +228,8 @@ def write_burst_layout(
         height, width = video.frames.shape[1:3]
         names = [f"{frame_name(t)}.jpg" for t in range(video.num_frames)]
         for t, file_name in enumerate(names):
-            _write_jpeg(frames_root / BURST_DATASET / name / file_name, video.frames[t])
+            path = out.path(f"frames/{split}/{BURST_DATASET}/{name}/{file_name}")
+            write_jpeg(path, video.frames[t], JPEG)
         annotated = list(range(0, video.num_frames, max(1, annotate_every)))
         sequence = partial(
             BurstSequence,
@@ -241,6 +247,6 @@ def write_burst_layout(
         )
     gt_root = root / "gt" / split
     for key, sequences in splits.items():
-        write_burst(gt_root / f"{key}_classes.json", sequences, split=split)
-    det_path = write_burst(root / "detections.json", detections, split=split)
+        write_burst(out.path(f"gt/{split}/{key}_classes.json"), sequences, split=split)
+    det_path = write_burst(out.path("detections.json"), detections, split=split)
     return {"images": frames_root, "gt": gt_root, "detections": det_path}

@@ -18,7 +18,9 @@ memory network) implements it; a backend must:
   empty video (:meth:`reset`) and make an empty twin with the same model and settings
   (:meth:`fork`, for offline mode's backward pass);
 - align a clip frame's segmentation to another frame (:meth:`align`, paper eq. 1), without
-  touching its own state.
+  touching its own state;
+- save and restore its state (:meth:`state_dict`, :meth:`load_state_dict`) so that a
+  tracking run killed midway resumes exactly.
 """
 
 from __future__ import annotations
@@ -110,4 +112,12 @@ class PropagationBackend(Protocol):
 
     def align(self, sources: list[tuple[Any, Segmentation]], target: Any) -> list[Segmentation]:
         """Each source frame's segmentation propagated onto the target frame (eq. 1)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Its state (objects included) as tensors and plain data, to resume exactly."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`, keeping its registry object."""
         ...

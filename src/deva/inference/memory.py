@@ -18,6 +18,7 @@ Shapes: C_k key channels, C_v value channels, M memory elements, h×w feature si
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -91,6 +92,27 @@ class _Store:
         self.use_count = torch.cat([self.use_count, torch.zeros(new, **stats)])
         # A tiny life count keeps usage = 0 (not NaN) before the first read.
         self.life_count = torch.cat([self.life_count, torch.full((new,), 1e-7, **stats)])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "shrinkage": self.shrinkage,
+            "selection": self.selection,
+            "values": {str(k): v for k, v in self.values.items()},
+            "use_count": self.use_count,
+            "life_count": self.life_count,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Store:
+        return cls(
+            key=state["key"],
+            shrinkage=state["shrinkage"],
+            selection=state["selection"],
+            values={int(k): v for k, v in state["values"].items()},
+            use_count=state["use_count"],
+            life_count=state["life_count"],
+        )
 
     @classmethod
     def empty_like(
@@ -203,6 +225,34 @@ class InferenceMemory:
             buckets=len(self._buckets),
             objects=sum(len(b.objects) for b in self._buckets),
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """All stored memory (tensors and plain data; the registry is saved by its owner)."""
+        return {
+            "buckets": [
+                {
+                    "objects": list(b.objects),
+                    "working": b.working.state_dict(),
+                    "long_term": b.long_term.state_dict(),
+                    "frame_elements": b.frame_elements,
+                }
+                for b in self._buckets
+            ],
+            "sensory": {str(k): v for k, v in self._sensory.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Hold exactly the memory :meth:`state_dict` described."""
+        self._buckets = [
+            _Bucket(
+                objects=[int(o) for o in b["objects"]],
+                working=_Store.from_state(b["working"]),
+                long_term=_Store.from_state(b["long_term"]),
+                frame_elements=int(b["frame_elements"]),
+            )
+            for b in state["buckets"]
+        ]
+        self._sensory = {int(k): v for k, v in state["sensory"].items()}
 
     def delete_objects(self, object_ids: list[int]) -> None:
         """Forget objects: their values and sensory memory; empty buckets are dropped."""

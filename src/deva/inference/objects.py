@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from deva.types import Detection, Segment
 
@@ -124,6 +125,39 @@ class ObjectRegistry:
         self._index[obj.id] = len(self._objects)
         self._objects[obj.id] = obj
         return obj
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the registry holds, as plain data (for exact resume)."""
+        return {
+            "next_id": self._next_id,
+            "objects": [
+                {
+                    "id": o.id,
+                    "isthing": o.isthing,
+                    "votes": [[c, n] for c, n in o.category_votes.items()],
+                    "score_sum": o.score_sum,
+                    "score_count": o.score_count,
+                    "missed": o.missed,
+                }
+                for o in self._objects.values()
+            ],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Become the registry :meth:`state_dict` described (in place: sharers see it)."""
+        self._objects = {}
+        for o in state["objects"]:
+            votes = Counter({int(c): int(n) for c, n in o["votes"]})
+            self._objects[int(o["id"])] = TrackedObject(
+                id=int(o["id"]),
+                isthing=o["isthing"],
+                category_votes=votes,
+                score_sum=float(o["score_sum"]),
+                score_count=int(o["score_count"]),
+                missed=int(o["missed"]),
+            )
+        self._index = {object_id: n for n, object_id in enumerate(self._objects)}
+        self._next_id = int(state["next_id"])
 
     def reserve(self, next_id: int) -> None:
         """Hand out ids from ``next_id`` on at the earliest (ids used elsewhere stay unused)."""

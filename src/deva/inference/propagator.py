@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,6 +77,29 @@ class Propagator:
         self._last_memory_frame = -(10**9)
         self._last_prob: torch.Tensor | None = None  # (N, H', W') for memory.object_ids
         self._pending: _Pending | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything this propagator knows about the video so far — objects, memory, the
+        last probabilities and the frame counters — as tensors and plain data, so that
+        :meth:`load_state_dict` on a propagator with the same network continues exactly."""
+        if self._pending is not None:
+            raise RuntimeError("state_dict() between predict() and commit()")
+        return {
+            "objects": self.objects.state_dict(),
+            "memory": self.memory.state_dict(),
+            "frame": self._frame,
+            "last_memory_frame": self._last_memory_frame,
+            "last_prob": self._last_prob,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (the registry object itself is kept)."""
+        self.objects.load_state_dict(state["objects"])
+        self.memory.load_state_dict(state["memory"])
+        self._frame = int(state["frame"])
+        self._last_memory_frame = int(state["last_memory_frame"])
+        self._last_prob = state["last_prob"]
+        self._pending = None
 
     def fork(self) -> Propagator:
         """A new, empty propagator with the same network and settings."""

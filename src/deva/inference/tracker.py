@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -272,6 +273,41 @@ class DecoupledTracker:
                 for frame in clip:
                     yield self._propagate(frame)
 
+    @property
+    def can_save_state(self) -> bool:
+        """Whether :meth:`state_dict` can be taken now: online or semi-online, and no frame
+        is waiting in a clip buffer (every frame fed so far has its result out)."""
+        return self.mode is not TrackingMode.OFFLINE and not self._clip and not self._finished
+
+    def state_dict(self) -> dict[str, Any]:
+        """The tracker's state after the frames fed so far — the backend's memory and
+        objects, the frame counter and the clip schedule — as tensors and plain data:
+        :meth:`load_state_dict` on a tracker with the same model, segmenter and config then
+        continues exactly as this one would (see :attr:`can_save_state`)."""
+        if not self.can_save_state:
+            raise RuntimeError(
+                "tracker state can be saved only in online / semi-online mode between clips"
+            )
+        return {
+            "backend": self._propagator.state_dict(),
+            "next_index": self._next_index,
+            "clip_end": self._clip_end,
+            "clips_done": self._clips_done,
+            "size": list(self._size) if self._size else None,
+            "config": _plain(dataclasses.asdict(self.config)),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` of a tracker with the same settings."""
+        if dict(state["config"]) != _plain(dataclasses.asdict(self.config)):
+            raise ValueError("the saved tracker state was made with other tracker settings")
+        self.reset()
+        self._propagator.load_state_dict(state["backend"])
+        self._next_index = int(state["next_index"])
+        self._clip_end = int(state["clip_end"])
+        self._clips_done = int(state["clips_done"])
+        self._size = tuple(state["size"]) if state["size"] else None
+
     def seed(
         self, frame: np.ndarray, segmentation: Segmentation, *, next_id: int | None = None
     ) -> None:
@@ -482,3 +518,8 @@ class DecoupledTracker:
             frame = self._prepare(i, *frames[i])
             result = self._propagator.step(features=frame.features, end=i == total - 1)
             yield self._from_probabilities(frame, result)
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings as :func:`torch.save` / JSON keep them (enums by value)."""
+    return {k: v.value if isinstance(v, enum.Enum) else v for k, v in values.items()}

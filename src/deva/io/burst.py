@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from deva.io import atomic
+
 log = logging.getLogger(__name__)
 
 #: TAO-OW distractor category ids ("Opening up Open-World Tracking"), removed from the GT.
@@ -281,5 +283,5 @@ def write_burst(
     data: dict[str, Any] = {"split": split, "sequences": [s.to_json() for s in sequences]}
     if categories is not None:
         data["categories"] = categories
-    path.write_text(json.dumps(data))
+    atomic.write_text(path, json.dumps(data))
     return path

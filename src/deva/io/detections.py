@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deva.io import atomic
 from deva.io.masks import read_mask_png, write_mask_png
 from deva.types import Segment, Segmentation
 
@@ -71,7 +72,7 @@ def write_frame_segmentation(
     mask = seg.mask.cpu().numpy() if isinstance(seg.mask, torch.Tensor) else np.asarray(seg.mask)
     write_mask_png(directory / f"{name}.png", mask)
     infos = segment_infos(seg, details=details)
-    (directory / f"{name}.json").write_text(json.dumps(infos))
+    atomic.write_text(directory / f"{name}.json", json.dumps(infos))
 
 
 def read_frame_segmentation(directory: str | Path, name: str) -> Segmentation:

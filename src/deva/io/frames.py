@@ -114,6 +114,12 @@ class FrameReader:
     def __len__(self) -> int:
         return self._length
 
+    def names(self) -> list[str]:
+        """The frames' names, in order (a video's from its reported frame count)."""
+        if self.files is not None:
+            return [p.stem for p in self.files]
+        return [f"{index:05d}" for index in range(self._length)]
+
     def _probe_video(self) -> tuple[float | None, int]:
         """(frame rate or None, frame count or 0) of the video file."""
         capture = self._open_video()

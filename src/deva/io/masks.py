@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deva.io.atomic import atomic_path
+
 
 def davis_palette() -> np.ndarray:
     """The DAVIS / PASCAL VOC colour map as a (256, 3) uint8 array (label i -> colour)."""
@@ -35,7 +37,8 @@ def write_index_png(path: str | Path, mask: np.ndarray) -> None:
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
     image.putpalette(davis_palette().reshape(-1).tolist())
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    with atomic_path(path) as temporary:
+        image.save(temporary)
 
 
 def read_index_png(path: str | Path) -> np.ndarray:
@@ -79,7 +82,8 @@ def decode_rgb_ids(rgb: np.ndarray) -> np.ndarray:
 def write_id_png(path: str | Path, ids: np.ndarray) -> None:
     """Write an H×W id map of any size as an RGB-encoded PNG (id = R + 256·G + 256²·B)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(encode_rgb_ids(ids), mode="RGB").save(path)
+    with atomic_path(path) as temporary:
+        Image.fromarray(encode_rgb_ids(ids), mode="RGB").save(temporary)
 
 
 def read_id_png(path: str | Path) -> np.ndarray:

@@ -74,20 +74,36 @@ class Mp4Writer:
 
     The frame size is fixed by the first frame; odd sizes are padded to even ones by
     replicating the last row / column. Use as a context manager or call :meth:`close`.
+    ``fragmented`` writes a fragmented mp4 (a fragment at each keyframe, one a second, each
+    flushed to disk): a process killed while writing leaves a file playable up to its last
+    fragment, where a plain mp4 has no index until it is closed.
     """
 
     def __init__(
-        self, path: str | Path, fps: float = 24.0, *, crf: int = 20, codec: str = "libx264"
+        self,
+        path: str | Path,
+        fps: float = 24.0,
+        *,
+        crf: int = 20,
+        codec: str = "libx264",
+        fragmented: bool = False,
     ) -> None:
         import av  # imported lazily: reading frames and tests of other parts do not need it
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(self.path), mode="w")
+        options = (
+            {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+            if fragmented
+            else {}
+        )
+        self._container = av.open(str(self.path), mode="w", options=options)
         rate = Fraction(fps).limit_denominator(1001)
         self._stream = self._container.add_stream(codec, rate=rate)
         self._stream.pix_fmt = "yuv420p"
         self._stream.options = {"crf": str(crf)}
+        if fragmented:
+            self._stream.options["g"] = str(max(1, round(fps)))
         self._size: tuple[int, int] | None = None
         self._av = av
         self.frames_written = 0

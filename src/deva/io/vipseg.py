@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from deva.io import atomic
 from deva.io.masks import read_id_png, write_id_png
 
 log = logging.getLogger(__name__)
@@ -231,5 +232,5 @@ class PredictionWriter:
         path = Path(self.out_dir) / PRED_JSON
         path.parent.mkdir(parents=True, exist_ok=True)
         annotations = [{"video_id": v, "annotations": a} for v, a in self._videos.items()]
-        path.write_text(json.dumps({"annotations": annotations}))
+        atomic.write_text(path, json.dumps({"annotations": annotations}))
         return path

@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from deva.inference.backend import PropagationBackend
 from deva.inference.options import InferenceOptions
 from deva.inference.tracker import DecoupledTracker, TrackedFrame
 from deva.inference.tracker_config import TrackerConfig
+from deva.io.outputs import OutputFolder
 from deva.modeling.propagation import PropagationModel
-from deva.pipelines.inputs import DetectionSource, VideoSource, find_videos
+from deva.pipelines.inputs import DetectionSource, VideoSource, check_frame_sizes, find_videos
+from deva.pipelines.video_tracking import EmptyResultError
 from deva.pipelines.writers import BurstWriter, GenericWriter, VipsegWriter, burst_ground_truth
+from deva.types import ImageSegmenter, Segmentation
 
 __all__ = ["Benchmark", "DetectionSource", "VideoSource", "find_videos", "track_dataset"]
 
@@ -65,24 +69,29 @@ def track_frames(
 
 def track_dataset(
     benchmark: Benchmark | str,
-    model: PropagationModel,
+    model: PropagationModel | PropagationBackend,
     config: TrackerConfig,
     *,
     options: InferenceOptions | None = None,
     images: str | Path,
     detections: str | Path,
-    output: str | Path,
+    output: OutputFolder,
     gt: str | Path | None = None,
     split: str | None = None,
+    extra_detections: str = "error",
     progress: bool = True,
 ) -> int:
     """Track every video under ``images`` with its detections; write ``benchmark``'s format.
 
+    Every video's frames and detections are checked first (one frame size per video,
+    detections only for frames the video has: ``extra_detections``); a dataset that tracked
+    no object although its detections held segments is an :class:`EmptyResultError`.
+
     Args:
         benchmark: output format (``detections``, ``vipseg`` or ``burst``).
-        model: the propagation network; config: tracker settings.
+        model: the propagation network (or another backend); config: tracker settings.
         images, detections: inputs as described in the module docstring.
-        output: output folder (the caller checks that it may be written).
+        output: the output folder (its files recorded as it writes them).
         gt: BURST only: a ground-truth json; its sequences select the videos
             (``<images>/<dataset>/<seq_name>/``) and its annotated frames the output frames.
         split: BURST only: the ``split`` written into the json.
@@ -91,29 +100,23 @@ def track_dataset(
         The number of frames tracked.
     """
     benchmark = Benchmark(benchmark) if not isinstance(benchmark, Benchmark) else benchmark
-    out = Path(output)
     videos, single = find_videos(images)
-    burst_gt = None
-    if gt is not None:
+    burst_gt = burst_ground_truth(gt) if gt is not None else None
+    if burst_gt is not None:
         if benchmark is not Benchmark.BURST:
             raise ValueError(f"data.gt is only used with benchmark=burst, not {benchmark.value}")
-        burst_gt = burst_ground_truth(gt)
-        by_name = {v.name: v for v in videos}
-        missing = [name for name in burst_gt if name not in by_name]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} ground-truth sequences have no frames folder under {images}, "
-                f"e.g. {missing[0]}"
-            )
-        videos = [by_name[name] for name in burst_gt]
+        videos = _ground_truth_videos(videos, burst_gt, images)
     source = DetectionSource(detections, single_video=single)
-    writers: dict[Benchmark, Callable[[], Any]] = {
-        Benchmark.DETECTIONS: lambda: GenericWriter(out),
-        Benchmark.VIPSEG: lambda: VipsegWriter(out),
-        Benchmark.BURST: lambda: BurstWriter(out / BURST_OUTPUT, burst_gt, split),
-    }
-    writer = writers[benchmark]()
-    tracker = DecoupledTracker(model, source.segmenter(videos[0].name), config, options=options)
+    for video in videos:
+        check_frame_sizes(video.files)
+        source.segmenter(video.name)  # fails now when the video's detections are missing
+        source.check_frames(
+            video.name,
+            [p.stem for p in video.files],
+            extra=extra_detections,
+            hint="extra_detections=warn to go on",
+        )
+    writer = _writer(benchmark, output, burst_gt, split)
     logger.info(
         "%s: %d video(s) from %s, %s detections from %s, mode %s -> %s",
         benchmark.value,
@@ -122,11 +125,53 @@ def track_dataset(
         source.layout,
         detections,
         config.mode.value,
-        out,
+        output.root,
     )
-    count = 0
+    count = _track_videos(videos, source, writer, model, config, options, progress)
+    written = writer.close()
+    logger.info("wrote %s", ", ".join(str(p) for p in written))
+    return count
+
+
+def _ground_truth_videos(
+    videos: list[VideoSource], burst_gt: dict[str, Any], images: str | Path
+) -> list[VideoSource]:
+    """The videos the BURST ground truth lists, in its order; each must have frames."""
+    by_name = {v.name: v for v in videos}
+    missing = [name for name in burst_gt if name not in by_name]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} ground-truth sequences have no frames folder under {images}, "
+            f"e.g. {missing[0]}"
+        )
+    return [by_name[name] for name in burst_gt]
+
+
+def _writer(
+    benchmark: Benchmark, output: OutputFolder, burst_gt: dict[str, Any] | None, split: str | None
+) -> Any:
+    if benchmark is Benchmark.DETECTIONS:
+        return GenericWriter(output)
+    if benchmark is Benchmark.VIPSEG:
+        return VipsegWriter(output)
+    return BurstWriter(output.path(BURST_OUTPUT), burst_gt, split)
+
+
+def _track_videos(
+    videos: list[VideoSource],
+    source: DetectionSource,
+    writer: Any,
+    model: PropagationModel | PropagationBackend,
+    config: TrackerConfig,
+    options: InferenceOptions | None,
+    progress: bool,
+) -> int:
+    """Track the videos one after another into ``writer``; the number of frames."""
+    tracker = DecoupledTracker(model, source.segmenter(videos[0].name), config, options=options)
+    count = objects = segments = 0
     for video in tqdm(videos, desc="videos", unit="video", disable=not progress):
-        tracker.segmenter = source.segmenter(video.name)
+        segmenter = _Counting(source.segmenter(video.name))
+        tracker.segmenter = segmenter
         writer.start(video)
         file_names = {path.stem: path.name for path in video.files}
         for result in track_frames(
@@ -135,6 +180,24 @@ def track_dataset(
             writer.add(result, file_names[result.name])
             count += 1
         writer.end()
-    written = writer.close()
-    logger.info("wrote %s", ", ".join(str(p) for p in written))
+        objects += tracker.registry.next_id - 1
+        segments += segmenter.segments
+    if not objects and segments:
+        raise EmptyResultError(
+            f"tracked 0 objects in {len(videos)} video(s) although the detections held "
+            f"{segments} segment(s); check the detections (names, sizes) and max_objects"
+        )
     return count
+
+
+class _Counting:
+    """A segmenter that counts the segments it returns."""
+
+    def __init__(self, inner: ImageSegmenter) -> None:
+        self.inner = inner
+        self.segments = 0
+
+    def __call__(self, image: np.ndarray, *, frame_name: str | None = None) -> Segmentation:
+        result = self.inner(image, frame_name=frame_name)
+        self.segments += len(result.segments)
+        return result

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from PIL import Image
 
 from deva.io.frames import IMAGE_EXTENSIONS, list_frame_files, natural_sorted, read_frame
 from deva.segmenters import BurstSegmenter, PrecomputedSegmenter, VipsegSegmenter
@@ -85,6 +86,63 @@ class _VideoScoped:
         return self.inner(image, frame_name=f"{self.video}/{frame_name}")
 
 
+def check_frame_sizes(files: Sequence[Path]) -> tuple[int, int]:
+    """The (H, W) every frame file has (read from the headers); ValueError naming the first
+    frame of another size, before any frame is decoded."""
+    sizes: tuple[int, int] | None = None
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                size = (int(image.height), int(image.width))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read frame {path}: {error}") from None
+        if sizes is None:
+            sizes = size
+        elif size != sizes:
+            raise ValueError(
+                f"frame {path} is {size[0]}x{size[1]} but the video's first frame is "
+                f"{sizes[0]}x{sizes[1]}; all frames of a video must have one size"
+            )
+    if sizes is None:
+        raise ValueError("no frames to check")
+    return sizes
+
+
+def check_detections(
+    detected: Sequence[str],
+    frames: Sequence[str],
+    where: str,
+    *,
+    extra: str = "error",
+    hint: str = "",
+) -> None:
+    """Before the first frame: the frames with detections (by stem) must be frames of the
+    video. No match at all, or (with ``extra="error"``) detections for frames the video does
+    not have, is a ValueError naming the first mismatch (``hint`` appended, e.g. the option
+    that relaxes it); ``extra="warn"`` logs a count."""
+    if extra not in ("error", "warn"):
+        raise ValueError(f"extra_detections must be error or warn, got {extra!r}")
+    if not detected:
+        return
+    have = set(frames)
+    matching = [n for n in detected if n in have]
+    if not matching:
+        raise ValueError(
+            f"none of the {len(detected)} frame(s) with detections in {where} is a frame of "
+            f"the video (detections e.g. {detected[0]!r}, frames e.g. {frames[0]!r})"
+            if frames
+            else f"the video has no frames to match the detections in {where}"
+        )
+    missing = [n for n in detected if n not in have]
+    if missing and extra == "error":
+        raise ValueError(
+            f"{where} holds detections for {len(missing)} frame(s) the video does not have, "
+            f"e.g. {missing[0]!r}" + (f" ({hint})" if hint else "")
+        )
+    if missing:
+        logger.warning("%s: %d detection frame(s) match no frame of the video", where, len(missing))
+
+
 class DetectionSource:
     """Builds the per-video segmenter for a detections path in any of the three layouts."""
 
@@ -133,19 +191,20 @@ class DetectionSource:
             return _VideoScoped(self._vipseg, PurePosixPath(video).name)
         return BurstSegmenter(self.path, sequence=video, missing="empty")
 
-    def check_frames(self, video: str, frame_stems: Sequence[str]) -> None:
-        """Raise ValueError when ``video`` has detections for frames it does not have.
-
-        Frames are compared by stem (``00005`` for ``00005.jpg``); a typo in a detections
-        folder or a json for another frame rate would otherwise silently give empty frames.
-        """
-        listed = self.frame_stems(video)
-        extra = sorted(set(listed) - set(frame_stems))
-        if extra:
-            raise ValueError(
-                f"detections {self.path} hold {len(extra)} frame(s) that video {video!r} does "
-                f"not have, e.g. {extra[0]!r}"
-            )
+    def check_frames(
+        self, video: str, frame_stems: Sequence[str], *, extra: str = "error", hint: str = ""
+    ) -> None:
+        """:func:`check_detections` of ``video``'s detections against its frames (by stem:
+        ``00005`` for ``00005.jpg``): a typo in a detections folder or a json for another
+        frame rate would otherwise silently give empty frames."""
+        listed = sorted(self.frame_stems(video))
+        check_detections(
+            listed,
+            list(frame_stems),
+            f"detections {self.path} of video {video!r}",
+            extra=extra,
+            hint=hint,
+        )
 
     def frame_stems(self, video: str) -> list[str]:
         """Stems of the frames of ``video`` that have detections in this source."""

@@ -1,63 +1,75 @@
 """Track one video file or frame folder and write everything a user looks at or loads.
 
 :func:`track_video` runs :class:`~deva.inference.tracker.DecoupledTracker` over the frames and
-writes into ``output``:
+writes into ``output`` (an :class:`~deva.io.outputs.OutputFolder`: every file recorded
+in its manifest before it is written, each written whole or not at all):
 
 - ``masks/<frame>.png`` (palette ids; RGB-encoded beyond 255) + ``masks/<frame>.json``
   (``[{id, label, category_id, score, isthing, area, box}]``);
-- ``coco_rle.json``: the whole video in the YouTube-VIS layout — ``videos``, ``categories``
-  and ``annotations``, one per object with ``label``, ``score``, ``first_frame`` /
-  ``last_frame`` and ``segmentations``: per frame a COCO RLE (``{"size", "counts"}``, decode
-  with ``pycocotools.mask.decode``) or null where the object is absent;
-- ``overlay.mp4``: coloured masks with ids and labels, at the input's frame rate;
+- ``coco_rle.json``: the whole video in the YouTube-VIS layout (:mod:`deva.pipelines.coco_rle`);
+- ``overlay.mp4``: coloured masks with ids and labels, at the input's frame rate; a
+  fragmented mp4, playable up to its last second after any kill;
 - ``summary.json``: settings, timings and the objects with their first and last frame;
-- ``run.json``: the settings of the run and its state (running / failed / done), used to
-  refuse writing over another run and to resume this one.
+- ``run.json``: the tool, the settings of the run and its state (``running``, ``done``,
+  ``interrupted at frame N``, ``failed: <reason>``), and at the end the list of its files;
+- while running, ``tracker_state.pt`` (every ``state_every`` frames and on Ctrl+C: the
+  tracker's complete state, :meth:`~deva.inference.tracker.DecoupledTracker.state_dict`) and
+  ``coco_rle.parts.jsonl``; both are removed when the run is done.
 
-Resuming (``resume=True``) keeps the frames already written and continues after the last
-one: the tracker is re-initialised from that frame's saved masks
-(:meth:`~deva.inference.tracker.DecoupledTracker.seed`: its objects keep their ids and
-metadata; new objects get ids above all ids used before), so no finished frame is
-recomputed. The overlay of the finished frames is re-rendered from the saved masks. The
-propagation memory before that frame is not restored, so a resumed run can differ slightly
-from an uninterrupted one. Offline mode cannot be resumed: it chooses its key frame from the
-whole video and propagates backwards from it.
+Resuming (``resume=True``) continues from the saved tracker state: the frames written after
+it are tracked again, with the same results, so a resumed run writes exactly what an
+uninterrupted one writes. Without a saved state the run starts again from the first frame.
+The overlay of the finished frames is re-rendered from their saved masks. Offline mode cannot
+be resumed: it chooses its key frame from the whole video and propagates backwards from it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from deva.errors import one_line
+from deva.inference.backend import PropagationBackend
 from deva.inference.options import InferenceOptions
 from deva.inference.tracker import DecoupledTracker, TrackedFrame
 from deva.inference.tracker_config import TrackerConfig, TrackingMode
+from deva.io import atomic
 from deva.io.detections import read_frame_segmentation, segment_infos, write_frame_segmentation
+from deva.io.outputs import OutputFolder
 from deva.io.video import Mp4Writer, VideoFrames, draw_labels, overlay_mask
 from deva.modeling.propagation import PropagationModel
+from deva.pipelines.coco_rle import CocoRleWriter
 from deva.types import ImageSegmenter, Segmentation
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 RLE_FILE = "coco_rle.json"
+RLE_PARTS = "coco_rle.parts.jsonl"
 OVERLAY_FILE = "overlay.mp4"
 MASKS_DIR = "masks"
+STATE_FILE = "tracker_state.pt"
 
 
 class ResumeError(ValueError):
     """An output folder that cannot be resumed (another run's, finished, or offline mode)."""
+
+
+class EmptyResultError(ValueError):
+    """A run that tracked no object although its image model detected some."""
+
+
+class TrackingInterrupted(KeyboardInterrupt):
+    """Ctrl+C during tracking; the message says where to resume."""
 
 
 @dataclass
@@ -72,11 +84,12 @@ class TrackingReport:
 
 
 class _TimedSegmenter:
-    """Wraps a segmenter to count its calls and the time spent in it."""
+    """Wraps a segmenter to count its calls, the segments it returned and the time spent."""
 
     def __init__(self, segmenter: ImageSegmenter) -> None:
         self.inner = segmenter
         self.calls = 0
+        self.segments = 0
         self.seconds = 0.0
 
     @property
@@ -87,37 +100,31 @@ class _TimedSegmenter:
     def __call__(self, image: np.ndarray, *, frame_name: str | None = None) -> Segmentation:
         start = time.perf_counter()
         try:
-            return self.inner(image, frame_name=frame_name)
+            result = self.inner(image, frame_name=frame_name)
+            self.segments += len(result.segments)
+            return result
         finally:
             self.calls += 1
             self.seconds += time.perf_counter() - start
 
 
-@dataclass
-class _ObjectTrack:
-    """Per-object accumulation for ``coco_rle.json`` and ``summary.json``."""
-
-    id: int
-    label: str | None = None
-    category_id: int | None = None
-    score: float | None = None
-    isthing: bool | None = None
-    rles: dict[int, dict[str, Any]] = field(default_factory=dict)  # frame index -> RLE
-    areas: dict[int, int] = field(default_factory=dict)
-    boxes: dict[int, list[float]] = field(default_factory=dict)
-
-
 class _VideoWriter:
-    """Writes masks, overlay frames and collects the per-object RLEs."""
+    """Writes masks and overlay frames, collects the RLEs and the per-object summary."""
 
-    def __init__(self, out: Path, names: dict[int, str], overlay: Mp4Writer | None) -> None:
+    def __init__(self, out: OutputFolder, names: dict[int, str], overlay: Mp4Writer | None) -> None:
         self.out = out
-        self.masks = out / MASKS_DIR
         self.names = names
         self.overlay = overlay
         self.frame_names: list[str] = []
-        self.objects: dict[int, _ObjectTrack] = {}
         self.size: tuple[int, int] | None = None
+        self._rle: CocoRleWriter | None = None
+
+    @property
+    def rle(self) -> CocoRleWriter:
+        """The RLE collector, started on the first frame unless :meth:`restore` made it."""
+        if self._rle is None:
+            self._rle = CocoRleWriter(self.out.path(RLE_PARTS))
+        return self._rle
 
     def labelled(self, seg: Segmentation) -> Segmentation:
         """Fill in missing labels from the segmenter's category names."""
@@ -129,34 +136,37 @@ class _VideoWriter:
         ]
         return Segmentation(mask=seg.mask, segments=segments)
 
-    def add(self, name: str, seg: Segmentation, image: np.ndarray | None, *, write: bool) -> None:
-        """Record frame ``name``; ``write`` saves its PNG + JSON (False when resuming)."""
+    def add(self, name: str, seg: Segmentation, image: np.ndarray | None) -> None:
+        """Frame ``name``: its PNG + JSON, its overlay frame and its RLEs."""
         seg = self.labelled(seg)
-        mask = seg.mask.cpu().numpy() if isinstance(seg.mask, torch.Tensor) else seg.mask
-        mask = np.asarray(mask).astype(np.int64)
+        self.out.path(f"{MASKS_DIR}/{name}.png")
+        self.out.path(f"{MASKS_DIR}/{name}.json")
+        write_frame_segmentation(self.out.root / MASKS_DIR, name, seg, details=True)
+        mask = _ids(seg)
         self.size = self.size or (int(mask.shape[0]), int(mask.shape[1]))
-        if write:
-            write_frame_segmentation(self.masks, name, seg, details=True)
-        index = len(self.frame_names)
-        self.frame_names.append(name)
         infos = segment_infos(seg, details=True)
-        for s, info in zip(seg.segments, infos):
-            if not info["area"]:
-                continue
-            track = self.objects.setdefault(s.id, _ObjectTrack(s.id))
-            track.label, track.category_id = s.label, s.category_id
-            track.score, track.isthing = s.score, s.isthing
-            rle = mask_utils.encode(np.asfortranarray((mask == s.id).astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            track.rles[index] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]}
-            x0, y0, x1, y1 = info["box"]
-            track.boxes[index] = [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
-            track.areas[index] = int(info["area"])
-        if self.overlay is not None and image is not None:
-            frame = overlay_mask(image, mask)
-            texts = {s.id: f"{s.id} {s.label}" if s.label else str(s.id) for s in seg.segments}
-            boxes = {info["id"]: info["box"] for info in infos}
-            self.overlay.write(draw_labels(frame, texts, boxes))
+        self.rle.add(len(self.frame_names), mask, seg.segments, infos)
+        self.frame_names.append(name)
+        self.render(image, mask, seg, infos)
+
+    def render(
+        self, image: np.ndarray | None, mask: np.ndarray, seg: Segmentation, infos: list[dict]
+    ) -> None:
+        """One overlay frame (nothing without an overlay or an image)."""
+        if self.overlay is None or image is None:
+            return
+        frame = overlay_mask(image, mask)
+        texts = {s.id: f"{s.id} {s.label}" if s.label else str(s.id) for s in seg.segments}
+        boxes = {info["id"]: info["box"] for info in infos}
+        self.overlay.write(draw_labels(frame, texts, boxes))
+
+    def state(self) -> dict[str, Any]:
+        return {"frame_names": list(self.frame_names), "size": self.size, "rle": self.rle.state()}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self._rle = CocoRleWriter.restore(self.out.path(RLE_PARTS), state["rle"])
+        self.frame_names = list(state["frame_names"])
+        self.size = tuple(state["size"]) if state["size"] else None
 
     def objects_summary(self) -> list[dict[str, Any]]:
         return [
@@ -166,57 +176,26 @@ class _VideoWriter:
                 "category_id": t.category_id,
                 "score": t.score,
                 "isthing": t.isthing,
-                "first_frame": self.frame_names[min(t.rles)],
-                "last_frame": self.frame_names[max(t.rles)],
-                "num_frames": len(t.rles),
+                "first_frame": self.frame_names[min(t.frames)],
+                "last_frame": self.frame_names[max(t.frames)],
+                "num_frames": len(t.frames),
             }
-            for t in sorted(self.objects.values(), key=lambda t: t.id)
+            for t in sorted(self.rle.tracks.values(), key=lambda t: t.id)
         ]
 
-    def write_rle(self, source: str) -> Path:
-        """``coco_rle.json`` (YouTube-VIS layout, see the module docstring)."""
-        count = len(self.frame_names)
-        height, width = self.size or (0, 0)
-        categories = {int(k): v for k, v in self.names.items()}
-        for t in self.objects.values():
-            if t.category_id is not None and t.category_id not in categories:
-                categories[int(t.category_id)] = t.label or str(t.category_id)
-        annotations = []
-        for t in sorted(self.objects.values(), key=lambda t: t.id):
-            annotations.append(
-                {
-                    "id": t.id,
-                    "video_id": 1,
-                    "category_id": t.category_id,
-                    "label": t.label,
-                    "score": t.score,
-                    "isthing": t.isthing,
-                    "iscrowd": 0,
-                    "first_frame": self.frame_names[min(t.rles)],
-                    "last_frame": self.frame_names[max(t.rles)],
-                    "segmentations": [t.rles.get(i) for i in range(count)],
-                    "areas": [t.areas.get(i) for i in range(count)],
-                    "bboxes": [t.boxes.get(i) for i in range(count)],
-                }
-            )
-        data = {
-            "info": {"description": "deva tracking output", "source": source},
-            "videos": [
-                {
-                    "id": 1,
-                    "name": Path(source).stem,
-                    "width": width,
-                    "height": height,
-                    "length": count,
-                    "file_names": list(self.frame_names),
-                }
-            ],
-            "categories": [{"id": k, "name": v} for k, v in sorted(categories.items())],
-            "annotations": annotations,
-        }
-        path = self.out / RLE_FILE
-        path.write_text(json.dumps(data))
-        return path
+    def finish(self, source: str) -> None:
+        """``coco_rle.json``; the parts file is removed."""
+        path = self.out.path(RLE_FILE)
+        self.rle.write(
+            path, source=source, frame_names=self.frame_names, size=self.size, names=self.names
+        )
+        self.rle.close()
+        (self.out.root / RLE_PARTS).unlink(missing_ok=True)
+
+
+def _ids(seg: Segmentation) -> np.ndarray:
+    mask = seg.mask.cpu().numpy() if isinstance(seg.mask, torch.Tensor) else seg.mask
+    return np.asarray(mask).astype(np.int64)
 
 
 def _comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -224,30 +203,18 @@ def _comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in dict(settings).items() if k not in ignored}
 
 
-def read_run(output: str | Path) -> dict[str, Any] | None:
-    """The ``run.json`` of an output folder, or None."""
-    path = Path(output) / RUN_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-
-
-def check_resumable(output: str | Path, settings: Mapping[str, Any]) -> None:
-    """Raise :class:`ResumeError` unless ``output`` holds an unfinished run of ``settings``."""
-    run = read_run(output)
+def check_resumable(
+    run: Mapping[str, Any] | None, output: Path, settings: Mapping[str, Any]
+) -> None:
+    """Raise :class:`ResumeError` unless ``run`` (the folder's ``run.json``) is an unfinished
+    run of the same ``settings``."""
     if run is None:
-        raise ResumeError(f"resume=true: {output} holds no run to resume (no {RUN_FILE})")
+        raise ResumeError(f"resume=true: {output} holds no run to resume (no run.json)")
     if run.get("state") == "done":
         raise ResumeError(f"resume=true: the run in {output} is already complete")
-    if _comparable(run.get("settings", {})) != _comparable(settings):
-        changed = sorted(
-            k
-            for k in set(_comparable(run.get("settings", {}))) | set(_comparable(settings))
-            if _comparable(run.get("settings", {})).get(k) != _comparable(settings).get(k)
-        )
+    before, now = _comparable(run.get("settings", {})), _comparable(settings)
+    if before != now:
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         raise ResumeError(
             f"resume=true: the run in {output} used different settings ({', '.join(changed)}); "
             f"use another output folder or overwrite=true"
@@ -260,32 +227,46 @@ def check_resumable(output: str | Path, settings: Mapping[str, Any]) -> None:
         )
 
 
-def clear_outputs(output: str | Path) -> list[Path]:
-    """Delete the files a previous run wrote in ``output`` (only ours); returns them."""
-    out = Path(output)
-    removed = [out / n for n in (RUN_FILE, SUMMARY_FILE, RLE_FILE, OVERLAY_FILE)]
-    removed = [p for p in removed if p.is_file()]
-    masks = out / MASKS_DIR
-    if masks.is_dir():
-        removed += [p for p in masks.iterdir() if p.suffix in (".png", ".json") and p.is_file()]
-    for path in removed:
-        path.unlink()
-    return removed
+@dataclass
+class _Run:
+    """One call of :func:`track_video`: its folder, tracker, writer and counters."""
 
+    out: OutputFolder
+    tracker: DecoupledTracker
+    writer: _VideoWriter
+    segmenter: _TimedSegmenter
+    record: dict[str, Any]
+    state_every: int
+    done: int = 0  # frames output by this call
+    resumed: int = 0  # frames kept from the interrupted run
+    last_state: int = -1
 
-def _results(
-    tracker: DecoupledTracker, frames: Iterator[tuple[str, np.ndarray]], fresh: bool
-) -> Iterator[TrackedFrame]:
-    if fresh:
-        yield from tracker.stream(frames)
-        return
-    for name, frame in frames:
-        yield from tracker.step(name, frame)
-    yield from tracker.finish()
+    @property
+    def frames_out(self) -> int:
+        return len(self.writer.frame_names)
+
+    def save_state(self) -> None:
+        """The tracker's and the writer's state, atomically (when the tracker allows it)."""
+        if not self.tracker.can_save_state or self.last_state == self.frames_out:
+            return
+        state = {"tracker": self.tracker.state_dict(), "writer": self.writer.state()}
+        with atomic.atomic_path(self.out.path(STATE_FILE)) as temporary:
+            torch.save(state, temporary)
+        self.last_state = self.frames_out
+
+    def output(self, result: TrackedFrame) -> None:
+        self.writer.add(result.name, result.segmentation, result.image)
+        self.done += 1
+        if self.state_every and self.frames_out % self.state_every == 0:
+            self.save_state()
+
+    def mark(self, state: str, *, final: bool = False) -> None:
+        self.record["state"] = state
+        self.out.write_run(self.record, final=final)
 
 
 def track_video(
-    model: PropagationModel,
+    model: PropagationModel | PropagationBackend,
     segmenter: ImageSegmenter,
     config: TrackerConfig,
     *,
@@ -296,67 +277,122 @@ def track_video(
     fps: float | None = None,
     progress: bool = True,
     resume: bool = False,
+    overwrite: bool = False,
+    state_every: int = 50,
+    inputs: Iterable[str | Path | None] = (),
     settings: Mapping[str, Any] | None = None,
 ) -> TrackingReport:
     """Track a video file or frame folder and write the outputs listed in the module docstring.
 
     ``settings`` (JSON-serialisable) are stored in ``run.json`` / ``summary.json`` and must
-    match when resuming. Errors (e.g. a corrupt frame) propagate after the frames tracked so
-    far have been written and ``run.json`` marked failed.
+    match when resuming; ``inputs`` are further paths the run reads (detections), refused
+    inside ``output`` as the source is. ``state_every``: frames between saved tracker states
+    (0: only on Ctrl+C). Ctrl+C raises :class:`TrackingInterrupted` once the state is saved;
+    other errors propagate after the frames tracked so far have been written and ``run.json``
+    says why the run failed.
     """
     start = time.perf_counter()
     settings = dict(settings or {})
     settings.setdefault("mode", config.mode.value)
     frames = VideoFrames(source)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    masks = out / MASKS_DIR
+    out = OutputFolder(
+        output, tool="track", overwrite=overwrite, resume=resume, inputs=[source, *inputs]
+    )
     if resume:
-        check_resumable(out, settings)
+        check_resumable(out.previous, out.root, settings)
     timed = _TimedSegmenter(segmenter)
     tracker = DecoupledTracker(model, timed, config, options=options)
     rate = float(fps or frames.fps or 24.0)
-    run = {"settings": settings, "state": "running", "source": str(source)}
-    (out / RUN_FILE).write_text(json.dumps(run, indent=1))
-    video = Mp4Writer(out / OVERLAY_FILE, rate) if overlay else None
-    writer = _VideoWriter(out, timed.category_names, video)
-    total = len(frames) or None
-    bar = tqdm(total=total, desc="tracking", unit="frame", disable=not progress)
-    done = 0
-    resumed = 0
+    video = Mp4Writer(out.path(OVERLAY_FILE), rate, fragmented=True) if overlay else None
+    run = _Run(
+        out,
+        tracker,
+        _VideoWriter(out, timed.category_names, video),
+        timed,
+        {"settings": settings, "state": "running", "source": str(source)},
+        state_every,
+    )
+    run.mark("running")
+    bar = tqdm(total=len(frames) or None, desc="tracking", unit="frame", disable=not progress)
     try:
-        iterator = iter(frames)
-        if resume:
-            iterator, resumed = _replay_finished(tracker, iterator, writer, masks, bar)
-        fresh = resumed == 0
-        for result in _results(tracker, iterator, fresh):
-            writer.add(result.name, result.segmentation, result.image, write=True)
-            done += 1
+        remaining = _restart(run, iter(frames), bar) if resume else iter(frames)
+        for result in _results(tracker, remaining, fresh=run.resumed == 0):
+            run.output(result)
             bar.update(1)
             bar.set_postfix(objects=len(tracker.registry), refresh=False)
+    except KeyboardInterrupt:
+        run.save_state()
+        where = f"interrupted at frame {run.frames_out}"
+        run.mark(where, final=True)
+        raise TrackingInterrupted(f"{where}; resume with resume=true") from None
     except BaseException as error:
-        run["state"] = f"failed: {error}"
-        (out / RUN_FILE).write_text(json.dumps(run, indent=1))
+        run.mark(f"failed: {one_line(error)}", final=True)
         raise
     finally:
         bar.close()
         if video is not None:
             video.close()
-    elapsed = time.perf_counter() - start
-    writer.write_rle(str(source))
+    return _finish(run, source, rate, overlay, time.perf_counter() - start)
+
+
+def _results(
+    tracker: DecoupledTracker, frames: Iterator[tuple[str, np.ndarray]], *, fresh: bool
+) -> Iterator[TrackedFrame]:
+    if fresh:
+        yield from tracker.stream(frames)
+        return
+    for name, frame in frames:
+        yield from tracker.step(name, frame)
+    yield from tracker.finish()
+
+
+def _restart(
+    run: _Run, frames: Iterator[tuple[str, np.ndarray]], bar: tqdm
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Continue from the saved state: its frames are re-rendered into the overlay from their
+    masks and skipped; returns the frames still to track."""
+    path = run.out.root / STATE_FILE
+    if not path.is_file():
+        logger.info("resume=true: no saved tracker state; tracking from the first frame")
+        return frames
+    state = torch.load(path, map_location=run.tracker.propagator.device, weights_only=True)
+    run.tracker.load_state_dict(state["tracker"])
+    run.writer.restore(state["writer"])
+    names = run.writer.frame_names
+    for (name, image), saved in zip(islice(frames, len(names)), names, strict=True):
+        if name != saved:
+            raise ResumeError(
+                f"resume=true: frame {len(names)} of the source is {name}, not {saved}"
+            )
+        seg = read_frame_segmentation(run.out.root / MASKS_DIR, name)
+        run.writer.render(image, _ids(seg), seg, segment_infos(seg, details=True))
+        bar.update(1)
+    run.resumed = run.last_state = len(names)
+    logger.info(
+        "resuming after %d finished frames (last %s)", len(names), names[-1] if names else "-"
+    )
+    return frames
+
+
+def _finish(
+    run: _Run, source: str | Path, rate: float, overlay: bool, elapsed: float
+) -> TrackingReport:
+    """``coco_rle.json``, ``summary.json``, ``run.json`` done; an empty result is an error."""
+    writer, timed = run.writer, run.segmenter
+    writer.finish(str(source))
     objects = writer.objects_summary()
     summary = {
         "source": str(source),
-        "settings": settings,
-        "frames": len(writer.frame_names),
-        "frames_tracked": done,
-        "resumed_frames": resumed,
+        "settings": run.record["settings"],
+        "frames": run.frames_out,
+        "frames_tracked": run.done,
+        "resumed_frames": run.resumed,
         "fps": rate,
         "size": list(writer.size) if writer.size else None,
-        "mode": config.mode.value,
+        "mode": run.tracker.config.mode.value,
         "timings": {
             "total_s": round(elapsed, 3),
-            "frames_per_s": round(done / elapsed, 3) if elapsed > 0 else None,
+            "frames_per_s": round(run.done / elapsed, 3) if elapsed > 0 else None,
             "segmenter_s": round(timed.seconds, 3),
             "segmenter_calls": timed.calls,
         },
@@ -368,49 +404,14 @@ def track_video(
             "overlay": OVERLAY_FILE if overlay else None,
         },
     }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
-    run["state"] = "done"
-    (out / RUN_FILE).write_text(json.dumps(run, indent=1))
-    return TrackingReport(len(writer.frame_names), resumed, len(objects), elapsed, summary)
-
-
-def _replay_finished(
-    tracker: DecoupledTracker,
-    frames: Iterator[tuple[str, np.ndarray]],
-    writer: _VideoWriter,
-    masks: Path,
-    bar: tqdm,
-) -> tuple[Iterator[tuple[str, np.ndarray]], int]:
-    """Record the frames an interrupted run wrote and seed the tracker from the last one
-    (its objects keep their ids; new objects get ids above every id used before).
-
-    Returns the frames still to track and how many were finished.
-    """
-    last: tuple[np.ndarray, Segmentation] | None = None
-    pending: tuple[str, np.ndarray] | None = None
-    for name, image in frames:
-        if not ((masks / f"{name}.png").is_file() and (masks / f"{name}.json").is_file()):
-            pending = (name, image)
-            break
-        seg = read_frame_segmentation(masks, name)
-        writer.add(name, seg, image, write=False)
-        last = (image, seg)
-        bar.update(1)
-    finished = len(writer.frame_names)
-    if last is not None:
-        ids_used = 0
-        for path in masks.glob("*.json"):
-            for info in json.loads(path.read_text()):
-                ids_used = max(ids_used, int(info.get("id", 0)))
-        tracker.reset()
-        tracker.seed(*last, next_id=ids_used + 1)
-        logger.info("resuming after %d finished frames (last %s)", finished, writer.frame_names[-1])
-    rest = iter(()) if pending is None else _chain(pending, frames)
-    return rest, finished
-
-
-def _chain(
-    first: tuple[str, np.ndarray], rest: Iterator[tuple[str, np.ndarray]]
-) -> Iterator[tuple[str, np.ndarray]]:
-    yield first
-    yield from rest
+    run.out.write_json(SUMMARY_FILE, summary)
+    (run.out.root / STATE_FILE).unlink(missing_ok=True)
+    if not objects and timed.segments:
+        message = (
+            f"tracked 0 objects although the image model returned {timed.segments} segment(s) "
+            f"on {timed.calls} frame(s); check the detections (names, sizes) and max_objects"
+        )
+        run.mark(f"failed: {message}", final=True)
+        raise EmptyResultError(message)
+    run.mark("done", final=True)
+    return TrackingReport(run.frames_out, run.resumed, len(objects), elapsed, summary)

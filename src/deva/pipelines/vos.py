@@ -27,7 +27,7 @@ from deva.inference.preprocess import (
 )
 from deva.inference.propagator import Propagator
 from deva.io.frames import list_frame_files, read_frame
-from deva.io.masks import read_index_png
+from deva.io.masks import read_mask_png
 
 T = TypeVar("T")
 
@@ -122,7 +122,7 @@ def _with_last(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
 def _load_mask(source: np.ndarray | Path) -> np.ndarray:
     if isinstance(source, np.ndarray):
         return source.astype(np.int64, copy=False)
-    return read_index_png(source).astype(np.int64)
+    return read_mask_png(source).astype(np.int64)
 
 
 def segment_frames(
@@ -140,7 +140,11 @@ def segment_frames(
     Yields ``(name, (H, W) int64 id map)`` at the original resolution for every output frame.
     """
     propagator.reset()
+    size: tuple[int, ...] | None = None
     for index, ((name, frame), last) in enumerate(_with_last(frames)):
+        size = size or frame.shape[:2]
+        if frame.shape[:2] != size:
+            raise ValueError(f"frame {name} is {frame.shape[:2]}, earlier frames were {size}")
         image, geometry = preprocess_frame(frame, shorter_side, device=propagator.device)
         mask, objects = None, None
         source = given.get(name)

@@ -29,7 +29,8 @@ from deva.io.burst import (
     write_burst,
 )
 from deva.io.detections import write_frame_segmentation
-from deva.io.vipseg import PredictionWriter
+from deva.io.outputs import OutputFolder
+from deva.io.vipseg import PRED_JSON, PRED_PNG_DIR, PredictionWriter
 from deva.pipelines.inputs import VideoSource
 from deva.types import Segment
 
@@ -37,20 +38,22 @@ from deva.types import Segment
 class GenericWriter:
     """``<root>/<video>/<frame>.png + .json``."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, out: OutputFolder) -> None:
+        self.out = out
 
     def start(self, video: VideoSource) -> None:
-        self.directory = self.root / video.name
+        self.video = video.name
 
     def add(self, frame: TrackedFrame, file_name: str) -> None:
-        write_frame_segmentation(self.directory, frame.name, frame.segmentation)
+        for suffix in (".png", ".json"):
+            self.out.path(f"{self.video}/{frame.name}{suffix}")
+        write_frame_segmentation(self.out.root / self.video, frame.name, frame.segmentation)
 
     def end(self) -> None:
         pass
 
     def close(self) -> list[Path]:
-        return [self.root]
+        return [self.out.root]
 
 
 class PanopticIds:
@@ -100,9 +103,10 @@ class PanopticIds:
 class VipsegWriter:
     """``pred.json`` + ``pan_pred/<video>/<frame>.png`` through ``deva.io.vipseg``."""
 
-    def __init__(self, root: Path) -> None:
-        self.writer = PredictionWriter(root)
-        self.root = root
+    def __init__(self, out: OutputFolder) -> None:
+        self.writer = PredictionWriter(out.root)
+        self.out = out
+        self.root = out.root
 
     def start(self, video: VideoSource) -> None:
         self.video = PurePosixPath(video.name).name
@@ -111,13 +115,15 @@ class VipsegWriter:
     def add(self, frame: TrackedFrame, file_name: str) -> None:
         ids, infos = self.ids.remap(frame)
         png = f"{PurePosixPath(file_name).stem}.png"
+        self.out.path(f"{PRED_PNG_DIR}/{self.video}/{png}")
         self.writer.add_frame(self.video, png, ids, infos, image_id=frame.name)
 
     def end(self) -> None:
         pass
 
     def close(self) -> list[Path]:
-        return [self.writer.close(), self.root / "pan_pred"]
+        self.out.path(PRED_JSON)
+        return [self.writer.close(), self.root / PRED_PNG_DIR]
 
 
 class BurstWriter:

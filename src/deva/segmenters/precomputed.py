@@ -98,6 +98,10 @@ class PrecomputedSegmenter(_PrecomputedBase):
     def _source(self) -> str:
         return str(self.directory)
 
+    def frame_names(self) -> list[str]:
+        """Names of the frames that have detections here (their ``.json`` files)."""
+        return sorted(p.stem for p in self.directory.glob("*.json"))
+
     def _load(self, frame_name: str) -> Segmentation | None:
         for key in _name_keys(frame_name):
             if (self.directory / f"{key}.png").is_file():

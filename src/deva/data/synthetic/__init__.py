@@ -34,7 +34,6 @@ from deva.data.synthetic.config import (
 from deva.data.synthetic.detections import simulate_detections
 from deva.data.synthetic.video import SyntheticVideo, generate_video
 from deva.data.synthetic.writing import (
-    prepare_output_dir,
     write_synthetic_dataset,
     write_synthetic_video,
 )
@@ -48,7 +47,6 @@ __all__ = [
     "SyntheticVideoConfig",
     "frame_name",
     "generate_video",
-    "prepare_output_dir",
     "simulate_detections",
     "video_name",
     "video_seed",

@@ -2,84 +2,61 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
 from deva.data.synthetic.config import SyntheticVideoConfig, frame_name, video_name, video_seed
 from deva.data.synthetic.video import SyntheticVideo, generate_video
+from deva.io.atomic import atomic_path
 from deva.io.detections import write_frame_segmentation
 from deva.io.masks import write_index_png
+from deva.io.outputs import OutputFolder
 
 logger = logging.getLogger(__name__)
 
-_SUBDIRS = ("JPEGImages", "Annotations", "Detections", "Meta")
-
 
 def write_synthetic_video(
-    root: str | Path,
+    out: OutputFolder,
     name: str,
     video: SyntheticVideo,
     *,
     config: SyntheticVideoConfig | None = None,
     jpeg_quality: int = 95,
 ) -> None:
-    """Write one video under ``root`` in the DAVIS-style layout.
+    """Write one video into ``out`` in the DAVIS-style layout.
 
     ``JPEGImages/<name>/00000.jpg``, ``Annotations/<name>/00000.png`` (palette, every frame),
     ``Detections/<name>/00000.png + .json`` (precomputed-detection format) and
-    ``Meta/<name>/meta.json``.
+    ``Meta/<name>/meta.json``; every file recorded in ``out`` and written atomically.
     """
-    root = Path(root)
-    image_dir = root / "JPEGImages" / name
-    mask_dir = root / "Annotations" / name
-    det_dir = root / "Detections" / name
-    meta_dir = root / "Meta" / name
-    for directory in (image_dir, mask_dir, det_dir, meta_dir):
-        directory.mkdir(parents=True, exist_ok=True)
     params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
     for t in range(video.num_frames):
         stem = frame_name(t)
-        bgr = cv2.cvtColor(video.frames[t], cv2.COLOR_RGB2BGR)
-        if not cv2.imwrite(str(image_dir / f"{stem}.jpg"), bgr, params):
-            raise OSError(f"cannot write frame {image_dir / f'{stem}.jpg'}")
-        write_index_png(mask_dir / f"{stem}.png", video.masks[t])
+        write_jpeg(out.path(f"JPEGImages/{name}/{stem}.jpg"), video.frames[t], params)
+        write_index_png(out.path(f"Annotations/{name}/{stem}.png"), video.masks[t])
         if t < len(video.detections):
-            write_frame_segmentation(det_dir, stem, video.detections[t])
+            for suffix in (".png", ".json"):
+                out.path(f"Detections/{name}/{stem}{suffix}")
+            write_frame_segmentation(out.root / "Detections" / name, stem, video.detections[t])
     meta = video.meta(config)
     meta["name"] = name
-    (meta_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+    out.write_json(f"Meta/{name}/meta.json", meta)
 
 
-def prepare_output_dir(root: str | Path, *, overwrite: bool = False) -> Path:
-    """Make sure ``root`` can receive a dataset; with ``overwrite`` clear our sub-folders.
-
-    A non-empty existing folder is refused unless ``overwrite`` is set; even then only the
-    folders this module writes (and ``dataset.json``) are removed.
-    """
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise NotADirectoryError(f"output is not a directory: {root}")
-    if root.is_dir() and any(root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"output folder {root} is not empty; pass overwrite=true to replace it"
-            )
-        for sub in _SUBDIRS:
-            if (root / sub).is_dir():
-                shutil.rmtree(root / sub)
-        (root / "dataset.json").unlink(missing_ok=True)
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+def write_jpeg(path: Path, rgb: np.ndarray, params: list[int]) -> None:
+    """An RGB frame as a JPEG, atomically."""
+    with atomic_path(path) as temporary:
+        if not cv2.imwrite(str(temporary), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
+            raise OSError(f"cannot write frame {path}")
 
 
 def write_synthetic_dataset(
-    root: str | Path,
+    root: str | Path | OutputFolder,
     config: SyntheticVideoConfig | None = None,
     *,
     num_videos: int = 3,
@@ -88,20 +65,22 @@ def write_synthetic_dataset(
     jpeg_quality: int = 95,
     progress: bool = False,
 ) -> list[str]:
-    """Generate ``num_videos`` videos and write them under ``root``; return their names.
+    """Generate ``num_videos`` videos and write them into ``root``; return their names.
 
+    ``root`` is an :class:`~deva.io.outputs.OutputFolder` or a folder made one (a non-empty
+    folder only with ``overwrite``, which replaces exactly the files of the previous run).
     Video ``i`` uses seed ``[seed, i]``, so a dataset can be regenerated or extended
     video by video. A ``dataset.json`` at the root records the config and the seeds.
     """
     config = config or SyntheticVideoConfig()
-    root = prepare_output_dir(root, overwrite=overwrite)
+    out = OutputFolder.of(root, tool="make_synthetic", overwrite=overwrite)
     names = [video_name(i) for i in range(num_videos)]
     iterator = range(num_videos)
     if progress:
         iterator = tqdm(iterator, desc="synthetic videos", unit="video")
     for i in iterator:
         video = generate_video(config, video_seed(seed, i))
-        write_synthetic_video(root, names[i], video, config=config, jpeg_quality=jpeg_quality)
+        write_synthetic_video(out, names[i], video, config=config, jpeg_quality=jpeg_quality)
         logger.debug("wrote %s (%d frames)", names[i], video.num_frames)
     summary = {
         "videos": names,
@@ -110,5 +89,5 @@ def write_synthetic_dataset(
         "thing_categories": list(range(1, config.num_thing_categories + 1)),
         "stuff_categories": config.stuff_category_ids,
     }
-    (root / "dataset.json").write_text(json.dumps(summary, indent=1))
+    out.write_json("dataset.json", summary)
     return names
