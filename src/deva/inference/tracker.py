@@ -23,7 +23,9 @@ merge itself). Three modes (:class:`TrackingMode`):
   Results come out up to n−1 frames late. With ``clip_size=1`` this is exactly ``ONLINE``.
   *Deliberate difference:* a video shorter than n frames (the published code writes nothing)
   is processed as one clip of all its frames, so every frame gets a result.
-- ``OFFLINE`` (referring / unsupervised VOS): the whole video is buffered; the key frame is
+- ``OFFLINE`` (referring / unsupervised VOS): the whole video is buffered (in RAM up to a
+  budget, the rest spilled losslessly to a temporary folder, see
+  :class:`~deva.inference.spill.SpillList`, so memory stays flat in the length); the key frame is
   the best-scoring of ``num_key_candidates`` uniformly spaced frames, the consensus of the
   clip starting there initialises the objects, which are propagated forward and — with a
   second propagator on the reversed frames — backward. No further detections.
@@ -52,6 +54,7 @@ import enum
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,6 +75,7 @@ from deva.inference.preprocess import (
     resize_segmentation,
 )
 from deva.inference.propagator import Propagator
+from deva.inference.spill import DEFAULT_BUDGET_MIB, SpillList, compact_ids
 from deva.inference.tracker_config import TrackerConfig, TrackingMode
 from deva.modeling.propagation import PropagationModel
 from deva.types import ImageSegmenter, Segment, Segmentation, check_image
@@ -146,7 +150,9 @@ class DecoupledTracker:
     video, or :meth:`step` per frame followed by :meth:`finish`; call :meth:`reset`
     (``stream`` does) before the next video. ``timer(name)``, when given, is entered around
     each alignment (``"alignment"``), in-clip consensus (``"consensus"``) and merge
-    (``"merge"``): benchmarks time the stages with it.
+    (``"merge"``): benchmarks time the stages with it. Offline mode buffers the video's frames
+    and its backward results each in RAM up to ``buffer_mib``, the rest in a temporary folder
+    under ``spill_dir`` (default ``$TMPDIR``), deleted when the video ends.
     """
 
     def __init__(
@@ -158,6 +164,8 @@ class DecoupledTracker:
         options: InferenceOptions | None = None,
         key_frame_score: Callable[[Segmentation], float] = frame_score,
         timer: Callable[[str], contextlib.AbstractContextManager] | None = None,
+        buffer_mib: float = DEFAULT_BUDGET_MIB,
+        spill_dir: str | Path | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.config = config or TrackerConfig()
@@ -173,6 +181,8 @@ class DecoupledTracker:
         self._propagator = backend
         self.key_frame_score = key_frame_score
         self._timer = timer or (lambda name: contextlib.nullcontext())
+        self._buffer = {"budget_mib": buffer_mib, "directory": spill_dir}
+        self._offline: _OfflineFrames | None = None
         self.reset()
 
     # ---- state -------------------------------------------------------------------------
@@ -184,7 +194,11 @@ class DecoupledTracker:
         self._clip_end = self.config.clip_length - 1
         self._clips_done = 0
         self._clip: list[_Frame] = []
-        self._offline: list[tuple[str, np.ndarray]] = []
+        if self._offline is not None:
+            self._offline.close()
+        self._offline = (
+            _OfflineFrames(**self._buffer) if self.mode is TrackingMode.OFFLINE else None
+        )
         self._size: tuple[int, int] | None = None
         self._finished = False
         self.key_frame: int | None = None  # offline: index of the chosen key frame
@@ -231,8 +245,8 @@ class DecoupledTracker:
             raise ValueError(f"frame {name!r} is {size}, earlier frames were {self._size}")
         index = self._next_index
         self._next_index += 1
-        if self.mode is TrackingMode.OFFLINE:
-            self._offline.append((str(name), frame))
+        if self._offline is not None:
+            self._offline.append(str(name), frame)
             return []
         current = self._prepare(index, str(name), frame)
         # Frames that belong to the next clip's window (and were not output by the previous
@@ -258,9 +272,11 @@ class DecoupledTracker:
         if self._finished:
             return
         self._finished = True
-        if self.mode is TrackingMode.OFFLINE:
-            frames, self._offline = self._offline, []
-            yield from self._run_offline(frames)
+        if self._offline is not None:
+            try:
+                yield from self._run_offline(self._offline)
+            finally:
+                self._offline.close()
         elif self._clip:
             clip, self._clip = self._clip, []
             if self._clips_done == 0:
@@ -456,9 +472,9 @@ class DecoupledTracker:
         )
 
     # ---- offline -------------------------------------------------------------------------
-    def _run_offline(self, frames: list[tuple[str, np.ndarray]]) -> Iterator[TrackedFrame]:
+    def _run_offline(self, frames: _OfflineFrames) -> Iterator[TrackedFrame]:
         """Key frame by score, consensus there, then backward and forward propagation."""
-        if not frames:
+        if not len(frames):
             return
         total = len(frames)
         candidates = key_frame_candidates(total, self.config.num_key_candidates)
@@ -499,14 +515,23 @@ class DecoupledTracker:
         # Backward: a second propagator over key, key-1, ..., 0.
         backward = self._propagator.fork()
         backward.step(features=key_frame.features, mask=key_masks, objects=given, keep_empty=True)
-        earlier: list[TrackedFrame] = []
-        for i in range(key - 1, -1, -1):
-            frame = self._prepare(i, *frames[i])
-            result = backward.step(features=frame.features, end=i == 0)
-            earlier.append(self._from_probabilities(frame, result))
-        del backward
-        yield from reversed(earlier)
-        earlier.clear()
+        earlier = SpillList(**self._buffer)  # id maps of frames key-1, ..., 0
+        segments: list[list[Segment]] = []
+        try:
+            for i in range(key - 1, -1, -1):
+                frame = self._prepare(i, *frames[i])
+                result = backward.step(features=frame.features, end=i == 0)
+                tracked = self._from_probabilities(frame, result)
+                earlier.append(compact_ids(tracked.mask.numpy()))
+                segments.append(tracked.segments)
+            del backward
+            for i in range(key):
+                j = key - 1 - i
+                name, rgb = frames[i]
+                mask = torch.from_numpy(earlier[j].astype(np.int64))
+                yield TrackedFrame(name, i, mask, segments[j], image=rgb)
+        finally:
+            earlier.close()
 
         # Forward: the tracker's own propagator over key, key+1, ..., T-1.
         result = self._propagator.step(
@@ -518,6 +543,28 @@ class DecoupledTracker:
             frame = self._prepare(i, *frames[i])
             result = self._propagator.step(features=frame.features, end=i == total - 1)
             yield self._from_probabilities(frame, result)
+
+
+class _OfflineFrames:
+    """The frames of an offline video: names in a list, pixels in a :class:`SpillList`."""
+
+    def __init__(self, **buffer: Any) -> None:
+        self._names: list[str] = []
+        self._pixels = SpillList(**buffer)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def append(self, name: str, rgb: np.ndarray) -> None:
+        self._names.append(name)
+        self._pixels.append(rgb)
+
+    def __getitem__(self, index: int) -> tuple[str, np.ndarray]:
+        return self._names[index], self._pixels[index]
+
+    def close(self) -> None:
+        self._names.clear()
+        self._pixels.close()
 
 
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
