@@ -39,6 +39,12 @@ def test_every_suite_reports(result: dict) -> None:
     assert {r["variant"] for r in rss} >= {"fp32-reference", "fp32"}
     assert {r["mode"] for r in rss} == {"vos", "semionline", "online"}
     assert all(r["peak_rss_mib"] >= r["rss_before_mib"] > 0 for r in rss)
+    by_length = [r for r in result["rows"] if r.get("measure") == "rss_by_length"]
+    assert {(r["mode"], r["frames"]) for r in by_length} == {
+        (mode, n) for mode in ("online", "semionline", "offline") for n in (4, 12)
+    }
+    assert all(r["peak_rss_mib"] >= r["rss_before_mib"] > 0 for r in by_length)
+    assert Path(by_length[0]["plot"]).is_file()
     memory = next(r for r in result["rows"] if r["suite"] == "memory" and "measure" not in r)
     trace = result["memory_trace"]
     assert (
@@ -96,7 +102,10 @@ def test_options() -> None:
         parse_options(["amp=int8"])
     assert list(parse_options(["rss_modes=vos"]).rss_modes) == ["vos"]
     with pytest.raises(ConfigError, match="rss_modes"):
-        parse_options(["rss_modes=[offline]"])
+        parse_options(["rss_modes=[batch]"])
+    assert list(parse_options(["rss_lengths=7"]).rss_lengths) == [7]
+    with pytest.raises(ConfigError, match="rss_lengths"):
+        parse_options(["rss_lengths=[10,-1]"])
     # torch.compile variants: by default on a GPU only; forced either way.
     auto = parse_options([])
     assert not _compile_variants(auto, torch.device("cpu"))

@@ -29,7 +29,7 @@ AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FP32_MAX_DIFFER_PCT = 0.01
 MIN_IOU = 0.99
 RSS_VARIANTS = ("fp32-reference", "fp32", "bf16")
-RSS_MODES = ("vos", "semionline", "online")
+RSS_MODES = ("vos", "semionline", "online", "offline")
 
 
 # ---- options --------------------------------------------------------------------------------
@@ -58,11 +58,15 @@ def parse_options(argv: list[str]) -> DictConfig:
         cfg.presets = [cfg.presets]
     if isinstance(cfg.rss_presets, str):
         cfg.rss_presets = [cfg.rss_presets]
-    if isinstance(cfg.rss_modes, str):
-        cfg.rss_modes = [cfg.rss_modes]
-    bad_modes = sorted(set(cfg.rss_modes) - set(RSS_MODES))
-    if bad_modes:
-        raise ConfigError(f"rss_modes must be among {list(RSS_MODES)}, got {bad_modes}")
+    for key in ("rss_modes", "rss_length_modes", "rss_lengths"):
+        if isinstance(cfg[key], (str, int)):
+            cfg[key] = [cfg[key]]
+    for key in ("rss_modes", "rss_length_modes"):
+        bad_modes = sorted(set(cfg[key]) - set(RSS_MODES))
+        if bad_modes:
+            raise ConfigError(f"{key} must be among {list(RSS_MODES)}, got {bad_modes}")
+    if not all(isinstance(n, int) and n > 0 for n in cfg.rss_lengths):
+        raise ConfigError(f"rss_lengths must be positive frame counts, got {list(cfg.rss_lengths)}")
     if isinstance(cfg.train_presets, str):
         cfg.train_presets = [cfg.train_presets]
     if cfg.tracker_detections not in ("partition", "video"):

@@ -40,6 +40,13 @@ def format_table(result: dict) -> str:
                 f"peak {row['peak_rss_mib']:.0f} MiB (before the first frame "
                 f"{row['rss_before_mib']:.0f}) |"
             )
+        elif suite == "memory" and row.get("measure") == "rss_by_length":
+            lines.append(
+                f"| peak RSS {row['mode']} | {row['preset']} | {row['frames']} frames | "
+                f"{row['frame']} | {row['frames'] / row['seconds']:.1f} | "
+                f"{1000 * row['seconds'] / row['frames']:.1f} | "
+                f"peak {row['peak_rss_mib']:.0f} MiB |"
+            )
         elif suite == "memory":
             flat = row["flatness"]
             note = f"full at frame {flat.get('saturated_at_frame')}"

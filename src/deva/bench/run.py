@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from deva.bench.common import _amp_dtype, _width, machine_description
 from deva.bench.consensus import bench_consensus
-from deva.bench.memory import bench_memory, bench_peak_rss
+from deva.bench.memory import bench_memory, bench_peak_rss, bench_rss_by_length
 from deva.bench.propagation import bench_propagation
 from deva.bench.tracker import bench_tracker
 from deva.bench.training import bench_training
@@ -69,6 +69,15 @@ def run_suites(cfg: DictConfig, *, progress: Callable[[str], None] | None = None
         if device.type == "cpu" and cfg.rss_presets:
             say(f"peak RSS: {list(cfg.rss_presets)}, {cfg.rss_frames} frames, fresh processes")
             rows += bench_peak_rss(cfg, amp)
+        if device.type == "cpu" and cfg.rss_length_modes and cfg.rss_lengths:
+            length_plot = cfg.length_plot
+            if length_plot is None and cfg.out:
+                length_plot = str(Path(cfg.out).with_suffix(".rss_by_length.png"))
+            say(
+                f"peak RSS by length: {list(cfg.rss_length_modes)} x {list(cfg.rss_lengths)} "
+                "frames, fresh processes"
+            )
+            rows += bench_rss_by_length(cfg, Path(length_plot) if length_plot else None)
     if "training" in cfg.suite:
         for preset in cfg.train_presets:
             say(f"training: {preset}, batch {cfg.train_batch} x {cfg.train_frames} frames")

@@ -214,6 +214,10 @@ class BenchmarkConfig:
     rss_presets: Any
     rss_frames: int
     rss_modes: Any
+    rss_lengths: Any
+    rss_length_modes: Any
+    rss_buffer_mib: float
+    length_plot: str | None
     plot: str | None
     train_presets: Any
     train_size: int

@@ -153,19 +153,25 @@ def check_folder(
             f"output folder {root} is not empty; pass overwrite=true to replace the files of "
             "the run there"
         )
+    foreign = foreign_files(root)
+    if foreign:
+        raise OutputError(
+            f"overwrite=true: {root} holds {len(foreign)} file(s) no deva run wrote there "
+            f"(e.g. {foreign[0].relative_to(root)}); nothing was deleted, choose another output"
+        )
+
+
+def foreign_files(root: str | Path) -> list[Path]:
+    """The files in ``root`` that no deva run recorded (nor its records, nor temporaries)."""
+    root = Path(root)
     owned = set(_recorded(root)) | {RUN_FILE, MANIFEST_FILE}
-    foreign = [
+    return [
         p
         for p in root.rglob("*")
         if (p.is_file() or p.is_symlink())
         and p.relative_to(root).as_posix() not in owned
         and not atomic.is_temporary(p)
     ]
-    if foreign:
-        raise OutputError(
-            f"overwrite=true: {root} holds {len(foreign)} file(s) no deva run wrote there "
-            f"(e.g. {foreign[0].relative_to(root)}); nothing was deleted, choose another output"
-        )
 
 
 def read_run(output: str | Path) -> dict[str, Any] | None:

@@ -17,7 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from deva.modeling import memory_ops
-from deva.modeling.checkpoint import check_state_dict, infer_config, read_checkpoint
+from deva.modeling.checkpoint import (
+    WeightsMismatchError,
+    check_state_dict,
+    infer_config,
+    read_checkpoint,
+)
 from deva.modeling.config import PropagationConfig
 from deva.modeling.modules import (
     FeatureFusion,
@@ -238,15 +243,21 @@ class PropagationModel(nn.Module):
         taken from ``config``, else from the checkpoint, else inferred from tensor shapes."""
         state, stored = read_checkpoint(path_or_url, map_location=map_location)
         model = cls(config or stored or infer_config(state))
-        model.load_state(state)
-        return model
+        return model._load_from(state, path_or_url)
 
     def load_weights(
         self, path_or_url: str | Path, *, map_location: str | torch.device = "cpu"
     ) -> PropagationModel:
         """Load weights of any supported format into this model, strictly; returns it."""
         state, _ = read_checkpoint(path_or_url, map_location=map_location)
-        return self.load_state(state)
+        return self._load_from(state, path_or_url)
+
+    def _load_from(self, state: dict[str, torch.Tensor], source: str | Path) -> PropagationModel:
+        """:meth:`load_state`, its mismatch error naming the file the weights came from."""
+        try:
+            return self.load_state(state)
+        except WeightsMismatchError as error:
+            raise WeightsMismatchError(f"{source}: {error}") from None
 
     def load_state(self, state: dict[str, torch.Tensor]) -> PropagationModel:
         """Load a network state dict strictly, with one error naming what does not match."""

@@ -44,7 +44,7 @@ from deva.inference.tracker import DecoupledTracker, TrackedFrame
 from deva.inference.tracker_config import TrackerConfig, TrackingMode
 from deva.io import atomic
 from deva.io.detections import read_frame_segmentation, segment_infos, write_frame_segmentation
-from deva.io.outputs import OutputFolder
+from deva.io.outputs import OutputFolder, foreign_files
 from deva.io.video import Mp4Writer, VideoFrames, draw_labels, overlay_mask
 from deva.modeling.propagation import PropagationModel
 from deva.pipelines.coco_rle import CocoRleWriter
@@ -207,8 +207,12 @@ def check_resumable(
     run: Mapping[str, Any] | None, output: Path, settings: Mapping[str, Any]
 ) -> None:
     """Raise :class:`ResumeError` unless ``run`` (the folder's ``run.json``) is an unfinished
-    run of the same ``settings``."""
+    run of the same ``settings``. A folder without ``run.json`` that holds only files a deva
+    run recorded (a run that failed at its first write) starts from the first frame."""
     if run is None:
+        if not output.is_dir() or not foreign_files(output):
+            logger.info("resume=true: no run recorded in %s; tracking from the first frame", output)
+            return
         raise ResumeError(f"resume=true: {output} holds no run to resume (no run.json)")
     if run.get("state") == "done":
         raise ResumeError(f"resume=true: the run in {output} is already complete")
