@@ -210,12 +210,21 @@ class RecordSampler(Protocol):
 
     min_object_pixels: int
 
-    def sample(
-        self, record: VideoRecord, rng: np.random.Generator, *, max_skip: int | None = None
-    ) -> Sample | None:
-        """Draw one clip sample from ``record`` using ``rng`` for every random choice
-        (``max_skip``: the curriculum's gap for this sample, where the sampler has one)."""
+    def sample(self, record: VideoRecord, rng: np.random.Generator) -> Sample | None:
+        """Draw one clip sample from ``record`` using ``rng`` for every random choice.
+
+        Samplers with a frame gap also take ``max_skip=`` (the curriculum's gap for this
+        sample); it is passed only when the training stream sets one."""
         ...
+
+
+def sample_with(
+    sampler: RecordSampler, record: VideoRecord, rng: np.random.Generator, max_skip: int | None
+) -> Sample | None:
+    """``sampler.sample(record, rng)``, with ``max_skip=`` when there is a gap to give."""
+    if max_skip is None:
+        return sampler.sample(record, rng)
+    return sampler.sample(record, rng, max_skip=max_skip)  # type: ignore[call-arg]
 
 
 def draw_sample(
@@ -236,7 +245,7 @@ def draw_sample(
     record = records[position]
     rng = drawn if drawn is not None and fixed_seed is None else sample_rng(fixed_seed, record.name)
     for _ in range(max_tries):
-        sample = sampler.sample(record, rng, max_skip=max_skip)
+        sample = sample_with(sampler, record, rng, max_skip)
         if sample is not None:
             return sample
         record = records[int(rng.integers(len(records)))]

@@ -37,7 +37,15 @@ from webdataset.tariterators import tarfile_samples
 
 from deva.data import synthetic
 from deva.data.order import Draw, GapSchedule, sample_number
-from deva.data.sample import MediaRef, RecordSampler, Sample, VideoRecord, read_bytes, sample_rng
+from deva.data.sample import (
+    MediaRef,
+    RecordSampler,
+    Sample,
+    VideoRecord,
+    read_bytes,
+    sample_rng,
+    sample_with,
+)
 from deva.io import atomic
 from deva.io.masks import davis_palette
 from deva.io.outputs import OutputFolder
@@ -440,7 +448,7 @@ class ShardClipDataset(IterableDataset):
                 drawn, gap = self._draw(epoch, produced)
                 if drawn is None:
                     drawn = sample_rng(self.fixed_seed, record.name)
-                sample = self.sampler.sample(record, drawn, max_skip=gap)
+                sample = sample_with(self.sampler, record, drawn, gap)
                 if sample is None:
                     logger.debug("no usable clip in %s; skipped", record.name)
                     continue
