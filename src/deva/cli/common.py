@@ -43,19 +43,23 @@ def run_tool(
     body: Callable[[], object],
     *,
     interrupted: Callable[[], str] | None = None,
+    silent: Callable[[], bool] | None = None,
 ) -> int:
     """Run a tool's ``body``: 0 when it returns, 2 with ``<prefix> <one line>`` on stderr for a
     user error, 130 on Ctrl+C with the interruption's own message (e.g. where to resume), else
-    the ``interrupted()`` line (default ``interrupted``)."""
+    the ``interrupted()`` line (default ``interrupted``). Nothing is printed while
+    ``silent()`` is true (the DDP processes other than rank 0: one line, not one per rank)."""
     try:
         body()
     except KeyboardInterrupt as error:
-        message = str(error) or (interrupted() if interrupted is not None else "interrupted")
-        print(f"{prefix} {message}", file=sys.stderr)
+        if not (silent is not None and silent()):
+            message = str(error) or (interrupted() if interrupted is not None else "interrupted")
+            print(f"{prefix} {message}", file=sys.stderr)
         return INTERRUPTED
     except USER_ERRORS as error:
         log.debug("user error", exc_info=True)
-        print(f"{prefix} {one_line(error)}", file=sys.stderr)
+        if not (silent is not None and silent()):
+            print(f"{prefix} {one_line(error)}", file=sys.stderr)
         return USER_ERROR
     return 0
 

@@ -28,13 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, seed_everything
 from omegaconf import DictConfig
 
-from deva.config import ConfigError, compose, quote_paths
+from deva.cli.common import run_tool
+from deva.config import compose, quote_paths
 from deva.config.builder.training import TrainingRun, build_run
 from deva.config.schema import TrainConfig, parse
 from deva.modeling.weights import save_weights
+from deva.training.callbacks import TrainingInterrupted
 from deva.training.predictor import Predictor
 
 log = logging.getLogger("train")
@@ -48,17 +51,26 @@ def train(cfg: DictConfig | TrainConfig, *, callbacks: Sequence[Callback] = ()) 
 
     Returns ``{"global_rank", "global_step", "output_dir", "checkpoint_dir", "last_checkpoint",
     "weights", "metrics" (last logged values), "validation" (Predictor results), ...}``.
-    ``callbacks`` are added to the configured ones (tests use this).
+    ``callbacks`` are added to the configured ones (tests use this). Ctrl+C finishes the
+    step, writes ``last.ckpt`` and raises :class:`TrainingInterrupted` saying how to resume
+    (an empty message on ranks other than 0).
     """
     config = parse(TrainConfig, cfg)
-    seed_everything(config.seed, workers=True)
+    seed_everything(config.seed, workers=True, verbose=False)
+    log.debug("seed %d", config.seed)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     run = build_run(config, callbacks)
     trainer = run.trainer
     if trainer.is_global_zero:
         log.info(_plan(config, run))
-    trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=run.ckpt_path)
+    try:
+        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=run.ckpt_path)
+    except SystemExit:  # Lightning's answer to a KeyboardInterrupt inside fit
+        if run.checkpoint.interrupted_at is None:
+            raise
+    if run.checkpoint.interrupted_at is not None:
+        raise TrainingInterrupted(_resume_hint(run) if trainer.is_global_zero else "")
     weights = None
     if trainer.is_global_zero and not trainer.fast_dev_run and config.export.weights:
         path = save_weights(run.module.model, run.output_dir / "model.pth", half=config.export.half)
@@ -83,6 +95,15 @@ def train(cfg: DictConfig | TrainConfig, *, callbacks: Sequence[Callback] = ()) 
         "validation_file": str(history_file) if history_file else None,
         "tensorboard": tensorboard,
     }
+
+
+def _resume_hint(run: TrainingRun) -> str:
+    """The line of an interrupted run: at which step, and the arguments that resume it."""
+    step = run.checkpoint.interrupted_at
+    last = run.checkpoint.last_model_path
+    if not last:
+        return f"interrupted at step {step}; no checkpoint was written"
+    return f"interrupted at step {step}; resume with ckpt_path={last} output_dir={run.output_dir}"
 
 
 def _plan(config: TrainConfig, run: TrainingRun) -> str:
@@ -139,31 +160,46 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _console_logging() -> None:
+    """Progress on stdout (stderr keeps the one-line errors): one handler for our loggers,
+    however often :func:`main` runs, and Lightning's console handlers moved to stdout."""
+    for name in ("deva", "train"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not any(getattr(h, _OURS, False) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+            setattr(handler, _OURS, True)
+            logger.addHandler(handler)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                handler.setStream(sys.stdout)
+
+
+_OURS = "_deva_train_console"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Compose ``train.yaml`` with ``argv`` and train; returns the exit status."""
+    """Compose ``train.yaml`` with ``argv`` and train; returns the exit status (2 with one
+    line on a user error, 130 on Ctrl+C with the line that resumes the run)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-    for name in ("deva", "train"):  # Lightning has its own console handler
-        logging.getLogger(name).addHandler(handler)
-        logging.getLogger(name).setLevel(logging.INFO)
+    _console_logging()
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__)
         return 0
-    try:
+    result: dict[str, Any] = {}
+
+    def body() -> None:
         paths = ("ckpt_path", "output_dir", "model.weights", "data.urls")
         cfg = compose("train", quote_paths(argv, paths))
-        result = train(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"train: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("train: interrupted", file=sys.stderr)
-        return 130
-    if result["global_rank"] == 0:  # DDP re-launches this script for the other ranks
+        result.update(train(cfg))
+
+    status = run_tool("train:", body, silent=lambda: rank_zero_only.rank != 0)
+    if status == 0 and result.get("global_rank") == 0:  # DDP re-launches this for other ranks
         for line in summary_lines(result):
             log.info(line)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 from lightning.fabric import Fabric
 from omegaconf import DictConfig
 
-from deva.cli.common import one_line
+from deva.cli.common import run_tool
 from deva.config import ConfigError, compose, quote_paths
 from deva.config.builder.tasks import validation_tasks
 from deva.config.builder.training import validation_autocast
@@ -43,7 +43,9 @@ from deva.training.validate import (
 log = logging.getLogger("validate")
 
 
-def _sets(config: ValidateConfig, run_dir: Path | None, first: CheckpointInfo) -> dict[str, Any]:
+def _sets(
+    config: ValidateConfig, run_dir: Path | None, first: CheckpointInfo | None
+) -> dict[str, Any]:
     """The sets to score: the run's saved ones plus those given here, filtered by ``sets``."""
     stored = run_config(run_dir, first).get("validation", {}).get("sets") or {}
     sets = {**stored, **config.validation.sets}
@@ -61,15 +63,18 @@ def _sets(config: ValidateConfig, run_dir: Path | None, first: CheckpointInfo) -
     return sets
 
 
-def _checkpoints(config: ValidateConfig) -> tuple[list[CheckpointInfo], Path | None, Path]:
-    """The checkpoints to score, the run folder (None for a lone file) and the output folder."""
+def _checkpoints(
+    config: ValidateConfig, unreadable: list[str]
+) -> tuple[list[CheckpointInfo], Path | None, Path]:
+    """The checkpoints to score, the run folder (None for a lone file) and the output folder;
+    the unreadable checkpoints of a run go to ``unreadable`` (one line each)."""
     if bool(config.run) == bool(config.ckpt):
         raise ConfigError("give exactly one of run=OUTPUT_DIR or ckpt=FILE")
     if config.run:
         run_dir: Path | None = Path(config.run)
         if not run_dir.is_dir():
             raise FileNotFoundError(f"run folder not found: {run_dir}")
-        checkpoints = find_checkpoints(run_dir)
+        checkpoints = find_checkpoints(run_dir, unreadable=unreadable)
         folder = run_dir
     else:
         info = read_checkpoint_info(config.ckpt)
@@ -80,19 +85,29 @@ def _checkpoints(config: ValidateConfig) -> tuple[list[CheckpointInfo], Path | N
     return checkpoints, run_dir, Path(config.output) if config.output else folder
 
 
-def run(cfg: DictConfig | ValidateConfig) -> int:
-    """Validate as ``cfg`` says; returns the number of checkpoints scored."""
+class NothingScored(ValueError):
+    """No checkpoint of the run could be scored (all unreadable)."""
+
+
+def run(cfg: DictConfig | ValidateConfig, *, unreadable: list[str] | None = None) -> int:
+    """Validate as ``cfg`` says; returns the number of checkpoints scored. The checkpoints
+    that cannot be read are skipped, each with one line in ``unreadable`` (logged when not
+    given); :class:`NothingScored` when none could be read."""
     config = parse(ValidateConfig, cfg)
     if config.threads:
         torch.set_num_threads(config.threads)
-    checkpoints, run_dir, folder = _checkpoints(config)
-    sets = _sets(config, run_dir, checkpoints[0])
+    problems: list[str] = [] if unreadable is None else unreadable
+    checkpoints, run_dir, folder = _checkpoints(config, problems)
+    sets = _sets(config, run_dir, checkpoints[0] if checkpoints else None)
     accelerator = str(config.trainer.get("accelerator", "auto"))
     options = InferenceOptions(
         autocast=validation_autocast(config.validation.autocast, accelerator)
     )
     validation_tasks(sets, options=options)  # every set is checked before any process starts
+    if not checkpoints:
+        raise NothingScored(f"no checkpoint could be scored ({len(problems)} unreadable)")
     fabric = Fabric(**config.trainer)
+    unreadable_before = len(problems)
 
     def work(fabric: Fabric) -> int:
         results = ResultsFile(folder)
@@ -111,6 +126,7 @@ def run(cfg: DictConfig | ValidateConfig) -> int:
             world=fabric.world_size,
             device=fabric.device,
             force=config.force,
+            unreadable=problems if fabric.global_rank == 0 else [],
         )
         if fabric.global_rank == 0:
             names = {c.path.name for c in checkpoints}
@@ -121,7 +137,13 @@ def run(cfg: DictConfig | ValidateConfig) -> int:
                 print(f"TensorBoard: {tensorboard}")
         return len(records)
 
-    return fabric.launch(work)
+    scored = fabric.launch(work)
+    if unreadable is None:
+        for line in problems:
+            log.warning("skipped: %s", line)
+    if len(problems) - unreadable_before >= len(checkpoints):  # none of them could be built
+        raise NothingScored(f"no checkpoint could be scored ({len(problems)} unreadable)")
+    return scored
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,12 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__)
         return 0
-    try:
-        run(compose("validate", quote_paths(argv, ("run", "ckpt", "output"))))
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as error:
-        print(f"validate: {one_line(error)}", file=sys.stderr)
-        return 2
-    return 0
+    unreadable: list[str] = []
+
+    def body() -> None:
+        try:
+            run(
+                compose("validate", quote_paths(argv, ("run", "ckpt", "output"))),
+                unreadable=unreadable,
+            )
+        finally:
+            for line in unreadable:  # one line each, whether or not others were scored
+                print(f"validate: skipped {line}", file=sys.stderr)
+
+    return run_tool("validate:", body)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ webdataset shards (:mod:`deva.data.shards`), or from any ready-made dataset (e.g
 synthetic videos). The curriculum's maximum frame gap reaches the datasets through
 :meth:`VOSDataModule.set_max_skip`; the training code calls it with
 :func:`deva.data.video.max_skip_at`.
+
+The training loader is a :class:`~deva.data.order.ResumableLoader`: the sample at each step,
+rank and batch slot is a function of ``seed`` and of that place (:mod:`deva.data.order`),
+the curriculum's gap one of the step (:meth:`VOSDataModule.set_gap_schedule`), and the
+checkpoint holds the position, so a resumed run continues the same stream.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Literal
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from deva.data.order import GapSchedule, ResumableLoader, StepSampler
 from deva.data.shards import ShardClipDataset
 from deva.data.static import PseudoVideoSampler, StaticPseudoVideoDataset
 from deva.data.video import DEFAULT_SKIP_DIVISORS, ClipSampler, build_video_mix
@@ -48,6 +54,7 @@ class VOSDataModule(LightningDataModule):
             OVIS 5: one annotated step ≈ 5 raw frames); shards carry the dataset name.
         augment: ``False`` gives deterministic resize + centre crop (debugging).
         fixed_seed: every video always yields the same sample (tests); ``None`` to train.
+        seed: the training stream's seed (sample order and per-sample randomness).
     """
 
     def __init__(
@@ -72,6 +79,7 @@ class VOSDataModule(LightningDataModule):
         fixed_seed: int | None = None,
         pin_memory: bool = True,
         persistent_workers: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if stage not in DEFAULT_FRAMES:
@@ -98,6 +106,8 @@ class VOSDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self._max_skip = max_skip
+        self.seed = int(seed)
+        self.gap_schedule: GapSchedule | None = None
         self.train_dataset: Dataset | None = dataset
 
     # -- curriculum -------------------------------------------------------------------------
@@ -114,6 +124,11 @@ class VOSDataModule(LightningDataModule):
         if setter is not None:
             setter(self._max_skip)
 
+    def set_gap_schedule(self, schedule: GapSchedule | None) -> None:
+        """The curriculum as a function of the step: each sample of the training stream
+        gets the gap of its own step (exact on resume, independent of prefetching)."""
+        self.gap_schedule = schedule
+
     # -- building ---------------------------------------------------------------------------
 
     def _rank_world(self) -> tuple[int | None, int | None]:
@@ -121,6 +136,18 @@ class VOSDataModule(LightningDataModule):
         if trainer is None:
             return None, None
         return trainer.global_rank, trainer.world_size
+
+    def _accumulate(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+
+    def position(self) -> int:
+        """Micro-batches this rank has trained on: optimizer steps × gradient accumulation
+        (what the training stream resumes from)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.global_step) * self._accumulate()
 
     def _samples_per_rank(self) -> int:
         assert self.samples_per_epoch is not None
@@ -156,6 +183,10 @@ class VOSDataModule(LightningDataModule):
                 world_size=world,
                 shuffle_buffer=self.shuffle_buffer,
                 fixed_seed=self.fixed_seed,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                accumulate=self._accumulate(),
+                gap_schedule=self.gap_schedule,
             )
         if self.stage == "static":
             return StaticPseudoVideoDataset(
@@ -189,17 +220,40 @@ class VOSDataModule(LightningDataModule):
             self.set_max_skip(self._max_skip)
 
     def train_dataloader(self) -> DataLoader:
-        """The training loader; map-style data are shuffled (Lightning adds the DDP sampler)."""
+        """The training loader: a resumable stream (see :mod:`deva.data.order`), split over
+        the DDP ranks here (the trainer must not add a distributed sampler)."""
         if self.train_dataset is None:
             self.setup("fit")
         assert self.train_dataset is not None
-        iterable = isinstance(self.train_dataset, IterableDataset)
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.batch_size,
-            shuffle=not iterable,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            drop_last=True,
-        )
+        dataset = self.train_dataset
+        rank, world = self._rank_world()
+        common = {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "drop_last": True,
+            "position": self.position,
+            "seed": self.seed,
+        }
+        if isinstance(dataset, IterableDataset):
+            if isinstance(dataset, ShardClipDataset):
+                dataset.gap_schedule = self.gap_schedule
+                dataset.accumulate = self._accumulate()
+            # workers copy the dataset when an epoch starts: persistent ones would not see
+            # where the next epoch begins
+            loader = ResumableLoader(dataset, persistent_workers=False, **common)
+        else:
+            sampler = StepSampler(
+                len(dataset),  # type: ignore[arg-type]
+                batch_size=self.batch_size,
+                seed=self.seed,
+                rank=rank or 0,
+                world_size=world or 1,
+                accumulate=self._accumulate(),
+                gap_schedule=self.gap_schedule,
+            )
+            loader = ResumableLoader(
+                dataset, sampler=sampler, persistent_workers=self.persistent_workers, **common
+            )
+        loader.begin_at(self.position())  # the trainer's restored step (checkpoints say too)
+        return loader

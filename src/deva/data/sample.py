@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deva.data.order import Draw, split_index
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -192,8 +194,8 @@ def make_sample(
 def sample_rng(fixed_seed: int | None, key: str) -> np.random.Generator:
     """The random generator for one sample.
 
-    With ``fixed_seed=None`` (training) the seed is drawn from torch's generator, which the
-    DataLoader seeds per worker and Lightning's ``seed_everything`` makes reproducible. With a
+    With ``fixed_seed=None`` the seed is drawn from torch's generator (direct indexing; the
+    training stream passes :class:`~deva.data.order.Draw` generators instead). With a
     fixed seed, the generator depends only on ``(fixed_seed, key)``: the same video always
     yields the same sample whichever dataset (folder or shard) or order it comes through.
     """
@@ -209,25 +211,41 @@ class RecordSampler(Protocol):
     min_object_pixels: int
 
     def sample(self, record: VideoRecord, rng: np.random.Generator) -> Sample | None:
-        """Draw one clip sample from ``record`` using ``rng`` for every random choice."""
+        """Draw one clip sample from ``record`` using ``rng`` for every random choice.
+
+        Samplers with a frame gap also take ``max_skip=`` (the curriculum's gap for this
+        sample); it is passed only when the training stream sets one."""
         ...
+
+
+def sample_with(
+    sampler: RecordSampler, record: VideoRecord, rng: np.random.Generator, max_skip: int | None
+) -> Sample | None:
+    """``sampler.sample(record, rng)``, with ``max_skip=`` when there is a gap to give."""
+    if max_skip is None:
+        return sampler.sample(record, rng)
+    return sampler.sample(record, rng, max_skip=max_skip)  # type: ignore[call-arg]
 
 
 def draw_sample(
     records: Sequence[VideoRecord],
     sampler: RecordSampler,
-    index: int,
+    index: int | Draw,
     *,
     fixed_seed: int | None,
     max_tries: int,
     what: str,
 ) -> Sample:
     """A sample from ``records[index]``, trying random other records when the sampler gives
-    up on one (no object large enough); ``what`` names the dataset in the error."""
-    record = records[index]
-    rng = sample_rng(fixed_seed, record.name)
+    up on one (no object large enough); ``what`` names the dataset in the error.
+
+    A :class:`~deva.data.order.Draw` brings its own generator and gap (training streams);
+    ``fixed_seed`` still wins over it (every record always gives the same sample)."""
+    position, drawn, max_skip = split_index(index)
+    record = records[position]
+    rng = drawn if drawn is not None and fixed_seed is None else sample_rng(fixed_seed, record.name)
     for _ in range(max_tries):
-        sample = sampler.sample(record, rng)
+        sample = sample_with(sampler, record, rng, max_skip)
         if sample is not None:
             return sample
         record = records[int(rng.integers(len(records)))]

@@ -36,7 +36,16 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
 from deva.data import synthetic
-from deva.data.sample import MediaRef, RecordSampler, Sample, VideoRecord, read_bytes, sample_rng
+from deva.data.order import Draw, GapSchedule, sample_number
+from deva.data.sample import (
+    MediaRef,
+    RecordSampler,
+    Sample,
+    VideoRecord,
+    read_bytes,
+    sample_rng,
+    sample_with,
+)
 from deva.io import atomic
 from deva.io.masks import davis_palette
 from deva.io.outputs import OutputFolder
@@ -281,6 +290,16 @@ class ShardClipDataset(IterableDataset):
         shuffle: shuffle the shard order per pass (by-shard split only).
         shuffle_buffer: videos kept in memory for an approximate sample shuffle.
         fixed_seed: every video always yields the same sample (tests); ``None`` to train.
+        seed, batch_size, accumulate, gap_schedule: the training stream
+            (:mod:`deva.data.order`): the video order of epoch ``e`` follows ``(seed, e,
+            consumer)``, sample ``p`` of micro-batch ``q`` gets the generator of its global
+            number and the curriculum gap of step ``q // accumulate``.
+
+    Resuming (:meth:`begin_at`): each worker replays its part of the epoch up to the
+    position without decoding images or sampling clips (it skips as many videos as it had
+    produced samples), so the continuation is exact unless a skipped video gave no usable
+    clip; each such video shifts the rest of that epoch's stream by one video. The next
+    epochs are exact again. The workers and batch size must be those of the first run.
     """
 
     def __init__(
@@ -294,6 +313,10 @@ class ShardClipDataset(IterableDataset):
         shuffle: bool = True,
         shuffle_buffer: int = 8,
         fixed_seed: int | None = None,
+        seed: int = 0,
+        batch_size: int = 1,
+        accumulate: int = 1,
+        gap_schedule: GapSchedule | None = None,
     ) -> None:
         super().__init__()
         self.urls = expand_urls(urls)
@@ -306,7 +329,23 @@ class ShardClipDataset(IterableDataset):
         self.shuffle = shuffle
         self.shuffle_buffer = shuffle_buffer
         self.fixed_seed = fixed_seed
+        self.seed = int(seed)
+        self.batch_size = max(1, int(batch_size))
+        self.accumulate = max(1, int(accumulate))
+        self.gap_schedule = gap_schedule
+        self.start = 0
         self._epoch = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Micro-batches of this rank per epoch (1 without ``samples_per_epoch``)."""
+        if self.samples_per_epoch is None:
+            return 1
+        return max(1, self.samples_per_epoch // self.batch_size)
+
+    def begin_at(self, position: int) -> None:
+        """Let the next iteration start at micro-batch ``position`` of this rank."""
+        self.start = int(position)
 
     def __len__(self) -> int:
         if self.samples_per_epoch is None:
@@ -346,11 +385,34 @@ class ShardClipDataset(IterableDataset):
         base, extra = divmod(self.samples_per_epoch, workers)
         return base + (1 if worker < extra else 0)
 
-    def _stream_rng(self) -> np.random.Generator:
+    def _stream_rng(self, epoch: int) -> np.random.Generator:
         index, _, _ = self.consumer()
         if self.fixed_seed is None:
-            return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+            return np.random.default_rng(np.random.SeedSequence([self.seed, epoch, index]))
         return np.random.default_rng([int(self.fixed_seed), self._epoch, index])
+
+    def _draw(self, epoch: int, produced: int) -> tuple[np.random.Generator | None, int | None]:
+        """Generator and gap of this worker's ``produced``-th sample of ``epoch``."""
+        rank, world = _rank_and_world(self.rank, self.world_size)
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        local_batch, slot = divmod(produced, self.batch_size)
+        position = epoch * self.batches_per_epoch + worker + workers * local_batch
+        gap = self.gap_schedule(position // self.accumulate) if self.gap_schedule else None
+        if self.fixed_seed is not None:
+            return None, gap
+        number = sample_number(position, rank, world, self.batch_size, slot)
+        return Draw(0, number, self.seed).rng(), gap
+
+    def _skipped(self) -> tuple[int, int]:
+        """``(epoch, samples of this worker already consumed in it)`` at :attr:`start`."""
+        epoch, within = divmod(self.start, self.batches_per_epoch)
+        if self.samples_per_epoch is None:
+            return self.start, 0
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        batches = max(0, (within - worker + workers - 1) // workers)
+        return epoch, batches * self.batch_size
 
     def records(
         self, shards: Sequence[str], stride: int = 1, offset: int = 0
@@ -367,7 +429,8 @@ class ShardClipDataset(IterableDataset):
         quota = self._quota()
         if quota == 0:
             return
-        rng = self._stream_rng()
+        epoch, skip = self._skipped()
+        rng = self._stream_rng(epoch)
         produced = 0
         while True:
             order = list(shards)
@@ -375,7 +438,17 @@ class ShardClipDataset(IterableDataset):
                 order = [order[i] for i in rng.permutation(len(order))]
             produced_this_pass = 0
             for record in _shuffled(self.records(order, stride, offset), self.shuffle_buffer, rng):
-                sample = self.sampler.sample(record, sample_rng(self.fixed_seed, record.name))
+                if skip > 0:  # resuming: these were consumed before the restart
+                    skip -= 1
+                    produced += 1
+                    produced_this_pass += 1
+                    if quota is not None and produced >= quota:
+                        return
+                    continue
+                drawn, gap = self._draw(epoch, produced)
+                if drawn is None:
+                    drawn = sample_rng(self.fixed_seed, record.name)
+                sample = sample_with(self.sampler, record, drawn, gap)
                 if sample is None:
                     logger.debug("no usable clip in %s; skipped", record.name)
                     continue

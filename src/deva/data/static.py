@@ -19,6 +19,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from deva.data.augment import ResizeCrop, StaticAugment
+from deva.data.order import Draw
 from deva.data.sample import (
     Sample,
     VideoRecord,
@@ -110,8 +111,11 @@ class PseudoVideoSampler:
             self._augment = augment
         self._plain = ResizeCrop(crop_size)
 
-    def sample(self, record: VideoRecord, rng: np.random.Generator) -> Sample | None:
-        """A pseudo-video from the record's first frame, or ``None`` if the object is lost."""
+    def sample(
+        self, record: VideoRecord, rng: np.random.Generator, *, max_skip: int | None = None
+    ) -> Sample | None:
+        """A pseudo-video from the record's first frame, or ``None`` if the object is lost
+        (``max_skip`` is ignored: a pseudo-video has no frame gaps)."""
         if len(record) == 0:
             return None
         image = load_image(record.images[0])
@@ -177,7 +181,7 @@ class StaticPseudoVideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int | Draw) -> Sample:
         return draw_sample(
             self.records,
             self.sampler,

@@ -15,6 +15,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from deva.data.augment import ResizeCrop, VideoAugment
+from deva.data.order import Draw, split_index
 from deva.data.sample import Sample, VideoRecord, sample_rng
 from deva.data.synthetic import SyntheticVideoConfig, frame_name, generate_video
 from deva.data.video import ClipSampler
@@ -25,9 +26,10 @@ log = logging.getLogger(__name__)
 class SyntheticClipDataset(Dataset):
     """Map-style dataset of ``length`` clip samples, each from a newly generated video.
 
-    With ``fixed_seed=None`` every draw makes a new video (the seed comes from torch's
-    generator, seeded per DataLoader worker); with a fixed seed item ``i`` is always the same
-    sample (tests, overfitting). Samples follow :mod:`deva.data.sample`'s contract.
+    With ``fixed_seed=None`` every draw makes a new video, seeded by the
+    :class:`~deva.data.order.Draw` of the training stream (or, for a plain index, from torch's
+    generator); with a fixed seed item ``i`` is always the same sample (tests, overfitting).
+    Samples follow :mod:`deva.data.sample`'s contract.
 
     Args:
         length: samples per epoch.
@@ -94,11 +96,15 @@ class SyntheticClipDataset(Dataset):
             meta={"dataset": "synthetic", "seed": seed},
         )
 
-    def __getitem__(self, index: int) -> Sample:
-        rng = sample_rng(self.fixed_seed, f"synthetic_{index}")
+    def __getitem__(self, index: int | Draw) -> Sample:
+        index, drawn, max_skip = split_index(index)
+        if drawn is not None and self.fixed_seed is None:
+            rng = drawn
+        else:
+            rng = sample_rng(self.fixed_seed, f"synthetic_{index}")
         for _ in range(self.max_tries):
             record = self._record(int(rng.integers(0, 2**62)), index)
-            sample = self.sampler.sample(record, rng)
+            sample = self.sampler.sample(record, rng, max_skip=max_skip)
             if sample is not None:
                 return sample
         raise RuntimeError(

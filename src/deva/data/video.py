@@ -15,6 +15,8 @@ current maximum skip, which follows the curriculum :func:`max_skip_at` during tr
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +26,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from deva.data.augment import ResizeCrop, VideoAugment
+from deva.data.order import Draw
 from deva.data.sample import (
     Sample,
     VideoRecord,
@@ -71,6 +74,20 @@ def max_skip_at(
         if progress < boundary:
             return int(value)
     return int(values[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxSkipSchedule:
+    """The curriculum as a function of the optimizer step (picklable: it travels with the
+    training stream): :func:`max_skip_at` of ``step / total_steps``."""
+
+    values: tuple[int, ...]
+    boundaries: tuple[float, ...]
+    total_steps: int
+
+    def __call__(self, step: int) -> int:
+        total = max(1, int(self.total_steps))
+        return max_skip_at(step / total, values=self.values, boundaries=self.boundaries)
 
 
 def sample_frame_indices(
@@ -163,25 +180,33 @@ class ClipSampler:
             raise ValueError(f"max_skip must be ≥ 1, got {max_skip}")
         self._max_skip.fill_(int(max_skip))
 
-    def max_gap(self, dataset: str | None = None) -> int:
-        """The current maximum gap between sampled frames, in annotated frames.
+    def max_gap(self, dataset: str | None = None, max_skip: int | None = None) -> int:
+        """The maximum gap between sampled frames, in annotated frames, for ``max_skip`` raw
+        frames (default: the current value).
 
         The divisor is looked up by the record's dataset (``record.meta["dataset"]``) when
         ``skip_divisor`` is a mapping (mixed shards), else the single divisor applies.
         """
         divisor = self.skip_divisors.get(dataset or "", self.skip_divisors.get("", 1))
-        return max(1, self.max_skip // divisor)
+        raw = self.max_skip if max_skip is None else int(max_skip)
+        return max(1, raw // divisor)
 
-    def sample(self, record: VideoRecord, rng: np.random.Generator) -> Sample | None:
-        """A clip sample from ``record``, or ``None`` after ``clip_tries`` clips without objects."""
+    def sample(
+        self, record: VideoRecord, rng: np.random.Generator, *, max_skip: int | None = None
+    ) -> Sample | None:
+        """A clip sample from ``record``, or ``None`` after ``clip_tries`` clips without objects.
+
+        ``max_skip`` (raw frames) overrides the shared value: the training stream gives each
+        sample the gap of its step, so the curriculum does not depend on prefetching."""
         if len(record) == 0:
             return None
+        gap = self.max_gap(record.meta.get("dataset"), max_skip)
         cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for _ in range(self.clip_tries):
             indices = sample_frame_indices(
                 len(record),
                 self.num_frames,
-                self.max_gap(record.meta.get("dataset")),
+                gap,
                 rng,
                 reverse_p=self.reverse_p,
             )
@@ -250,7 +275,7 @@ class VOSVideoDataset(Dataset):
         """Set the maximum frame gap of the curriculum (raw frames)."""
         self.sampler.set_max_skip(max_skip)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int | Draw) -> Sample:
         return draw_sample(
             self.records,
             self.sampler,
@@ -272,6 +297,15 @@ class VideoMix(ConcatDataset):
             raise ValueError("the video mix is empty: give at least one root with repeats ≥ 1")
         super().__init__(datasets)
         self.parts = dict(parts)
+
+    def __getitem__(self, index: int | Draw) -> Sample:  # type: ignore[override]
+        if not isinstance(index, Draw):
+            return super().__getitem__(index)
+        if not 0 <= index.index < len(self):
+            raise IndexError(f"item {index.index} of a mix of {len(self)}")
+        part = bisect.bisect_right(self.cumulative_sizes, index.index)
+        offset = self.cumulative_sizes[part - 1] if part > 0 else 0
+        return self.datasets[part][dataclasses.replace(index, index=index.index - offset)]
 
     def set_max_skip(self, max_skip: int) -> None:
         """Set the maximum frame gap (raw frames) of every dataset in the mix."""

@@ -163,10 +163,10 @@ def _why(path: Path, error: Exception) -> str:
     with open(path, "rb") as handle:
         head = handle.read(4)
     text = str(error)
-    if head[:2] == b"PK" and ("central directory" in text or "zip archive" in text):
-        return "truncated or damaged (an incomplete download or copy?)"
     if head[:2] != b"PK" and head[:1] != b"\x80":
         return "not a PyTorch checkpoint file"
+    if head[:2] == b"PK" and ("central directory" in text or "zip archive" in text):
+        return "truncated or damaged (an incomplete download or copy?)"
     if "Weights only load failed" in text or "weights_only" in text:
         return "it holds objects other than tensors and plain data (not a weights file)"
     first = text.strip().splitlines()[0] if text.strip() else type(error).__name__

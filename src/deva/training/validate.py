@@ -23,6 +23,9 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from deva.errors import one_line
+from deva.io.atomic import is_temporary
+from deva.modeling.checkpoint import CheckpointError, WeightsMismatchError, load_file
 from deva.modeling.propagation import PropagationModel
 from deva.training.tasks.base import run_tasks
 
@@ -47,28 +50,37 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several unpickling error types
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
+    data = load_file(path, what="checkpoint")  # CheckpointError: one line on what is wrong
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path} is not a checkpoint (a {type(data).__name__})")
+        raise CheckpointError(f"{path} is not a checkpoint (a {type(data).__name__})")
     hparams = data.get("hyper_parameters") or {}
     config = hparams.get("train_config") if isinstance(hparams, Mapping) else None
     return CheckpointInfo(path, int(data.get("global_step", -1)), config)
 
 
-def find_checkpoints(run_dir: str | Path) -> list[CheckpointInfo]:
+def find_checkpoints(
+    run_dir: str | Path, *, unreadable: list[str] | None = None
+) -> list[CheckpointInfo]:
     """The checkpoints of a run (``<run>/checkpoints/*.ckpt``), one per global step, by step.
 
-    ``last.ckpt`` is kept only when no step checkpoint has its step.
+    ``last.ckpt`` is kept only when no step checkpoint has its step; temporary files of an
+    interrupted save are ignored. A file that cannot be read raises, or, when ``unreadable``
+    is given, adds its one-line reason there and is left out.
     """
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         raise FileNotFoundError(f"no checkpoints folder in run {run_dir}: {folder}")
-    infos = [read_checkpoint_info(p) for p in sorted(folder.glob("*.ckpt"))]
-    if not infos:
+    paths = [p for p in sorted(folder.glob("*.ckpt")) if not is_temporary(p)]
+    if not paths:
         raise FileNotFoundError(f"no .ckpt files in {folder}")
+    infos = []
+    for path in paths:
+        try:
+            infos.append(read_checkpoint_info(path))
+        except (CheckpointError, OSError) as error:
+            if unreadable is None:
+                raise
+            unreadable.append(one_line(error))
     by_step: dict[int, CheckpointInfo] = {}
     for info in sorted(infos, key=lambda i: i.path.name == "last.ckpt"):
         by_step.setdefault(info.step, info)
@@ -201,11 +213,13 @@ def validate_checkpoints(
     world: int = 1,
     device: torch.device | str = "cpu",
     force: bool = False,
+    unreadable: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Score each checkpoint on the sets of ``make_tasks()`` not yet in ``results``.
 
     All ranks call this together; rank 0 writes the results files and TensorBoard. Returns
-    the records of the scored checkpoints.
+    the records of the scored checkpoints. A checkpoint whose network cannot be built
+    raises, or, when ``unreadable`` is given, adds its one-line reason there and is skipped.
     """
 
     tasks = make_tasks()
@@ -221,7 +235,13 @@ def validate_checkpoints(
         if not todo:
             log.info("%s (step %d): already scored on %s; skipped", label, info.step, names)
             continue
-        model = PropagationModel.from_pretrained(info.path).to(device)
+        try:
+            model = PropagationModel.from_pretrained(info.path).to(device)
+        except (CheckpointError, WeightsMismatchError) as error:
+            if unreadable is None:
+                raise
+            unreadable.append(one_line(error))
+            continue
         scores = run_tasks(model, todo, rank=rank, world=world)
         if rank == 0:
             results.add(label, info.step, scores)

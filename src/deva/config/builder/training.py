@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
 
@@ -43,10 +42,23 @@ from deva.config.schema import (
 from deva.data.datamodule import VOSDataModule
 from deva.data.synthetic_clips import SyntheticClipDataset
 from deva.inference.options import InferenceOptions
-from deva.modeling.config import PropagationConfig
+from deva.modeling.checkpoint import (
+    CheckpointError,
+    WeightsMismatchError,
+    check_state_dict,
+    load_file,
+    split_checkpoint,
+)
+from deva.modeling.config import PRESETS, PropagationConfig
 from deva.modeling.propagation import PropagationModel
 from deva.modeling.weights import init_from_imagenet
-from deva.training.callbacks import MaxSkipCurriculum, SaveConfig, StepCheckpoint
+from deva.training.callbacks import (
+    AtomicCheckpointIO,
+    MaxSkipCurriculum,
+    RNGState,
+    SaveConfig,
+    StepCheckpoint,
+)
 from deva.training.module import PropagationTrainingModule
 from deva.training.predictor import Predictor
 
@@ -63,7 +75,7 @@ class TrainingRun:
     module: PropagationTrainingModule
     datamodule: VOSDataModule
     trainer: Trainer
-    checkpoint: ModelCheckpoint
+    checkpoint: StepCheckpoint
     output_dir: Path
     ckpt_path: str | None
     batch_size: int  # per device
@@ -74,7 +86,10 @@ def build_run(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> Traini
     output_dir = output_folder(config)
     os.environ[RUN_DIR_ENV] = str(output_dir)
     ckpt_path = resume_path(config, output_dir)
-    model_config, state = initial_model(config)
+    if ckpt_path is not None:
+        model_config, state = resumed_model(config, ckpt_path), None
+    else:
+        model_config, state = initial_model(config)
     module = training_module(config, model_config)
     if ckpt_path is None:
         if state is not None:
@@ -87,7 +102,9 @@ def build_run(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> Traini
         stage.batch_size, trainer.world_size, trainer.accumulate_grad_batches
     )
     max_skip = stage.max_skip.values[0] if stage.max_skip else 5
-    data = datamodule(parse_data(config.data), stage, batch_size=batch, max_skip=max_skip)
+    data = datamodule(
+        parse_data(config.data), stage, batch_size=batch, max_skip=max_skip, seed=config.seed
+    )
     return TrainingRun(module, data, trainer, checkpoint, output_dir, ckpt_path, batch)
 
 
@@ -127,6 +144,53 @@ def resume_path(config: TrainConfig, output_dir: Path) -> str | None:
     return str(path)
 
 
+def preset_name(model: PropagationConfig) -> str:
+    """The preset an architecture is (``tiny``, ``small``, ``published``), else ``custom``."""
+    return next((name for name, cfg in PRESETS.items() if cfg == model), "custom")
+
+
+def resumed_model(config: TrainConfig, ckpt_path: str) -> PropagationConfig:
+    """The architecture of the checkpoint to resume, checked against its own weights.
+
+    The checkpoint's recorded architecture wins over ``model.*`` (as ``model.weights``' does):
+    resuming continues that network. A file that is not a readable training checkpoint, or
+    whose weights do not fit its architecture, is a :class:`CheckpointError` /
+    :class:`WeightsMismatchError` naming the file.
+    """
+    data = load_file(ckpt_path, what="checkpoint")
+    if not isinstance(data, dict) or "state_dict" not in data or "optimizer_states" not in data:
+        raise CheckpointError(
+            f"cannot resume from {ckpt_path}: not a deva-train checkpoint (no training state); "
+            "start from its weights with model.weights= instead"
+        )
+    state, stored = split_checkpoint(data, source=ckpt_path)
+    if stored is None:
+        raise CheckpointError(
+            f"cannot resume from {ckpt_path}: it does not record its architecture "
+            "(hyper_parameters.model_config)"
+        )
+    try:
+        check_state_dict(PropagationModel(stored), state)
+    except WeightsMismatchError as error:
+        raise WeightsMismatchError(f"{ckpt_path}: {error}") from None
+    asked = _asked_model(config)
+    if asked is not None and asked != stored:
+        log.info(
+            "resuming the %s model of %s (the config asks for %s; the checkpoint wins)",
+            preset_name(stored),
+            ckpt_path,
+            preset_name(asked),
+        )
+    return stored
+
+
+def _asked_model(config: TrainConfig) -> PropagationConfig | None:
+    try:
+        return PropagationConfig.preset(config.model.preset)
+    except ValueError:
+        return None
+
+
 def initial_model(config: TrainConfig) -> tuple[PropagationConfig, dict[str, torch.Tensor] | None]:
     """Architecture and starting weights: ``model.weights`` (published or ours; its
     architecture wins over ``model.preset``) or a random ``model.preset``."""
@@ -138,7 +202,12 @@ def initial_model(config: TrainConfig) -> tuple[PropagationConfig, dict[str, tor
     if weights:
         model = PropagationModel.from_pretrained(weights)
         if model.config != preset:
-            log.info("architecture taken from %s (not preset %r)", weights, config.model.preset)
+            log.info(
+                "architecture taken from %s: a %s model (the config asks for %s)",
+                weights,
+                preset_name(model.config),
+                config.model.preset,
+            )
         return model.config, model.state_dict()
     return preset, None
 
@@ -207,8 +276,11 @@ def predictor(config: TrainConfig) -> Predictor | None:
 
 def build_trainer(
     config: TrainConfig, output_dir: Path, callbacks: Sequence[Callback] = ()
-) -> tuple[Trainer, ModelCheckpoint]:
-    """The Lightning ``Trainer`` (``trainer`` are its keyword arguments) and callbacks."""
+) -> tuple[Trainer, StepCheckpoint]:
+    """The Lightning ``Trainer`` (``trainer`` are its keyword arguments) and callbacks.
+
+    Checkpoints are written atomically and hold the random generators and the data
+    position; the data module splits the data over ranks itself (no distributed sampler)."""
     ckpt_dir = output_dir / "checkpoints"
     checkpoint = StepCheckpoint(
         dirpath=ckpt_dir,
@@ -219,7 +291,11 @@ def build_trainer(
         save_last=True,
     )
     text = OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(config)))
-    all_callbacks: list[Callback] = [checkpoint, SaveConfig(text, [output_dir, ckpt_dir])]
+    all_callbacks: list[Callback] = [
+        checkpoint,
+        SaveConfig(text, [output_dir, ckpt_dir]),
+        RNGState(),
+    ]
     stage = config.stage
     if stage.max_skip:
         all_callbacks.append(
@@ -242,11 +318,14 @@ def build_trainer(
         raise ConfigError(f"logger: expected tensorboard or none, got {config.logger!r}")
     kwargs = dict(config.trainer)
     kwargs.setdefault("max_steps", stage.iterations)
-    return Trainer(**kwargs, callbacks=all_callbacks, logger=logger), checkpoint
+    kwargs.setdefault("use_distributed_sampler", False)  # the training stream is per rank
+    plugins = [*(kwargs.pop("plugins", None) or []), AtomicCheckpointIO()]
+    trainer = Trainer(**kwargs, callbacks=all_callbacks, logger=logger, plugins=plugins)
+    return trainer, checkpoint
 
 
 def datamodule(
-    data: DataCommon, stage: StageSection, *, batch_size: int, max_skip: int
+    data: DataCommon, stage: StageSection, *, batch_size: int, max_skip: int, seed: int = 0
 ) -> VOSDataModule:
     """The data module of the ``data`` section for ``stage`` (``batch_size`` per device):
     synthetic clips generated on the fly, image folders, VOS folders or shards."""
@@ -262,6 +341,7 @@ def datamodule(
         "fixed_seed": data.fixed_seed,
         "pin_memory": data.pin_memory,
         "persistent_workers": data.persistent_workers,
+        "seed": seed,
     }
     if isinstance(data, SyntheticData):
         dataset = SyntheticClipDataset(
