@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ from deva.io.outputs import OutputFolder, read_run
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 from deva.pipelines.vos import segment_frames
-from tests.helpers import EMBEDDED, REPO, load_tool, mp4_info
+from tests.helpers import EMBEDDED, REPO, load_tool
 
 H, W, T = 72, 96, 36
 
@@ -139,6 +140,12 @@ def no_torn_files(out: Path) -> None:
             read_mask_png(path)
 
 
+def playable_frames(path: Path) -> int:
+    """How many frames of an mp4 decode (it must open: a header was written)."""
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(container.streams.video[0]))
+
+
 def wait_for_masks(process: subprocess.Popen, out: Path, count: int) -> int:
     """Poll until ``count`` frames are written (or the process ends); frames written."""
     deadline = time.monotonic() + 240
@@ -178,7 +185,7 @@ def test_killed_tracking_resumes_exactly(clip, uninterrupted, tmp_path, mode: st
     assert read_run(out)["state"] == "running"  # it had no chance to say more
     no_torn_files(out)
     written = len(list((out / "masks").glob("*.json")))
-    assert mp4_info(out / "overlay.mp4")[0] <= written  # playable up to its last fragment
+    assert playable_frames(out / "overlay.mp4") <= written  # up to its last fragment
 
     process = tool_process("track", *args, "resume=true")
     wait_for_masks(process, out, max(second, written + 1))
@@ -188,13 +195,13 @@ def test_killed_tracking_resumes_exactly(clip, uninterrupted, tmp_path, mode: st
     assert code == 130 and "resume with resume=true" in line, err
     stopped = int(line.split("interrupted at frame ")[1].split(";")[0])
     assert read_run(out)["state"] == f"interrupted at frame {stopped}"
-    assert mp4_info(out / "overlay.mp4")[0] == stopped  # finished on Ctrl+C
+    assert playable_frames(out / "overlay.mp4") == stopped  # finished on Ctrl+C
     no_torn_files(out)
 
     code, err = finish(tool_process("track", *args, "resume=true"))
     assert code == 0, err
     assert outputs(out) == uninterrupted[mode]
-    assert mp4_info(out / "overlay.mp4")[0] == T
+    assert playable_frames(out / "overlay.mp4") == T
     assert read_run(out)["state"] == "done"
     assert not (out / "tracker_state.pt").exists()
     no_torn_files(out)

@@ -25,7 +25,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from deva.app import AppSettings, TrackingApp, build_demo, launch_demo, prepare_tiny_segmenters
-from deva.cli.common import one_line
+from deva.cli.common import console_logging, one_line
 from deva.config import ConfigError, builder, compose, config_dir, repository_path
 from deva.config.schema import AppConfig, parse
 from deva.segmenters import check_segmenter_name
@@ -117,7 +117,7 @@ def build(argv: list[str], workdir: Path | None = None) -> tuple[TrackingApp, ob
 def main(argv: list[str] | None = None) -> int:
     """Build the back end and serve the page until stopped; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on `kill` too
     temporary = None

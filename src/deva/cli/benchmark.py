@@ -14,19 +14,19 @@ between the timed variants) and writes everything as JSON to ``out``. The logic 
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from deva.bench.common import parse_options
 from deva.bench.report import format_table
 from deva.bench.run import run_suites
+from deva.cli.common import console_logging
 from deva.config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark suites ``argv`` asks for; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console_logging()
     try:
         cfg = parse_options(argv)
     except ConfigError as error:

@@ -38,6 +38,40 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` / ``sys.stderr`` is when a record comes (tests and
+    notebooks swap them), records below WARNING to stdout, the rest to stderr."""
+
+    def __init__(self, errors: bool) -> None:
+        self._errors = errors
+        super().__init__()
+        if errors:
+            self.setLevel(logging.WARNING)
+        else:
+            self.addFilter(lambda record: record.levelno < logging.WARNING)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr if self._errors else sys.stdout
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def console_logging(level: int = logging.INFO) -> None:
+    """Progress and information on stdout, warnings on stderr (where a user error is one
+    line from :func:`run_tool`). Adds its two handlers to the root logger once, however often
+    a tool's ``main`` runs in one process."""
+    root = logging.getLogger()
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
+    if not any(isinstance(h, _ConsoleHandler) for h in root.handlers):
+        root.addHandler(_ConsoleHandler(errors=False))
+        root.addHandler(_ConsoleHandler(errors=True))
+
+
 def run_tool(
     prefix: str,
     body: Callable[[], object],

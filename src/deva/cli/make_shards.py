@@ -17,13 +17,12 @@ Shards are written as ``<output>/<prefix>-000000.tar``, ...; see ``deva.data.sha
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from deva.cli.common import run_tool
+from deva.cli.common import console_logging, run_tool
 from deva.config import compose, quote_paths
 from deva.config.schema import MakeShardsConfig, parse
 from deva.data import shards, static, video
@@ -65,7 +64,7 @@ def _progress(records: Iterable[VideoRecord], total: int) -> Iterator[VideoRecor
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``key=value`` arguments, pack the shards, return the exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_tool("make_shards: error:", lambda: _run(argv))
 

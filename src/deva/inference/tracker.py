@@ -290,6 +290,11 @@ class DecoupledTracker:
                     yield self._propagate(frame)
 
     @property
+    def frames_fed(self) -> int:
+        """How many frames of the current video were fed (results may still be pending)."""
+        return self._next_index
+
+    @property
     def can_save_state(self) -> bool:
         """Whether :meth:`state_dict` can be taken now: online or semi-online, and no frame
         is waiting in a clip buffer (every frame fed so far has its result out)."""

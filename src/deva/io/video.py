@@ -103,7 +103,9 @@ class Mp4Writer:
         self._stream.pix_fmt = "yuv420p"
         self._stream.options = {"crf": str(crf)}
         if fragmented:
-            self._stream.options["g"] = str(max(1, round(fps)))
+            # A keyframe a second, and no look-ahead: each frame's packet leaves the encoder
+            # at once, so the fragments on disk keep up with the frames written.
+            self._stream.options.update({"g": str(max(1, round(fps))), "tune": "zerolatency"})
         self._size: tuple[int, int] | None = None
         self._av = av
         self.frames_written = 0

@@ -25,7 +25,10 @@ be resumed: it chooses its key frame from the whole video and propagates backwar
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -250,8 +253,13 @@ class _Run:
         return len(self.writer.frame_names)
 
     def save_state(self) -> None:
-        """The tracker's and the writer's state, atomically (when the tracker allows it)."""
-        if not self.tracker.can_save_state or self.last_state == self.frames_out:
+        """The tracker's and the writer's state, atomically, when they agree: the tracker
+        allows it and every frame it was fed has its result written (a semi-online clip
+        yields several results at once; a state taken between them would be ahead)."""
+        tracker = self.tracker
+        if not tracker.can_save_state or tracker.frames_fed != self.frames_out:
+            return
+        if self.last_state == self.frames_out:
             return
         state = {"tracker": self.tracker.state_dict(), "writer": self.writer.state()}
         with atomic.atomic_path(self.out.path(STATE_FILE)) as temporary:
@@ -259,14 +267,37 @@ class _Run:
         self.last_state = self.frames_out
 
     def output(self, result: TrackedFrame) -> None:
-        self.writer.add(result.name, result.segmentation, result.image)
-        self.done += 1
-        if self.state_every and self.frames_out % self.state_every == 0:
-            self.save_state()
+        """Write one frame's masks, JSON, overlay frame (and state): all or, on Ctrl+C, all
+        the same (the interruption waits), so the overlay holds every finished frame."""
+        with _ctrl_c_deferred():
+            self.writer.add(result.name, result.segmentation, result.image)
+            self.done += 1
+            if self.state_every and self.frames_out - max(self.last_state, 0) >= self.state_every:
+                self.save_state()  # when due, at the first frame where a state can be taken
 
     def mark(self, state: str, *, final: bool = False) -> None:
         self.record["state"] = state
         self.out.write_run(self.record, final=final)
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl+C (SIGINT) that comes inside the block until it ends, then deliver it.
+    Outside the main thread (where handlers cannot be set) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        else:
+            raise KeyboardInterrupt
 
 
 def track_video(
