@@ -69,7 +69,6 @@ from deva.inference.preprocess import (
     FrameGeometry,
     clear_padding,
     preprocess_frame,
-    preprocess_mask,
     probabilities_to_ids,
     resize_mask,
     resize_segmentation,
@@ -328,32 +327,6 @@ class DecoupledTracker:
         self._clip_end = int(state["clip_end"])
         self._clips_done = int(state["clips_done"])
         self._size = tuple(state["size"]) if state["size"] else None
-
-    def seed(
-        self, frame: np.ndarray, segmentation: Segmentation, *, next_id: int | None = None
-    ) -> None:
-        """Start from a known result (e.g. the last frame an interrupted run wrote): call on a
-        reset tracker, before the next frames. The segments become objects with their ids and
-        metadata (one detection each), their masks are committed to memory as a memory
-        frame, and later objects get ids from ``next_id`` on (default: above these ids)."""
-        if self._next_index or len(self._registry):
-            raise RuntimeError("seed() needs a reset tracker (call reset() first)")
-        registry = self._registry
-        for s in segmentation.segments:
-            registry.add(s.id, isthing=s.isthing).add_detection(s.category_id, s.score)
-        if next_id is not None:
-            registry.reserve(next_id)
-        if not len(registry):
-            return
-        image, geometry = preprocess_frame(
-            frame, self.config.shorter_side, device=self._propagator.device
-        )
-        mask = preprocess_mask(torch.as_tensor(segmentation.mask).long(), geometry)
-        self._propagator.step(
-            features=self._propagator.encode(image),
-            mask=mask.to(self._propagator.device),
-            objects=registry.ids,
-        )
 
     # ---- building blocks ---------------------------------------------------------------
     def _prepare(self, index: int, name: str, rgb: np.ndarray) -> _Frame:
