@@ -116,8 +116,12 @@ def build(argv: list[str], workdir: Path | None = None) -> tuple[TrackingApp, ob
 
 def main(argv: list[str] | None = None) -> int:
     """Build the back end and serve the page until stopped; returns the exit status."""
+    with console_logging():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    console_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on `kill` too
     temporary = None

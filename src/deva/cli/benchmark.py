@@ -25,8 +25,12 @@ from deva.config import ConfigError
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark suites ``argv`` asks for; returns the exit status."""
+    with console_logging():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    console_logging()
     try:
         cfg = parse_options(argv)
     except ConfigError as error:

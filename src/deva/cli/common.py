@@ -8,9 +8,10 @@ printed: no traceback. The messages of the library's errors are written to be re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from deva.config import ConfigError
@@ -40,12 +41,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 class _ConsoleHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stdout`` / ``sys.stderr`` is when a record comes (tests and
-    notebooks swap them), records below WARNING to stdout, the rest to stderr."""
+    notebooks swap them): warnings and errors to stderr, the rest to stdout unless
+    ``info_to_stderr`` (tools whose stdout is data)."""
 
-    def __init__(self, errors: bool) -> None:
-        self._errors = errors
+    def __init__(self, *, warnings: bool, info_to_stderr: bool = False) -> None:
+        self._stderr = warnings or info_to_stderr
         super().__init__()
-        if errors:
+        if warnings:
             self.setLevel(logging.WARNING)
         else:
             self.addFilter(lambda record: record.levelno < logging.WARNING)
@@ -53,23 +55,34 @@ class _ConsoleHandler(logging.StreamHandler):
 
     @property
     def stream(self):  # type: ignore[override]
-        return sys.stderr if self._errors else sys.stdout
+        return sys.stderr if self._stderr else sys.stdout
 
     @stream.setter
     def stream(self, value: object) -> None:
         pass
 
 
-def console_logging(level: int = logging.INFO) -> None:
-    """Progress and information on stdout, warnings on stderr (where a user error is one
-    line from :func:`run_tool`). Adds its two handlers to the root logger once, however often
-    a tool's ``main`` runs in one process."""
+@contextlib.contextmanager
+def console_logging(level: int = logging.INFO, *, info_to_stderr: bool = False) -> Iterator[None]:
+    """Inside the block, log records of ``level`` and above reach the console: information on
+    stdout, warnings on stderr (where a user error is one line from :func:`run_tool`). The
+    handlers and the root level are as before afterwards, so tools called one after another
+    in one process do not stack handlers."""
     root = logging.getLogger()
-    if root.level == logging.NOTSET or root.level > level:
-        root.setLevel(level)
-    if not any(isinstance(h, _ConsoleHandler) for h in root.handlers):
-        root.addHandler(_ConsoleHandler(errors=False))
-        root.addHandler(_ConsoleHandler(errors=True))
+    handlers = [
+        _ConsoleHandler(warnings=False, info_to_stderr=info_to_stderr),
+        _ConsoleHandler(warnings=True),
+    ]
+    before = root.level
+    root.setLevel(level)
+    for handler in handlers:
+        root.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+        root.setLevel(before)
 
 
 def run_tool(
@@ -82,9 +95,11 @@ def run_tool(
     """Run a tool's ``body``: 0 when it returns, 2 with ``<prefix> <one line>`` on stderr for a
     user error, 130 on Ctrl+C with the interruption's own message (e.g. where to resume), else
     the ``interrupted()`` line (default ``interrupted``). Nothing is printed while
-    ``silent()`` is true (the DDP processes other than rank 0: one line, not one per rank)."""
+    ``silent()`` is true (the DDP processes other than rank 0: one line, not one per rank).
+    Log records reach the console meanwhile (:func:`console_logging`)."""
     try:
-        body()
+        with console_logging():
+            body()
     except KeyboardInterrupt as error:
         if not (silent is not None and silent()):
             message = str(error) or (interrupted() if interrupted is not None else "interrupted")

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from deva.cli.common import console_logging, run_tool
+from deva.cli.common import run_tool
 from deva.config import builder, compose
 from deva.config.schema import DemoConfig, parse
 from deva.data.synthetic import SyntheticVideoConfig, generate_video
@@ -93,7 +93,6 @@ def run(cfg: DictConfig | DemoConfig) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     """Compose ``demo.yaml`` with ``argv`` and run the demo; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    console_logging()
     return run_tool("error:", lambda: run(compose("demo", argv)))
 
 

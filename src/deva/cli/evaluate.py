@@ -25,7 +25,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from deva.cli.common import console_logging, run_tool
+from deva.cli.common import run_tool
 from deva.config import ConfigError, builder, compose
 from deva.config.schema import EvaluateConfig, parse
 from deva.errors import one_line
@@ -196,7 +196,6 @@ def _recorded(out: OutputFolder, config: EvaluateConfig, work: Callable[[], int]
 def main(argv: list[str] | None = None) -> int:
     """Compose ``evaluate.yaml`` with ``argv`` and run it; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    console_logging()
     return run_tool("error:", lambda: run(compose("evaluate", argv)))
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from deva.cli.common import console_logging, run_tool
+from deva.cli.common import run_tool
 from deva.config import compose, quote_paths
 from deva.config.schema import MakeShardsConfig, parse
 from deva.data import shards, static, video
@@ -64,7 +64,6 @@ def _progress(records: Iterable[VideoRecord], total: int) -> Iterator[VideoRecor
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``key=value`` arguments, pack the shards, return the exit status."""
-    console_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_tool("make_shards: error:", lambda: _run(argv))
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, fields
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from deva.cli.common import console_logging, run_tool
+from deva.cli.common import run_tool
 from deva.data.synthetic import (
     SyntheticVideoConfig,
     generate_video,
@@ -85,7 +85,6 @@ def parse_args(argv: list[str]) -> tuple[dict, SyntheticVideoConfig]:
 def main(argv: list[str] | None = None) -> int:
     """Parse ``key=value`` arguments, write the dataset, return the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    console_logging()
     return run_tool("error:", lambda: _run(argv))
 
 

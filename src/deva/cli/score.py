@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from deva.cli.common import console_logging
 from deva.config import ConfigError, compose, quote_paths
 from deva.config.schema import ScoreConfig, parse
 from deva.io import burst, davis, vipseg
@@ -235,13 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: prints the JSON result, or a one-line reason and exits with status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a.strip().lower() in ("verbose=true", "verbose=1") for a in argv)
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.INFO if verbose else logging.WARNING
     try:
-        result = run(argv)
+        with console_logging(level, info_to_stderr=True):  # stdout is the JSON result
+            result = run(argv)
     except (OSError, ValueError, KeyError, TypeError, ConfigError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         if isinstance(error, KeyError):

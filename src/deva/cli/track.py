@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from deva.cli.common import console_logging, run_tool
+from deva.cli.common import run_tool
 from deva.config import ConfigError, builder, compose
 from deva.config.schema import TrackConfig, parse
 from deva.io.outputs import check_folder
@@ -127,7 +127,6 @@ def run(cfg: DictConfig | TrackConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Compose ``track.yaml`` with ``argv`` and track; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    console_logging()
 
     def body() -> None:
         _requested_segmenter(argv)

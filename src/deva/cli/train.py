@@ -160,31 +160,20 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _console_logging() -> None:
-    """Progress on stdout (stderr keeps the one-line errors): one handler for our loggers,
-    however often :func:`main` runs, and Lightning's console handlers moved to stdout."""
-    for name in ("deva", "train"):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
-        if not any(getattr(h, _OURS, False) for h in logger.handlers):
-            handler = logging.StreamHandler(sys.stdout)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-            setattr(handler, _OURS, True)
-            logger.addHandler(handler)
+def _lightning_to_stdout() -> None:
+    """Lightning's own console handlers write to stdout, like ours (stderr keeps the one-line
+    errors)."""
     for name in ("lightning.pytorch", "lightning.fabric"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
                 handler.setStream(sys.stdout)
 
 
-_OURS = "_deva_train_console"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Compose ``train.yaml`` with ``argv`` and train; returns the exit status (2 with one
     line on a user error, 130 on Ctrl+C with the line that resumes the run)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    _console_logging()
+    _lightning_to_stdout()
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__)
         return 0
@@ -194,12 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         paths = ("ckpt_path", "output_dir", "model.weights", "data.urls")
         cfg = compose("train", quote_paths(argv, paths))
         result.update(train(cfg))
+        if result.get("global_rank") == 0:  # DDP re-launches this for the other ranks
+            for line in summary_lines(result):
+                log.info(line)
 
-    status = run_tool("train:", body, silent=lambda: rank_zero_only.rank != 0)
-    if status == 0 and result.get("global_rank") == 0:  # DDP re-launches this for other ranks
-        for line in summary_lines(result):
-            log.info(line)
-    return status
+    return run_tool("train:", body, silent=lambda: rank_zero_only.rank != 0)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 from lightning.fabric import Fabric
 from omegaconf import DictConfig
 
-from deva.cli.common import console_logging, run_tool
+from deva.cli.common import run_tool
 from deva.config import ConfigError, compose, quote_paths
 from deva.config.builder.tasks import validation_tasks
 from deva.config.builder.training import validation_autocast
@@ -149,7 +149,6 @@ def run(cfg: DictConfig | ValidateConfig, *, unreadable: list[str] | None = None
 def main(argv: list[str] | None = None) -> int:
     """Compose ``validate.yaml`` with ``argv`` and score; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    console_logging()
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__)
         return 0
