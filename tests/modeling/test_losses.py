@@ -44,11 +44,31 @@ def test_bootstrap_schedule_scaled_to_stage_length() -> None:
 def test_bootstrapped_ce_keeps_the_hardest_pixels() -> None:
     logits = torch.randn(2, 3, 4, 5)
     target = torch.randint(0, 3, (2, 4, 5))
-    raw = F.cross_entropy(logits, target, reduction="none").flatten()
+    raw = F.cross_entropy(logits, target, reduction="none").flatten(1)  # (2, 20)
     assert bootstrapped_cross_entropy(logits, target, 1.0) == pytest.approx(raw.mean().item())
-    top = raw.sort(descending=True).values[: int(raw.numel() * 0.3)]
-    assert bootstrapped_cross_entropy(logits, target, 0.3) == pytest.approx(top.mean().item())
+    # published: each sample's own hardest int(20 · 0.3) = 6 pixels, the two means averaged
+    per_sample = raw.sort(dim=1, descending=True).values[:, :6].mean(1).mean()
+    assert bootstrapped_cross_entropy(logits, target, 0.3) == pytest.approx(per_sample.item())
+    top = raw.flatten().sort(descending=True).values[:12]
+    batch = bootstrapped_cross_entropy(logits, target, 0.3, per_sample=False)
+    assert batch == pytest.approx(top.mean().item())
     assert bootstrapped_cross_entropy(logits, target, 0.3) >= raw.mean()
+
+
+def test_bootstrapped_ce_per_sample_by_hand() -> None:
+    """Two samples of 4 pixels with known losses: per sample, the top half of each; over
+    the batch, the top half of all eight (here all of the first sample)."""
+    # logits for 2 classes with target 0: the loss of a pixel is softplus(l1 - l0)
+    gaps = torch.tensor([[4.0, 3.0, 2.0, 1.0], [-1.0, -2.0, -3.0, -4.0]])
+    logits = torch.stack([torch.zeros_like(gaps), gaps], dim=1).view(2, 2, 1, 4)
+    target = torch.zeros(2, 1, 4, dtype=torch.long)
+    loss = F.softplus(gaps)
+    per_sample = (loss[0, :2].mean() + loss[1, :2].mean()) / 2
+    assert bootstrapped_cross_entropy(logits, target, 0.5).item() == pytest.approx(
+        per_sample.item()
+    )
+    whole_batch = bootstrapped_cross_entropy(logits, target, 0.5, per_sample=False)
+    assert whole_batch.item() == pytest.approx(loss[0].mean().item())
 
 
 def test_dice_hand_made_cases() -> None:
@@ -66,8 +86,27 @@ def test_dice_hand_made_cases() -> None:
     assert dice_loss(half, target, valid).item() == pytest.approx(0.0)
 
 
+def test_dice_over_padded_slots_by_hand() -> None:
+    """A batch of 2 samples × 2 slots, the second sample's second slot padded (empty in
+    prediction and ground truth): published, the mean over all 4 slots (the padded one adds
+    0); with ``valid``, over the 3 real objects."""
+    target = torch.zeros(2, 2, 2, 2)
+    target[0, 0, 0] = 1  # 2 pixels
+    target[0, 1, 1] = 1
+    target[1, 0, :, 0] = 1
+    prob = torch.zeros(2, 2, 2, 2)
+    prob[0, 0, 0, 0] = 1.0  # |P∩G| = 1, |P| = 1, |G| = 2 → 1 − 3/4
+    prob[0, 1] = target[0, 1]  # exact → 0
+    prob[1, 0, 0] = 1.0  # |P∩G| = 1, |P| = 2, |G| = 2 → 1 − 3/5
+    losses = [1 - 3 / 4, 0.0, 1 - 3 / 5]
+    assert dice_loss(prob, target).item() == pytest.approx((sum(losses) + 0.0) / 4)
+    valid = torch.tensor([[True, True], [True, False]])
+    assert dice_loss(prob, target, valid).item() == pytest.approx(sum(losses) / 3)
+
+
 def test_absent_object_changes_nothing() -> None:
-    """A padded object (masked to −inf) leaves background, probabilities and losses intact."""
+    """A padded object (masked to −inf) leaves background, probabilities and losses intact
+    (the dice over real objects; the published dice over all slots is diluted by it)."""
     logits2 = torch.randn(1, 2, 8, 8)
     logits3 = torch.cat([logits2, torch.randn(1, 1, 8, 8) * 5], dim=1)
     valid2 = torch.tensor([[True, True]])
@@ -79,7 +118,7 @@ def test_absent_object_changes_nothing() -> None:
         with_bg = torch.cat([valid.new_ones(1, 1), valid], dim=1)
         agg = mask_absent_objects(agg, with_bg)
         prob = torch.softmax(agg, dim=1)
-        terms = frame_losses(agg, prob, agg, target, valid, fraction=0.5)
+        terms = frame_losses(agg, prob, agg, target, valid, fraction=0.5, dice_padded_slots=False)
         results.append((prob[:, :3], terms))
     (p2, t2), (p3, t3) = results
     torch.testing.assert_close(p2, p3)

@@ -191,7 +191,9 @@ def test_config_groups_compose() -> None:
 
 
 def test_padded_objects_do_not_change_the_loss() -> None:
-    module = PropagationTrainingModule(TINY, num_ref_frames=2).train()
+    """Predictions never depend on the padding; the loss does not either with the dice over
+    real objects (the published dice averages over every slot)."""
+    module = PropagationTrainingModule(TINY, num_ref_frames=2, dice_padded_slots=False).train()
     batch = tiny_batch([2, 1])
     results = []
     for pad in (None, 3, 5):
@@ -218,13 +220,54 @@ def test_every_parameter_gets_a_finite_gradient() -> None:
     assert not module.model.pixel_encoder.bn1.training
 
 
-def test_reference_frames_are_bounded_and_include_the_first() -> None:
+def test_reference_frames_are_drawn_per_sample_as_published() -> None:
     module = PropagationTrainingModule(TINY, num_ref_frames=3)
-    assert module._reference_frames(2) == [0, 1]
+    assert module._reference_frames(2, batch=2) == [[0, 1], [0, 1]]
+    torch.manual_seed(0)
+    draws = [module._reference_frames(7, batch=4) for _ in range(50)]
+    for refs in (r for batch in draws for r in batch):
+        assert len(set(refs)) == 3 and all(0 <= r < 7 for r in refs) and refs == sorted(refs)
+    assert any(0 not in r for batch in draws for r in batch)  # frame 0 is not guaranteed
+    assert any(len({tuple(r) for r in batch}) > 1 for batch in draws)  # samples differ
+    seen = torch.zeros(7)
+    for refs in (r for batch in draws for r in batch):
+        seen[refs] += 1
+    assert seen.min() > 0.5 * seen.mean()  # every earlier frame drawn (uniform: 3/7 each)
+
+
+def test_reference_frames_shared_with_the_first_frame() -> None:
+    module = PropagationTrainingModule(TINY, num_ref_frames=3, ref_frames_per_sample=False)
+    assert module._reference_frames(2, batch=2) == [[0, 1], [0, 1]]
     for t in range(4, 8):
-        refs = module._reference_frames(t)
-        assert len(refs) == 3 and refs[0] == 0 and all(0 < r < t for r in refs[1:])
-        assert len(set(refs)) == 3
+        refs = module._reference_frames(t, batch=3)
+        assert refs[0] == refs[1] == refs[2]
+        assert len(refs[0]) == 3 and refs[0][0] == 0 and all(0 < r < t for r in refs[0][1:])
+        assert len(set(refs[0])) == 3
+
+
+def test_per_sample_memory_frames_read_each_samples_own_frames() -> None:
+    """The readout of a sample with its own draw equals that sample alone in a batch of one
+    with the same draw (the gather picks frames per sample)."""
+    module = PropagationTrainingModule(TINY, num_ref_frames=2).eval()
+    batch = tiny_batch([2, 2], frames=5)
+    draws = iter([[[0, 2], [1, 3]], [[1, 3]]])
+    module._reference_frames = lambda t, b: next(draws) if t == 4 else [list(range(min(t, 2)))] * b
+    with torch.no_grad():
+        model = module.model
+        frames = batch["frames"]
+        features = model.encode_image(frames.flatten(0, 1))
+        keys = model.project_key(features)
+        hw = keys.key.shape[-2:]
+        key_all = keys.key.view(2, 5, -1, hw[0] * hw[1])
+        shrink_all = keys.shrinkage.view(2, 5, 1, hw[0] * hw[1])
+        values = [torch.randn(2, 2, model.config.value_dim, *hw) for _ in range(4)]
+        _, both = module._memory_readout(features, keys, key_all, shrink_all, values, 4)
+        features1 = model.encode_image(frames[1:].flatten(0, 1))
+        keys1 = model.project_key(features1)
+        _, alone = module._memory_readout(
+            features1, keys1, key_all[1:], shrink_all[1:], [v[1:] for v in values], 4
+        )
+    torch.testing.assert_close(both[1:], alone, rtol=1e-4, atol=1e-5)
 
 
 def test_lr_schedules() -> None:

@@ -278,6 +278,8 @@ class LossSection:
     final_fraction: float
     dice_weight: float
     aux_weight: float
+    bootstrap_per_sample: bool
+    dice_padded_slots: bool
 
 
 @dataclass
@@ -305,6 +307,7 @@ class StageSection:
     warmup_steps: int
     num_frames: int
     num_ref_frames: int
+    ref_frames_per_sample: bool
     crop_size: int
     max_objects: int
     deep_update_prob: float

@@ -8,10 +8,12 @@ all computed on soft-aggregated predictions (background + N objects, see
 :meth:`deva.modeling.propagation.PropagationModel.aggregate`).
 
 - **Bootstrapped cross-entropy**: the plain pixel mean before ``start_warm``; afterwards only
-  the hardest ``fraction`` of the pixels (highest loss) is averaged, the fraction falling
-  linearly from 1 to ``final_fraction`` (0.3) between ``start_warm`` and ``end_warm``.
-- **Dice** over the object channels, one value per (sample, object), averaged over the
-  objects that exist (padded objects are left out).
+  the hardest ``fraction`` of each sample's pixels (highest loss) is averaged, the fraction
+  falling linearly from 1 to ``final_fraction`` (0.3) between ``start_warm`` and ``end_warm``
+  (option: the hardest pixels of the whole batch).
+- **Dice** over the object channels, one value per (sample, object slot), averaged over all
+  slots as published, padded ones included (they add 0; option: over real objects only, so
+  that the term does not shrink with the padding of a batch).
 - **Auxiliary cross-entropy** on the stride-16 logits predicted from the sensory memory
   alone (``sensory_linear_pred``). Choice: the aggregated auxiliary *logits* are upsampled
   bilinearly to the full resolution (×16) and compared with the full-resolution target,
@@ -82,9 +84,14 @@ class BootstrapSchedule:
 
 
 def bootstrapped_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, fraction: float = 1.0
+    logits: torch.Tensor, target: torch.Tensor, fraction: float = 1.0, *, per_sample: bool = True
 ) -> torch.Tensor:
-    """Mean cross-entropy over the hardest ``fraction`` of all pixels of the batch.
+    """Mean cross-entropy over the hardest ``fraction`` of the pixels.
+
+    ``per_sample`` (the published definition): each sample keeps its own hardest
+    ``int(H·W·fraction)`` pixels, and the per-sample means are averaged. Otherwise the
+    hardest pixels are chosen over the whole batch (a sample with many hard pixels then
+    weighs more). Equal for ``fraction`` 1.
 
     Args:
         logits: (B, C, H, W) class logits (background + objects).
@@ -93,22 +100,25 @@ def bootstrapped_cross_entropy(
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
-    raw = F.cross_entropy(logits.float(), target, reduction="none").flatten()
+    raw = F.cross_entropy(logits.float(), target, reduction="none")
+    raw = raw.flatten(1) if per_sample else raw.flatten().unsqueeze(0)
     if fraction >= 1:
         return raw.mean()
-    k = max(1, int(raw.numel() * fraction))
-    return raw.topk(k, sorted=False).values.mean()
+    k = max(1, int(raw.shape[1] * fraction))
+    return raw.topk(k, dim=1, sorted=False).values.mean(dim=1).mean()
 
 
 def dice_loss(
     prob: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Soft dice loss ``1 − (2|P∩G| + 1) / (|P| + |G| + 1)`` averaged over existing objects.
+    """Soft dice loss ``1 − (2|P∩G| + 1) / (|P| + |G| + 1)``, one value per (sample, object
+    slot), averaged over all B × N slots (``valid`` None: the published definition; a padded
+    slot, empty in prediction and ground truth, adds 0) or over the ``valid`` ones only.
 
     Args:
         prob: (B, N, H, W) object probabilities (background excluded).
         target: (B, N, H, W) binary ground truth per object.
-        valid: (B, N) bool, which objects exist (default: all). Padded objects are ignored.
+        valid: (B, N) bool, which objects exist, to leave padded slots out of the mean.
     """
     if prob.shape != target.shape:
         raise ValueError(f"prob {tuple(prob.shape)} and target {tuple(target.shape)} differ")
@@ -157,6 +167,8 @@ def frame_losses(
     valid: torch.Tensor,
     *,
     fraction: float = 1.0,
+    bootstrap_per_sample: bool = True,
+    dice_padded_slots: bool = True,
 ) -> FrameLosses:
     """All loss terms of one predicted frame.
 
@@ -167,12 +179,14 @@ def frame_losses(
         target: (B, H, W) int64 labels 0..K (K ≤ N per sample).
         valid: (B, N) bool, which object channels exist.
         fraction: bootstrap fraction of the cross-entropy.
+        bootstrap_per_sample: hardest pixels per sample (published) or over the batch.
+        dice_padded_slots: dice averaged over all object slots (published) or real objects.
     """
     n = logits.shape[1] - 1
     labels = torch.arange(1, n + 1, device=target.device).view(1, n, 1, 1)
     one_hot = target.unsqueeze(1) == labels
-    ce = bootstrapped_cross_entropy(logits, target, fraction)
-    dice = dice_loss(prob[:, 1:], one_hot, valid)
+    ce = bootstrapped_cross_entropy(logits, target, fraction, per_sample=bootstrap_per_sample)
+    dice = dice_loss(prob[:, 1:], one_hot, None if dice_padded_slots else valid)
     aux = (
         F.cross_entropy(aux_logits.float(), target) if aux_logits is not None else ce.new_zeros(())
     )

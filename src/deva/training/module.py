@@ -7,14 +7,18 @@ drift apart:
 1. ``encode_image`` + ``project_key`` on all T frames of the batch at once;
 2. frame 0: ``encode_mask`` of the ground-truth masks (deep sensory update) → memory;
 3. frame t ≥ 1: ``read_memory`` (full softmax) from up to ``num_ref_frames`` earlier memory
-   frames (frame 0, the only ground-truth memory, is always among them; the others are drawn
-   at random), ``aux_logits`` from the incoming sensory memory, ``segment``, ``aggregate``;
+   frames (beyond that many, a uniform draw of them per sample, as published; or, with
+   ``ref_frames_per_sample=False``, frame 0 — the only ground-truth memory — plus one draw
+   shared by the batch), ``aux_logits`` from the incoming sensory memory, ``segment``,
+   ``aggregate``;
    then (except for the last frame) ``encode_mask`` of the predicted probabilities, with a
    deep sensory update with probability ``deep_update_prob`` (0.2).
 
 Samples of a batch may hold different numbers of objects K ≤ N: the missing objects are
 "padded" — given empty masks, their probabilities forced to 0 before aggregation and their
-channels removed from the softmax and from every loss — so a padded object changes nothing.
+channels removed from the softmax — so a padded object changes no prediction. The published
+dice averages over every object slot, a padded one adding 0, so the loss (not the
+prediction) depends on the padding unless ``dice_padded_slots=False``.
 Batch-norm layers stay frozen (running statistics) by default, which also keeps objects
 independent of each other inside the grouped encoders.
 
@@ -155,6 +159,13 @@ class PropagationTrainingModule(LightningModule):
         start_warm, end_warm, final_fraction: bootstrapped cross-entropy schedule; ``None``
             scales the published 10k → 35k of 150k to ``total_steps``.
         dice_weight, aux_weight: loss weights (1 and 0.1).
+        bootstrap_per_sample: the hardest pixels of the cross-entropy per sample (published)
+            or over the whole batch.
+        dice_padded_slots: dice averaged over all B × N object slots, padded ones included
+            (published), or over the real objects only.
+        ref_frames_per_sample: beyond ``num_ref_frames`` earlier frames, each sample reads
+            its own uniform draw of them (published; frame 0 not guaranteed), or the batch
+            shares one draw that always holds frame 0.
         pad_objects_to: pad every batch to this many objects (stable shapes for
             ``torch.compile``); ``None`` pads to the largest K of the batch.
         freeze_batchnorm: keep batch-norm layers in eval mode while training.
@@ -183,6 +194,9 @@ class PropagationTrainingModule(LightningModule):
         final_fraction: float = 0.3,
         dice_weight: float = 1.0,
         aux_weight: float = 0.1,
+        bootstrap_per_sample: bool = True,
+        dice_padded_slots: bool = True,
+        ref_frames_per_sample: bool = True,
         pad_objects_to: int | None = None,
         freeze_batchnorm: bool = True,
         compile: bool = False,
@@ -213,6 +227,9 @@ class PropagationTrainingModule(LightningModule):
                 "final_fraction": float(final_fraction),
                 "dice_weight": float(dice_weight),
                 "aux_weight": float(aux_weight),
+                "bootstrap_per_sample": bool(bootstrap_per_sample),
+                "dice_padded_slots": bool(dice_padded_slots),
+                "ref_frames_per_sample": bool(ref_frames_per_sample),
                 "pad_objects_to": None if pad_objects_to is None else int(pad_objects_to),
                 "freeze_batchnorm": bool(freeze_batchnorm),
                 "compile": bool(compile),
@@ -364,10 +381,14 @@ class PropagationTrainingModule(LightningModule):
     ) -> tuple[PixelFeatures, torch.Tensor]:
         """Frame ``t``'s features and its readout of the memory frames drawn for it."""
         b = key_all.shape[0]
-        refs = self._reference_frames(t)
-        memory_key = key_all[:, refs].permute(0, 2, 1, 3).flatten(2)
-        memory_shrinkage = shrink_all[:, refs].permute(0, 2, 1, 3).flatten(2)
-        memory_value = torch.stack([values[r] for r in refs], dim=3).flatten(3)
+        refs = self._reference_frames(t, b)
+        index = torch.as_tensor(refs, device=key_all.device)  # (B, k)
+        rows = torch.arange(b, device=key_all.device).unsqueeze(1)
+        memory_key = key_all[rows, index].permute(0, 2, 1, 3).flatten(2)
+        memory_shrinkage = shrink_all[rows, index].permute(0, 2, 1, 3).flatten(2)
+        memory_value = torch.stack(
+            [torch.stack([values[r][i] for r in refs[i]], dim=2) for i in range(b)]
+        ).flatten(3)
         frame = _frame(features, b, t)
         query = KeyProjection(
             _pick(keys.key, b, t), _pick(keys.shrinkage, b, t), _pick(keys.selection, b, t)
@@ -400,21 +421,32 @@ class PropagationTrainingModule(LightningModule):
         agg = mask_absent_objects(agg, valid_bg)
         prob = torch.softmax(agg.float(), dim=1)
         terms = frame_losses(
-            agg, prob, mask_absent_objects(aux_agg, valid_bg), target, valid, fraction=fraction
+            agg,
+            prob,
+            mask_absent_objects(aux_agg, valid_bg),
+            target,
+            valid,
+            fraction=fraction,
+            bootstrap_per_sample=self.hparams.bootstrap_per_sample,
+            dice_padded_slots=self.hparams.dice_padded_slots,
         )
         return sensory, prob, terms
 
     def _weighted(self, terms: FrameLosses) -> torch.Tensor:
         return terms.total(dice_weight=self.hparams.dice_weight, aux_weight=self.hparams.aux_weight)
 
-    def _reference_frames(self, t: int) -> list[int]:
-        """Memory frames read when predicting frame ``t``: all earlier frames if there are at
-        most ``num_ref_frames``, else frame 0 plus a random draw from frames 1..t-1."""
+    def _reference_frames(self, t: int, batch: int) -> list[list[int]]:
+        """Memory frames read when predicting frame ``t``, per sample: all earlier frames if
+        there are at most ``num_ref_frames``, else a random draw of that many of them — per
+        sample from frames 0..t-1 (``ref_frames_per_sample``, published), or frame 0 plus one
+        draw from frames 1..t-1 shared by the batch."""
         k = self.hparams.num_ref_frames
         if t <= k:
-            return list(range(t))
+            return [list(range(t))] * batch
+        if self.hparams.ref_frames_per_sample:
+            return [torch.randperm(t)[:k].sort().values.tolist() for _ in range(batch)]
         others = (torch.randperm(t - 1)[: k - 1] + 1).sort().values
-        return [0, *others.tolist()]
+        return [[0, *others.tolist()]] * batch
 
     # -- Lightning hooks --------------------------------------------------------------------
 

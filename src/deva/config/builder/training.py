@@ -221,6 +221,7 @@ def training_module(
     return PropagationTrainingModule(
         model_config.to_dict(),
         num_ref_frames=stage.num_ref_frames,
+        ref_frames_per_sample=stage.ref_frames_per_sample,
         deep_update_prob=stage.deep_update_prob,
         lr=stage.lr,
         weight_decay=stage.weight_decay,
@@ -234,6 +235,8 @@ def training_module(
         end_warm=loss.end_warm,
         final_fraction=loss.final_fraction,
         dice_weight=loss.dice_weight,
+        bootstrap_per_sample=loss.bootstrap_per_sample,
+        dice_padded_slots=loss.dice_padded_slots,
         aux_weight=loss.aux_weight,
         pad_objects_to=config.pad_objects_to,
         freeze_batchnorm=config.freeze_batchnorm,
