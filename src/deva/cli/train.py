@@ -167,7 +167,7 @@ def _console_logging() -> None:
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)
         if not any(getattr(h, _OURS, False) for h in logger.handlers):
-            handler = logging.StreamHandler(sys.stdout)
+            handler = _Stdout()
             handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
             setattr(handler, _OURS, True)
             logger.addHandler(handler)
@@ -178,6 +178,19 @@ def _console_logging() -> None:
 
 
 _OURS = "_deva_train_console"
+
+
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is when a record comes (tests and notebooks swap it;
+    a handler holding the first one would write to a closed stream)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,7 +53,8 @@ class VOSDataModule(LightningDataModule):
             ÷5, OVIS ×3 ÷5, generic ×1). Shards use the gap divisors, by the dataset name each
             sample carries.
         samples_per_epoch: per rank, for shards (required with shards: it keeps DDP ranks in
-            step); rounded up so every worker yields whole batches.
+            step); rounded up so every worker yields whole batches and every epoch whole
+            optimizer steps.
         augment: ``False`` gives deterministic resize + centre crop (debugging).
         fixed_seed: every video always yields the same sample (tests); ``None`` to train.
         seed: the training stream's seed (sample order and per-sample randomness).
@@ -154,9 +155,9 @@ class VOSDataModule(LightningDataModule):
 
     def _samples_per_rank(self) -> int:
         assert self.samples_per_epoch is not None
-        workers = max(1, self.num_workers)
-        per_worker = math.ceil(self.samples_per_epoch / (workers * self.batch_size))
-        return per_worker * self.batch_size * workers
+        # whole batches for every worker and whole optimizer steps (see StepSampler)
+        chunk = max(1, self.num_workers) * self.batch_size * self._accumulate()
+        return math.ceil(self.samples_per_epoch / chunk) * chunk
 
     def _build(self) -> Dataset:
         if self.shard_urls is not None:

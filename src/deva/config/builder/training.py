@@ -450,8 +450,11 @@ def _video_roots(data: VideoData) -> dict[str, Any]:
         if value:
             roots[str(key)] = value
     if not roots:
-        names = " / ".join(f".{k}" for k in data.sources)
-        raise ConfigError(f"data=video needs at least one of data.roots{names} = FOLDER")
+        names = ", ".join(f"data.roots.{k}" for k in data.sources)
+        raise ConfigError(
+            f"data=video needs at least one folder: {names} (your own videos: "
+            "data.roots.generic=DIR)"
+        )
     return roots
 
 
