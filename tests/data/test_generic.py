@@ -118,6 +118,8 @@ def test_rgb_encoded_ids_become_objects_even_at_255() -> None:
     # the same id has the same label in both frames
     assert labels[0][first == 70000].tolist() == labels[1][second == 70000].tolist()
     assert set(labels[0][first == 70000].tolist()) == {2}
+    empty = compact_ids([np.zeros((4, 4), np.int64)] * 2)
+    assert all(m.dtype == np.uint8 and not m.any() for m in empty)
 
 
 def test_generic_clips_from_sparse_rgb_annotations(tmp_path: Path) -> None:

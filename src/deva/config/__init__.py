@@ -49,7 +49,7 @@ def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
 
     overrides = list(overrides or [])
     for item in overrides:
-        if "=" not in item:
+        if "=" not in item and not item.startswith("~"):  # ~key deletes a key
             raise ConfigError(f"expected key=value, got {item!r}")
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):

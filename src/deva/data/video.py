@@ -216,13 +216,14 @@ def compact_ids(masks: Sequence[np.ndarray]) -> list[np.ndarray]:
     stack = np.stack([np.asarray(mask, dtype=np.int64) for mask in masks])
     ids = np.unique(stack)
     ids = ids[ids > 0]
+    if ids.size == 0:
+        return list(np.zeros(stack.shape, np.uint8))
     if ids.size > 254:
         logger.debug("clip with %d ids: keeping 254", ids.size)
         ids = ids[:254]
-    labels = np.searchsorted(ids, stack)
-    known = (labels < ids.size) & (ids[np.minimum(labels, max(ids.size - 1, 0))] == stack)
-    out = np.where(known & (stack > 0), labels + 1, 0).astype(np.uint8)
-    return list(out)
+    labels = np.minimum(np.searchsorted(ids, stack), ids.size - 1)
+    known = (ids[labels] == stack) & (stack > 0)
+    return list(np.where(known, labels + 1, 0).astype(np.uint8))
 
 
 class ClipSampler:
@@ -230,8 +231,10 @@ class ClipSampler:
 
     Used by the folder datasets and the shard reader alike. ``max_skip`` is kept in a
     shared-memory tensor so :meth:`set_max_skip` reaches DataLoader workers that are already
-    running; the gap used is ``max(1, max_skip // divisor)`` annotated frames, where the
-    divisor is ``skip_divisor`` or, if that is a mapping, looked up by the record's dataset.
+    running; the gap used is ``max(1, max_skip // divisor)``, where the divisor is
+    ``skip_divisor`` or, if that is a mapping, looked up by the record's dataset. The gap counts
+    annotated frames, or frames of the folder for records with ``meta["positions"]`` (the
+    generic source, :func:`sample_annotated_frames`).
     """
 
     def __init__(

@@ -308,5 +308,8 @@ class IterationProgressBar(TQDMProgressBar):
             return
         if step % self.refresh_rate == 0 or step == bar.total:
             bar.n = step
-            bar.set_postfix(self.get_metrics(trainer, pl_module))
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             bar.refresh()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Nothing: the bar was refreshed at the epoch's last step (one line per step in logs)."""
