@@ -131,3 +131,14 @@ def test_curriculum_schedule_is_a_function_of_the_step() -> None:
     curriculum = MaxSkipCurriculum(values=[2, 3, 4, 2], boundaries=[0.1, 0.3, 0.8], total_steps=20)
     schedule = MaxSkipSchedule((2, 3, 4, 2), (0.1, 0.3, 0.8), 20)
     assert [schedule(s) for s in range(21)] == [curriculum.value_at(s, 20) for s in range(21)]
+
+
+def test_epochs_hold_whole_optimizer_steps() -> None:
+    """With gradient accumulation an epoch is rounded up to whole optimizer steps: Lightning
+    steps at an epoch's end even mid-accumulation, which would desynchronise the position
+    (optimizer steps × accumulation) that a resumed run starts from."""
+    sampler = StepSampler(5, batch_size=2, seed=0, accumulate=4)
+    assert sampler.batches_per_epoch == 4 and len(sampler) == 8
+    draws = list(sampler)
+    assert len(draws) == 8 and {d.index for d in draws} == set(range(5))
+    assert StepSampler(5, batch_size=2, seed=0).batches_per_epoch == 2

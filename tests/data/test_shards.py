@@ -245,3 +245,39 @@ def test_make_shards_synthetic(tmp_path: Path) -> None:
     samples = list(ShardClipDataset(tmp_path, sampler, fixed_seed=0))
     assert sorted(s["info"]["name"] for s in samples) == ["video_000", "video_001"]
     assert all(1 <= s["num_objects"] <= 3 for s in samples)
+
+
+def test_static_stage_from_shards_through_the_datamodule(tmp_path: Path) -> None:
+    """``stage=static data=shards``: the pseudo-video sampler has no frame gap, and the data
+    module must not ask it for one (it used to raise a TypeError at setup)."""
+    from deva.config import compose
+    from deva.config.builder.training import datamodule
+    from deva.config.schema import TrainConfig, parse, parse_data
+
+    root = make_static(tmp_path / "ecssd", count=4)
+    write_shards(scan_image_pairs(root), tmp_path / "shards", samples_per_shard=2)
+    config = parse(
+        TrainConfig,
+        compose(
+            "train",
+            [
+                "stage=static",
+                "data=shards",
+                f"data.urls={tmp_path / 'shards'}",
+                "data.samples_per_epoch=4",
+                "data.num_workers=0",
+                "data.pin_memory=false",
+                "data.min_object_pixels=4",
+                "stage.crop_size=32",
+            ],
+        ),
+    )
+    module = datamodule(parse_data(config.data), config.stage, batch_size=2, max_skip=5, seed=1)
+    module.setup("fit")
+    assert isinstance(module.train_dataset.sampler, PseudoVideoSampler)
+    module.set_max_skip(10)  # what the curriculum callback would do: remembered, not forwarded
+    assert module.max_skip == 10
+    batches = list(module.train_dataloader())
+    assert len(batches) == 2
+    assert batches[0]["frames"].shape == (2, 3, 3, 32, 32)
+    assert (batches[0]["num_objects"] == 1).all()

@@ -49,7 +49,7 @@ def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
 
     overrides = list(overrides or [])
     for item in overrides:
-        if "=" not in item:
+        if "=" not in item and not item.startswith("~"):  # ~key deletes a key
             raise ConfigError(f"expected key=value, got {item!r}")
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
@@ -59,6 +59,14 @@ def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
         unknown = re.match(r"Could not override '([^']+)'", first)
         if unknown:
             key = unknown.group(1)
+            inner = str(getattr(error.__cause__, "full_key", "") or "")
+            if inner.startswith(f"{key}."):  # a {...} value merged into an existing section
+                entry = inner[len(key) + 1 :].split(".")[0]
+                raise ConfigError(
+                    f"{key}={{...}} merges into the existing {key} and cannot add {entry!r}: "
+                    f"add it with '+{key}.{entry}={{...}}', or replace all of {key} with "
+                    f"'~{key}' '+{key}={{...}}'"
+                ) from None
             raise ConfigError(
                 f"unknown options ['{key}'] (not a key of {name}.yaml; to add a new key write "
                 f"+{key}=...)"

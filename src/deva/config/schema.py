@@ -311,6 +311,7 @@ class StageSection:
     crop_size: int
     max_objects: int
     deep_update_prob: float
+    accumulate_grad_batches: int
     loss: LossSection
     max_skip: MaxSkipSection | None
     freeze_batchnorm: bool
@@ -348,11 +349,20 @@ class StaticData(DataCommon):
 
 
 @dataclass
-class VideoData(DataCommon):
-    """VOS training sets (``data=video``)."""
+class SourceSection:
+    """One video source's place in the mix (:class:`deva.data.video.SourceOptions`)."""
 
-    roots: dict[str, str | None]
-    repeats: dict[str, int] | None
+    repeats: int
+    skip_divisor: int
+    max_objects: int | None
+
+
+@dataclass
+class VideoData(DataCommon):
+    """VOS training sets and your own videos (``data=video``)."""
+
+    roots: dict[str, Any]  # source -> folder (generic: a folder or a list)
+    sources: dict[str, SourceSection]
 
 
 @dataclass
@@ -362,6 +372,7 @@ class ShardsData(DataCommon):
     urls: Any  # a brace pattern, a folder or a list
     samples_per_epoch: int | None
     shuffle_buffer: int
+    skip_divisors: dict[str, int]
 
 
 DATA_SOURCES: dict[str, type[DataCommon]] = {

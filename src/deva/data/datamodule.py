@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from deva.data.order import GapSchedule, ResumableLoader, StepSampler
 from deva.data.shards import ShardClipDataset
 from deva.data.static import PseudoVideoSampler, StaticPseudoVideoDataset
-from deva.data.video import DEFAULT_SKIP_DIVISORS, ClipSampler, build_video_mix
+from deva.data.video import DEFAULT_SOURCES, ClipSampler, SourceOptions, build_video_mix
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +40,21 @@ class VOSDataModule(LightningDataModule):
     Exactly one source is used, in this order: ``dataset`` (a ready-made dataset),
     ``shard_urls`` (webdataset shards, streamed and split over ranks and workers), or
     ``roots`` (folders: for ``static`` every value is an image-pair folder; for ``video`` the
-    keys ``davis`` / ``ytvos`` / ``ovis`` name the dataset roots).
+    keys ``davis`` / ``ytvos`` / ``ovis`` / ``generic`` name the dataset roots, generic taking
+    a folder or a list of folders).
 
     Args:
         stage: ``static`` (3-frame pseudo-videos) or ``video`` (8-frame clips).
         batch_size: samples per device and step (global batch = this × devices).
         num_frames: clip length; default 3 (static) or 8 (video).
         max_skip: initial maximum frame gap (video stage).
-        repeats: dataset repeats of the video mix (default DAVIS ×5, YouTube-VOS ×1, OVIS ×3).
+        sources: per-source options of the video mix (repeats, frame-gap divisor, object
+            limit), over :data:`~deva.data.video.DEFAULT_SOURCES` (DAVIS ×5, YouTube-VOS ×1
+            ÷5, OVIS ×3 ÷5, generic ×1). Shards use the gap divisors, by the dataset name each
+            sample carries.
         samples_per_epoch: per rank, for shards (required with shards: it keeps DDP ranks in
-            step); rounded up so every worker yields whole batches.
-        skip_divisors: frame-gap divisor per dataset name (default DAVIS 1, YouTube-VOS and
-            OVIS 5: one annotated step ≈ 5 raw frames); shards carry the dataset name.
+            step); rounded up so every worker yields whole batches and every epoch whole
+            optimizer steps.
         augment: ``False`` gives deterministic resize + centre crop (debugging).
         fixed_seed: every video always yields the same sample (tests); ``None`` to train.
         seed: the training stream's seed (sample order and per-sample randomness).
@@ -70,9 +73,8 @@ class VOSDataModule(LightningDataModule):
         num_frames: int | None = None,
         max_objects: int = 3,
         max_skip: int = 5,
-        repeats: Mapping[str, int] | None = None,
+        sources: Mapping[str, SourceOptions] | None = None,
         samples_per_epoch: int | None = None,
-        skip_divisors: Mapping[str, int] | None = None,
         shuffle_buffer: int = 8,
         min_object_pixels: int = 100,
         augment: bool = True,
@@ -96,9 +98,8 @@ class VOSDataModule(LightningDataModule):
         self.crop_size = crop_size
         self.num_frames = num_frames or DEFAULT_FRAMES[stage]
         self.max_objects = max_objects
-        self.repeats = repeats
+        self.sources = {**DEFAULT_SOURCES, **dict(sources or {})}
         self.samples_per_epoch = samples_per_epoch
-        self.skip_divisors = dict(DEFAULT_SKIP_DIVISORS if skip_divisors is None else skip_divisors)
         self.shuffle_buffer = shuffle_buffer
         self.min_object_pixels = min_object_pixels
         self.augment = augment
@@ -118,8 +119,11 @@ class VOSDataModule(LightningDataModule):
         return self._max_skip
 
     def set_max_skip(self, max_skip: int) -> None:
-        """Set the curriculum's maximum frame gap; reaches running workers (shared memory)."""
+        """Set the curriculum's maximum frame gap; reaches running workers (shared memory).
+        Static pseudo-videos have no frame gap: there it is only remembered."""
         self._max_skip = int(max_skip)
+        if self.stage == "static":
+            return
         setter = getattr(self.train_dataset, "set_max_skip", None)
         if setter is not None:
             setter(self._max_skip)
@@ -151,9 +155,9 @@ class VOSDataModule(LightningDataModule):
 
     def _samples_per_rank(self) -> int:
         assert self.samples_per_epoch is not None
-        workers = max(1, self.num_workers)
-        per_worker = math.ceil(self.samples_per_epoch / (workers * self.batch_size))
-        return per_worker * self.batch_size * workers
+        # whole batches for every worker and whole optimizer steps (see StepSampler)
+        chunk = max(1, self.num_workers) * self.batch_size * self._accumulate()
+        return math.ceil(self.samples_per_epoch / chunk) * chunk
 
     def _build(self) -> Dataset:
         if self.shard_urls is not None:
@@ -169,7 +173,7 @@ class VOSDataModule(LightningDataModule):
                     num_frames=self.num_frames,
                     max_objects=self.max_objects,
                     max_skip=self._max_skip,
-                    skip_divisor=self.skip_divisors,
+                    skip_divisor={k: v.skip_divisor for k, v in self.sources.items()},
                     augment=self.augment,
                     crop_size=self.crop_size,
                     min_object_pixels=self.min_object_pixels,
@@ -197,17 +201,18 @@ class VOSDataModule(LightningDataModule):
                 min_object_pixels=self.min_object_pixels,
                 fixed_seed=self.fixed_seed,
             )
-        unknown = set(self.roots) - set(DEFAULT_SKIP_DIVISORS)
+        unknown = set(self.roots) - set(self.sources)
         if unknown:
-            raise ValueError(f"unknown video dataset(s) {sorted(unknown)}; use davis, ytvos, ovis")
+            raise ValueError(
+                f"unknown video dataset(s) {sorted(unknown)}; use {', '.join(self.sources)}"
+            )
         return build_video_mix(
             self.roots,
-            repeats=self.repeats,
+            sources=self.sources,
             num_frames=self.num_frames,
             crop_size=self.crop_size,
             max_objects=self.max_objects,
             max_skip=self._max_skip,
-            skip_divisors=self.skip_divisors,
             augment=self.augment,
             min_object_pixels=self.min_object_pixels,
             fixed_seed=self.fixed_seed,

@@ -70,7 +70,8 @@ def item_of(number: int, size: int, seed: int) -> int:
 
 class StepSampler(Sampler[Draw]):
     """Yields the :class:`Draw` of every sample of this rank, epoch by epoch, from a start
-    position (micro-batch). Length: one epoch = ``batches_per_epoch`` micro-batches.
+    position (micro-batch). Length: one epoch = ``batches_per_epoch`` micro-batches, about one
+    pass over the items, rounded up to whole optimizer steps (``accumulate``).
 
     Each ``iter()`` yields the rest of the epoch that contains :attr:`start`, then moves
     :attr:`start` to the next epoch; :meth:`begin_at` (the loader, on resume) moves it.
@@ -96,7 +97,10 @@ class StepSampler(Sampler[Draw]):
         self.world_size = max(1, int(world_size))
         self.accumulate = max(1, int(accumulate))
         self.gap_schedule = gap_schedule
-        self.batches_per_epoch = max(1, self.size // (self.world_size * self.batch_size))
+        per_epoch = max(1, self.size // (self.world_size * self.batch_size))
+        # whole optimizer steps per epoch: Lightning steps at an epoch's end even when the
+        # accumulation is incomplete, which would break "position = step × accumulate"
+        self.batches_per_epoch = -(-per_epoch // self.accumulate) * self.accumulate
         self.start = 0
 
     def __len__(self) -> int:

@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from deva.data.order import Draw, split_index
+from deva.io.masks import decode_rgb_ids
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -98,7 +99,9 @@ def load_image(ref: MediaRef) -> np.ndarray:
 
 
 def load_mask(ref: MediaRef, *, binary: bool = False) -> np.ndarray:
-    """Decode a mask to a ``uint8`` label array ``(H, W)``.
+    """Decode a mask to a label array ``(H, W)``: ``uint8`` for index and binary masks,
+    ``int64`` ids for RGB-encoded masks (id = R + 256·G + 256²·B, no void label; the clip
+    sampler relabels them, :func:`deva.data.video.compact_ids`).
 
     Index masks keep their palette indices (not colours); binary masks are read as grey and
     thresholded at 128 into labels 0/1.
@@ -125,8 +128,11 @@ def load_mask(ref: MediaRef, *, binary: bool = False) -> np.ndarray:
             if array.size and array.max() > 255:
                 raise ValueError(f"index mask {_describe(ref)} has labels above 255")
             return array.astype(np.uint8)
+        if image.mode in ("RGB", "RGBA"):
+            return decode_rgb_ids(np.asarray(image.convert("RGB")))
         raise ValueError(
-            f"mask {_describe(ref)}: expected a palette or grey index PNG, got mode {image.mode}"
+            f"mask {_describe(ref)}: expected a palette, grey or RGB-encoded id PNG, got mode "
+            f"{image.mode}"
         )
 
 

@@ -1,16 +1,22 @@
-"""Video-stage training data: DAVIS-2017, YouTube-VOS-2019 and OVIS-VOS clips.
+"""Video-stage training data: DAVIS-2017, YouTube-VOS-2019, OVIS-VOS and your own videos.
 
 Layouts (see ``datasets/README.md``):
 
 - DAVIS-2017: ``<root>/JPEGImages/480p/<seq>/*.jpg``, ``<root>/Annotations/480p/<seq>/*.png``,
   sequence list ``<root>/ImageSets/2017/train.txt``;
 - YouTube-VOS-2019 train and OVIS-VOS: ``<root>/JPEGImages/<vid>/*.jpg``,
-  ``<root>/Annotations/<vid>/*.png``.
+  ``<root>/Annotations/<vid>/*.png``;
+- generic (fine-tuning on your own videos): ``<root>/JPEGImages/<video>/*.jpg|png`` and
+  ``<root>/Annotations/<video>/*.png`` (palette / grey index or RGB-encoded ids), any subset
+  of the frames annotated.
 
-Frames and masks are paired by file name; only annotated frames are used (YouTube-VOS
-annotates every 5th frame, so frame gaps there are measured in annotated frames, see
-``skip_divisor``). A clip is ``num_frames`` frames with consecutive gaps of at most the
-current maximum skip, which follows the curriculum :func:`max_skip_at` during training.
+Frames and masks are paired by file name; only annotated frames are used. For DAVIS,
+YouTube-VOS and OVIS frame gaps are counted in annotated frames (YouTube-VOS annotates every
+5th frame, hence its ``skip_divisor`` of 5); for the generic source they are counted in frames
+of the folder, so sparse annotations keep their real spacing. A clip is ``num_frames``
+frames with consecutive gaps of at most the current maximum skip, which follows the curriculum
+:func:`max_skip_at` during training. Each source has its :class:`SourceOptions` (repeats in
+the mix, gap divisor, object limit).
 """
 
 from __future__ import annotations
@@ -44,12 +50,46 @@ ClipTransform = Callable[
     tuple[list[np.ndarray], list[np.ndarray]],
 ]
 
-#: Published mix of the video stage: how many times each dataset is repeated.
-DEFAULT_REPEATS: dict[str, int] = {"davis": 5, "ytvos": 1, "ovis": 3}
-#: Annotated frames are every 5th raw frame in YouTube-VOS and (at a similar rate) OVIS.
-DEFAULT_SKIP_DIVISORS: dict[str, int] = {"davis": 1, "ytvos": 5, "ovis": 5}
+
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+    """How one training source enters the video mix.
+
+    ``repeats``: copies of the source in the mix (its weight); ``skip_divisor``: the
+    curriculum's maximum gap is divided by it (``max(1, max_skip // skip_divisor)``), for
+    folders that hold only every n-th raw frame; ``max_objects``: objects kept per clip
+    (``None``: the stage's value).
+    """
+
+    repeats: int = 1
+    skip_divisor: int = 1
+    max_objects: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.repeats < 0 or self.skip_divisor < 1:
+            raise ValueError(
+                f"repeats must be ≥ 0 and skip_divisor ≥ 1, got {self.repeats} and "
+                f"{self.skip_divisor}"
+            )
+        if self.max_objects is not None and self.max_objects < 1:
+            raise ValueError(f"max_objects must be ≥ 1 or None, got {self.max_objects}")
+
+
+#: The published video-stage mix (DAVIS ×5, YouTube-VOS ×1, OVIS ×3; YouTube-VOS and OVIS
+#: folders hold every 5th raw frame) and the generic source (your videos, gaps in folder
+#: frames). The training config states the same values (``configs/data/video.yaml``).
+DEFAULT_SOURCES: dict[str, SourceOptions] = {
+    "davis": SourceOptions(repeats=5, skip_divisor=1),
+    "ytvos": SourceOptions(repeats=1, skip_divisor=5),
+    "ovis": SourceOptions(repeats=3, skip_divisor=5),
+    "generic": SourceOptions(repeats=1, skip_divisor=1),
+}
+DEFAULT_REPEATS: dict[str, int] = {k: v.repeats for k, v in DEFAULT_SOURCES.items()}
+DEFAULT_SKIP_DIVISORS: dict[str, int] = {k: v.skip_divisor for k, v in DEFAULT_SOURCES.items()}
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
+#: Frames of the generic source may also be PNGs.
+GENERIC_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def max_skip_at(
@@ -127,13 +167,74 @@ def sample_frame_indices(
     return result
 
 
+def sample_annotated_frames(
+    positions: Sequence[int],
+    num_frames: int,
+    max_gap: int,
+    rng: np.random.Generator,
+    *,
+    reverse_p: float = 0.0,
+) -> list[int]:
+    """Pick ``num_frames`` increasing indices into ``positions`` (the folder frame number of
+    each annotated frame, increasing) whose folder frames lie at most ``max_gap`` apart.
+
+    Each next frame is drawn uniformly among the annotated frames within ``max_gap`` folder
+    frames of the current one that still leave room for the rest of the clip; where the next
+    annotated frame is farther than ``max_gap``, it is taken (the closest there is). Fewer
+    annotated frames than the clip: sorted draws with replacement. With probability
+    ``reverse_p`` the clip is played backwards.
+    """
+    count = len(positions)
+    if count < 1:
+        raise ValueError("cannot sample a clip from a video without annotated frames")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be ≥ 1, got {num_frames}")
+    where = np.asarray(positions, dtype=np.int64)
+    if count < num_frames:
+        chosen = [int(i) for i in np.sort(rng.integers(0, count, size=num_frames))]
+    else:
+        chosen = [int(rng.integers(0, count - num_frames + 1))]
+        for k in range(1, num_frames):
+            current = chosen[-1]
+            room = count - (num_frames - k)  # the last index that leaves room for the rest
+            reach = int(np.searchsorted(where, where[current] + max(1, max_gap), "right")) - 1
+            last = min(reach, room)
+            chosen.append(
+                current + 1 if last <= current else int(rng.integers(current + 1, last + 1))
+            )
+    if reverse_p > 0 and rng.random() < reverse_p:
+        chosen.reverse()
+    return chosen
+
+
+def compact_ids(masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Relabel the id maps of one clip to ``uint8`` labels ``1..n`` (0 stays background),
+    the same id getting the same label in every frame.
+
+    For masks with ids beyond 255 (RGB-encoded); there is no void label in them. A clip with
+    more than 254 ids keeps the 254 smallest ids and drops the rest to background."""
+    stack = np.stack([np.asarray(mask, dtype=np.int64) for mask in masks])
+    ids = np.unique(stack)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return list(np.zeros(stack.shape, np.uint8))
+    if ids.size > 254:
+        logger.debug("clip with %d ids: keeping 254", ids.size)
+        ids = ids[:254]
+    labels = np.minimum(np.searchsorted(ids, stack), ids.size - 1)
+    known = (ids[labels] == stack) & (stack > 0)
+    return list(np.where(known, labels + 1, 0).astype(np.uint8))
+
+
 class ClipSampler:
     """Draws one training clip from a video record (frames, augmentation, object choice).
 
     Used by the folder datasets and the shard reader alike. ``max_skip`` is kept in a
     shared-memory tensor so :meth:`set_max_skip` reaches DataLoader workers that are already
-    running; the gap used is ``max(1, max_skip // divisor)`` annotated frames, where the
-    divisor is ``skip_divisor`` or, if that is a mapping, looked up by the record's dataset.
+    running; the gap used is ``max(1, max_skip // divisor)``, where the divisor is
+    ``skip_divisor`` or, if that is a mapping, looked up by the record's dataset. The gap counts
+    annotated frames, or frames of the folder for records with ``meta["positions"]`` (the
+    generic source, :func:`sample_annotated_frames`).
     """
 
     def __init__(
@@ -201,24 +302,27 @@ class ClipSampler:
         if len(record) == 0:
             return None
         gap = self.max_gap(record.meta.get("dataset"), max_skip)
+        positions = record.meta.get("positions")
         cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for _ in range(self.clip_tries):
-            indices = sample_frame_indices(
-                len(record),
-                self.num_frames,
-                gap,
-                rng,
-                reverse_p=self.reverse_p,
-            )
+            if positions is not None:  # gaps in frames of the folder (generic source)
+                indices = sample_annotated_frames(
+                    positions, self.num_frames, gap, rng, reverse_p=self.reverse_p
+                )
+            else:
+                indices = sample_frame_indices(
+                    len(record), self.num_frames, gap, rng, reverse_p=self.reverse_p
+                )
             for i in indices:
                 if i not in cache:
                     cache[i] = (
                         load_image(record.images[i]),
                         load_mask(record.masks[i], binary=record.binary_masks),
                     )
-            frames, masks = self.augment(
-                [cache[i][0] for i in indices], [cache[i][1] for i in indices], rng
-            )
+            masks = [cache[i][1] for i in indices]
+            if any(mask.dtype != np.uint8 for mask in masks):
+                masks = compact_ids(masks)
+            frames, masks = self.augment([cache[i][0] for i in indices], masks, rng)
             labels, count = select_objects(
                 masks, rng, max_objects=self.max_objects, min_pixels=self.min_object_pixels
             )
@@ -325,12 +429,17 @@ def scan_vos_folder(
     *,
     videos: Sequence[str] | None = None,
     dataset: str = "vos",
+    image_suffixes: Sequence[str] = IMAGE_SUFFIXES,
+    frame_positions: bool = False,
+    prefix: str = "",
 ) -> list[VideoRecord]:
     """Records of ``<image_root>/<video>/*.jpg`` paired by name with ``<mask_root>/<video>/*.png``.
 
     ``videos`` restricts (and orders) the videos read; otherwise every sub-folder of
-    ``mask_root`` is used. Videos with no frame that has both a jpg and a png are skipped
-    with a warning.
+    ``mask_root`` is used. Videos with no frame that has both an image and a png are skipped
+    with a warning. ``frame_positions`` records, in ``meta["positions"]``, the place of each
+    annotated frame among all the video's frames (sorted by name), so that gaps can be counted
+    in frames of the folder. Record names are ``prefix + video``.
     """
     image_root = _require_dir(Path(image_root), f"{dataset} image")
     mask_root = _require_dir(Path(mask_root), f"{dataset} annotation")
@@ -348,19 +457,30 @@ def scan_vos_folder(
         if not image_dir.is_dir():
             skipped.append(name)
             continue
-        images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        rank = {suffix: i for i, suffix in enumerate(image_suffixes)}
+        images: dict[str, Path] = {}
+        for path in image_dir.iterdir():
+            suffix = path.suffix.lower()
+            known = images.get(path.stem)
+            # the earlier suffix of image_suffixes wins (a jpg over a png of the same name)
+            if suffix in rank and (known is None or rank[suffix] < rank[known.suffix.lower()]):
+                images[path.stem] = path
         masks = {p.stem: p for p in (mask_root / name).iterdir() if p.suffix.lower() == ".png"}
         stems = sorted(images.keys() & masks.keys())
         if not stems:
             skipped.append(name)
             continue
+        meta: dict[str, object] = {"dataset": dataset}
+        if frame_positions:
+            order = {stem: i for i, stem in enumerate(sorted(images))}
+            meta["positions"] = tuple(order[stem] for stem in stems)
         records.append(
             VideoRecord(
-                name=name,
+                name=prefix + name,
                 frame_names=tuple(stems),
                 images=tuple(images[s] for s in stems),
                 masks=tuple(masks[s] for s in stems),
-                meta={"dataset": dataset},
+                meta=meta,
             )
         )
     if skipped:
@@ -398,49 +518,85 @@ def youtube_records(root: str | Path, *, dataset: str = "ytvos") -> list[VideoRe
     return scan_vos_folder(root / "JPEGImages", root / "Annotations", dataset=dataset)
 
 
-def records_for(key: str, root: str | Path) -> list[VideoRecord]:
-    """Records of a named video dataset: ``davis``, ``ytvos`` or ``ovis``."""
+def generic_records(roots: str | Path | Sequence[str | Path]) -> list[VideoRecord]:
+    """Your own videos: ``<root>/JPEGImages/<video>/*.jpg|png`` with
+    ``<root>/Annotations/<video>/*.png`` for each root, any subset of frames annotated.
+
+    Clips are drawn from the annotated frames only; their gaps are counted in frames of the
+    folder (``meta["positions"]``). With several roots, record names are ``<root name>/<video>``.
+    """
+    folders = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    if not folders:
+        raise ValueError("generic: give at least one folder")
+    records: list[VideoRecord] = []
+    for folder in folders:
+        root = _require_dir(Path(folder), "generic")
+        records += scan_vos_folder(
+            root / "JPEGImages",
+            root / "Annotations",
+            dataset="generic",
+            image_suffixes=GENERIC_IMAGE_SUFFIXES,
+            frame_positions=True,
+            prefix=f"{root.name}/" if len(folders) > 1 else "",
+        )
+    return records
+
+
+def records_for(key: str, root: str | Path | Sequence[str | Path]) -> list[VideoRecord]:
+    """Records of a named video source: ``davis``, ``ytvos``, ``ovis`` or ``generic`` (a
+    folder or a list of folders)."""
+    if key == "generic":
+        return generic_records(root)
+    if not isinstance(root, (str, Path)):
+        raise ValueError(f"{key}: expected one folder, got {root!r} (only generic takes a list)")
     if key == "davis":
         return davis_records(root)
     if key in ("ytvos", "ovis"):
         return youtube_records(root, dataset=key)
-    raise ValueError(f"unknown video dataset {key!r}; expected one of davis, ytvos, ovis")
+    raise ValueError(f"unknown video dataset {key!r}; expected one of {', '.join(DEFAULT_SOURCES)}")
 
 
 def build_video_mix(
-    roots: Mapping[str, str | Path],
+    roots: Mapping[str, str | Path | Sequence[str | Path]],
     *,
-    repeats: Mapping[str, int] | None = None,
+    sources: Mapping[str, SourceOptions] | None = None,
     num_frames: int = 8,
     crop_size: int = 384,
     max_objects: int = 3,
     max_skip: int = 5,
-    skip_divisors: Mapping[str, int] | None = None,
     augment: bool = True,
     min_object_pixels: int = 100,
     fixed_seed: int | None = None,
 ) -> VideoMix:
-    """The video-stage training set: DAVIS ×5, YouTube-VOS ×1, OVIS ×3 by default.
+    """The video-stage training set: by default DAVIS ×5, YouTube-VOS ×1, OVIS ×3, generic ×1.
 
-    ``roots`` maps ``davis`` / ``ytvos`` / ``ovis`` to dataset roots; absent keys are left
-    out of the mix. Each dataset gets its own :class:`ClipSampler` (skip divisor per dataset).
+    ``roots`` maps ``davis`` / ``ytvos`` / ``ovis`` / ``generic`` to dataset roots (generic:
+    one folder or a list); absent keys are left out of the mix. ``sources`` overrides the
+    :data:`DEFAULT_SOURCES` options of a source (repeats, gap divisor, object limit). Each
+    source gets its own :class:`ClipSampler`.
     """
-    repeats = dict(DEFAULT_REPEATS if repeats is None else repeats)
-    divisors = dict(DEFAULT_SKIP_DIVISORS if skip_divisors is None else skip_divisors)
+    options = {**DEFAULT_SOURCES, **dict(sources or {})}
     parts = {}
     for key, root in roots.items():
         records = records_for(key, root)
+        source = options.get(key, SourceOptions())
         sampler = ClipSampler(
             num_frames=num_frames,
-            max_objects=max_objects,
+            max_objects=source.max_objects or max_objects,
             max_skip=max_skip,
-            skip_divisor=divisors.get(key, 1),
+            skip_divisor=source.skip_divisor,
             augment=augment,
             crop_size=crop_size,
             min_object_pixels=min_object_pixels,
         )
         parts[key] = VOSVideoDataset(records, sampler, fixed_seed=fixed_seed, name=key)
         logger.info(
-            "%s: %d videos from %s, repeated ×%d", key, len(records), root, repeats.get(key, 1)
+            "%s: %d videos from %s, repeated ×%d, maximum gap ÷%d, ≤ %d objects",
+            key,
+            len(records),
+            root,
+            source.repeats,
+            source.skip_divisor,
+            sampler.max_objects,
         )
-    return VideoMix(parts, repeats)
+    return VideoMix(parts, {key: options.get(key, SourceOptions()).repeats for key in parts})

@@ -1,6 +1,6 @@
 """Small training callbacks: the maximum-frame-gap curriculum, the config snapshot, the
-random-generator state, checkpoints that also stop cleanly on Ctrl+C, and atomic checkpoint
-files."""
+random-generator state, checkpoints that also stop cleanly on Ctrl+C, atomic checkpoint
+files and a progress bar that counts iterations of the whole run."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from deva.data.video import MaxSkipSchedule, max_skip_at
 from deva.io.atomic import atomic_path
@@ -271,3 +271,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         with atomic_path(path) as temporary:
             super().save_checkpoint(checkpoint, temporary, storage_options)
+
+
+class IterationProgressBar(TQDMProgressBar):
+    """One bar for the whole run: optimizer steps done of ``max_steps`` (``iterations
+    1234/10000``), continuing from the restored step on resume.
+
+    Lightning's default bar restarts every epoch and, when training is bounded by
+    ``max_steps``, names an epoch total computed from ``max_epochs=-1`` (``Epoch 0/-2``).
+    """
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        bar = self.train_progress_bar
+        bar.total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        bar.initial = 0
+        bar.n = trainer.global_step
+        bar.set_description("iterations")
+        if not bar.disable:
+            bar.refresh()
+
+    def on_train_epoch_start(self, trainer: Trainer, *_: Any) -> None:
+        """Nothing: the bar spans every epoch."""
+
+    def on_train_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        bar = self.train_progress_bar
+        step = trainer.global_step
+        if bar is None or bar.disable or step == bar.n:
+            return
+        if step % self.refresh_rate == 0 or step == bar.total:
+            bar.n = step
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Nothing: the bar was refreshed at the epoch's last step (one line per step in logs)."""

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
 
@@ -41,6 +42,7 @@ from deva.config.schema import (
 )
 from deva.data.datamodule import VOSDataModule
 from deva.data.synthetic_clips import SyntheticClipDataset
+from deva.data.video import SourceOptions
 from deva.inference.options import InferenceOptions
 from deva.modeling.checkpoint import (
     CheckpointError,
@@ -54,6 +56,7 @@ from deva.modeling.propagation import PropagationModel
 from deva.modeling.weights import init_from_imagenet
 from deva.training.callbacks import (
     AtomicCheckpointIO,
+    IterationProgressBar,
     MaxSkipCurriculum,
     RNGState,
     SaveConfig,
@@ -66,6 +69,9 @@ log = logging.getLogger(__name__)
 
 #: Set by the launching process so that re-launched DDP processes share the output folder.
 RUN_DIR_ENV = "DEVA_RUN_DIR"
+
+#: Stages of the published recipe, which start from ImageNet trunks or trained weights.
+PUBLISHED_STAGES = ("static", "video")
 
 
 @dataclass
@@ -83,9 +89,15 @@ class TrainingRun:
 
 def build_run(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainingRun:
     """The module (with its starting weights), data module and trainer of ``config``."""
+    check_devices(config.trainer)
     output_dir = output_folder(config)
     os.environ[RUN_DIR_ENV] = str(output_dir)
     ckpt_path = resume_path(config, output_dir)
+    if ckpt_path is None and config.stage.name == "finetune" and not config.model.weights:
+        raise ConfigError(
+            "stage=finetune adapts trained weights: give model.weights=FILE "
+            "(e.g. DEVA-propagation.pth or a run's model.pth)"
+        )
     if ckpt_path is not None:
         model_config, state = resumed_model(config, ckpt_path), None
     else:
@@ -94,8 +106,14 @@ def build_run(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> Traini
     if ckpt_path is None:
         if state is not None:
             module.model.load_state_dict(state, strict=True)
-        else:
-            imagenet_init(config, module)
+        elif not imagenet_init(config, module) and config.stage.name in PUBLISHED_STAGES:
+            log.warning(
+                "WARNING: stage=%s starts from RANDOM weights (no model.weights, no "
+                "init.pixel_trunk / init.mask_trunk): the published recipe starts the static "
+                "stage from ImageNet ResNets and the video stage from the static stage's "
+                "model.pth; see docs/training.md#imagenet-initialisation",
+                config.stage.name,
+            )
     trainer, checkpoint = build_trainer(config, output_dir, callbacks)
     stage = config.stage
     batch = per_device_batch_size(
@@ -246,12 +264,43 @@ def training_module(
     )
 
 
-def imagenet_init(config: TrainConfig, module: PropagationTrainingModule) -> None:
-    """The trunks from ImageNet weights (``init.*``), when given."""
+def imagenet_init(config: TrainConfig, module: PropagationTrainingModule) -> bool:
+    """The trunks from ImageNet weights (``init.*``), when given; whether any was."""
     pixel, mask = config.init.pixel_trunk, config.init.mask_trunk
     if pixel or mask:
         init_from_imagenet(module.model, pixel, mask)
         log.info("trunks initialised from ImageNet weights: %s, %s", pixel, mask)
+        return True
+    return False
+
+
+def check_devices(trainer: dict[str, Any]) -> None:
+    """One line, before anything is built, when ``trainer`` asks for GPUs this machine lacks
+    (Lightning would fail later with a traceback)."""
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if accelerator not in ("gpu", "cuda"):
+        return
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, (list, tuple)):
+        asked: int | None = len(devices)
+    elif isinstance(devices, str) and devices.strip().isdigit():
+        asked = int(devices)
+    elif isinstance(devices, str) and "," in devices:
+        asked = len([d for d in devices.split(",") if d.strip()])
+    elif isinstance(devices, int) and devices > 0:
+        asked = devices
+    else:  # auto, -1: every GPU there is
+        asked = None
+    available = torch.cuda.device_count()
+    what = f"trainer.accelerator={accelerator} with trainer.devices={devices}"
+    if available == 0:
+        count = asked if asked is not None else "at least 1"
+        raise ConfigError(f"{what} asks for {count} GPU(s) but none is available; use trainer=cpu")
+    if asked is not None and asked > available:
+        raise ConfigError(
+            f"{what} asks for {asked} GPU(s) but only {available} is/are available; "
+            f"use trainer.devices={available}"
+        )
 
 
 def validation_autocast(name: str | None, accelerator: str) -> torch.dtype | None:
@@ -312,6 +361,10 @@ def build_trainer(
     if validating is not None:
         all_callbacks.append(validating)
     all_callbacks += list(callbacks)
+    if config.trainer.get("enable_progress_bar", True) and not any(
+        isinstance(c, ProgressBar) for c in all_callbacks
+    ):
+        all_callbacks.append(IterationProgressBar())
     logger: Any = False
     if config.logger == "tensorboard":
         logger = TensorBoardLogger(
@@ -365,13 +418,9 @@ def datamodule(
     if isinstance(data, StaticData):
         return VOSDataModule(stage="static", roots=_static_roots(data.roots), **common)
     if isinstance(data, VideoData):
-        roots = {str(k): v for k, v in data.roots.items() if v}
-        if not roots:
-            raise ConfigError(
-                "data=video needs at least one of data.roots.davis / .ytvos / .ovis = FOLDER"
-            )
-        repeats = dict(data.repeats) if data.repeats else None
-        return VOSDataModule(stage="video", roots=roots, repeats=repeats, **common)
+        return VOSDataModule(
+            stage="video", roots=_video_roots(data), sources=_video_sources(data), **common
+        )
     return _shards_datamodule(data, stage, common)  # type: ignore[arg-type]
 
 
@@ -388,6 +437,45 @@ def _static_roots(roots: Any) -> dict[str, str]:
     return named
 
 
+def _video_roots(data: VideoData) -> dict[str, Any]:
+    """``data.roots`` of the video stage: the sources given a folder (generic: or a list)."""
+    unknown = sorted(str(k) for k in data.roots if str(k) not in data.sources)
+    if unknown:
+        raise ConfigError(
+            f"data.roots.{unknown[0]}: unknown video source (known: {', '.join(data.sources)})"
+        )
+    roots: dict[str, Any] = {}
+    for key, value in data.roots.items():
+        if isinstance(value, (list, tuple)):
+            if key != "generic":
+                raise ConfigError(f"data.roots.{key}: expected one folder, got a list")
+            value = [str(v) for v in value if v]
+        if value:
+            roots[str(key)] = value
+    if not roots:
+        names = ", ".join(f"data.roots.{k}" for k in data.sources)
+        raise ConfigError(
+            f"data=video needs at least one folder: {names} (your own videos: "
+            "data.roots.generic=DIR)"
+        )
+    return roots
+
+
+def _video_sources(data: VideoData) -> dict[str, SourceOptions]:
+    """``data.sources`` as the mix's per-source options (one line naming a bad value)."""
+    sources = {}
+    for key, section in data.sources.items():
+        try:
+            sources[str(key)] = SourceOptions(
+                repeats=section.repeats,
+                skip_divisor=section.skip_divisor,
+                max_objects=section.max_objects,
+            )
+        except ValueError as error:
+            raise ConfigError(f"data.sources.{key}: {error}") from None
+    return sources
+
+
 def _shards_datamodule(
     data: ShardsData, stage: StageSection, common: dict[str, Any]
 ) -> VOSDataModule:
@@ -401,5 +489,6 @@ def _shards_datamodule(
         shard_urls=urls,
         samples_per_epoch=data.samples_per_epoch or None,
         shuffle_buffer=data.shuffle_buffer,
+        sources={str(k): SourceOptions(skip_divisor=int(v)) for k, v in data.skip_divisors.items()},
         **common,
     )
