@@ -106,11 +106,13 @@ class ResizeCrop:
 
 
 class VideoAugment:
-    """Video-stage augmentation: one random geometry for the whole clip.
+    """Video-stage augmentation with the published ranges: one random geometry per clip.
 
     Clip level (same parameters on every frame and mask): resize the shorter side to
-    ``short_side``, affine (rotation, scale, shear), random resized crop to
-    ``crop_size``², horizontal flip, colour jitter. Frame level: mild colour jitter.
+    ``short_side``, horizontal flip, affine (±25° rotation, ±20° shear), random resized crop to
+    ``crop_size``² of 16–100 % of the area, colour jitter and, with probability ``gray_p``
+    (5 %), grey scale. Frame level: mild colour jitter. (The published crop draws its area
+    from 0.16–2.0 of the image and rejects draws that do not fit, which leaves 0.16–1.0.)
     """
 
     def __init__(
@@ -118,13 +120,14 @@ class VideoAugment:
         crop_size: int = 384,
         *,
         short_side: int | None = 480,
-        rotate: float = 15.0,
-        shear: float = 10.0,
-        scale: tuple[float, float] = (0.9, 1.1),
-        crop_scale: tuple[float, float] = (0.36, 1.0),
+        rotate: float = 25.0,
+        shear: float = 20.0,
+        scale: tuple[float, float] = (1.0, 1.0),
+        crop_scale: tuple[float, float] = (0.16, 1.0),
         flip_p: float = 0.5,
         clip_jitter: float = 0.2,
         frame_jitter: float = 0.05,
+        gray_p: float = 0.05,
     ) -> None:
         A = _albumentations()
         self.crop_size = crop_size
@@ -134,6 +137,7 @@ class VideoAugment:
                 A.SmallestMaxSize(max_size=max(short_side, crop_size), area_for_downscale="image")
             )
         geometry += [
+            A.HorizontalFlip(p=flip_p),
             A.Affine(
                 rotate=(-rotate, rotate),
                 shear=(-shear, shear),
@@ -143,7 +147,7 @@ class VideoAugment:
                 border_mode=cv2.BORDER_CONSTANT,
                 fill=0,
                 fill_mask=0,
-                p=0.8,
+                p=1.0,
             ),
             A.RandomResizedCrop(
                 size=(crop_size, crop_size),
@@ -151,8 +155,8 @@ class VideoAugment:
                 ratio=(0.75, 4.0 / 3.0),
                 mask_interpolation=cv2.INTER_NEAREST,
             ),
-            A.HorizontalFlip(p=flip_p),
             _colour_jitter(clip_jitter, 0.05, p=0.8),
+            A.ToGray(p=gray_p),
         ]
         self._clip = A.Compose(geometry)
         self._frame = A.Compose([_colour_jitter(frame_jitter, 0.0, p=1.0)])
@@ -166,13 +170,15 @@ class VideoAugment:
 
 
 class StaticAugment:
-    """Static-stage augmentation: one image + mask becomes a pseudo-video.
+    """Static-stage augmentation with the published ranges: one image + mask becomes a
+    pseudo-video.
 
-    The image is resized (shorter side = ``crop_size``), then each of the ``num_frames`` frames
-    gets its *own* random warp — affine (rotation, scale, shear, small translation) and, with
-    probability ``tps_p``, a thin-plate-spline deformation — and its own colour jitter; the
-    frames differ the way consecutive video frames do. A random resized crop to
-    ``crop_size``², shared by all frames, ends the pipeline.
+    Sequence level (once): scale 0.5–2.0, horizontal flip, colour jitter and, with probability
+    ``gray_p`` (5 %), grey scale. Frame level, drawn anew for each of the ``num_frames``
+    frames: affine (±20° rotation, scale 0.5–2.0, ±10° shear), a resize of the shorter side
+    to ``crop_size`` and a random ``crop_size``² crop of its own, with probability ``tps_p``
+    (0.33) a thin-plate-spline warp (scale 0.02), and colour jitter (brightness 0.1, contrast
+    and saturation 0.05). Frames therefore move as much as fast video does.
     """
 
     def __init__(
@@ -182,69 +188,64 @@ class StaticAugment:
         num_frames: int = 3,
         rotate: float = 20.0,
         shear: float = 10.0,
-        scale: tuple[float, float] = (0.9, 1.1),
-        translate: float = 0.05,
-        tps_p: float = 0.5,
-        tps_scale: tuple[float, float] = (0.03, 0.08),
-        crop_scale: tuple[float, float] = (0.36, 1.0),
-        jitter: float = 0.1,
+        scale: tuple[float, float] = (0.5, 2.0),
+        sequence_scale: tuple[float, float] = (0.5, 2.0),
+        tps_p: float = 0.33,
+        tps_scale: tuple[float, float] = (0.02, 0.02),
+        jitter: tuple[float, float, float] = (0.1, 0.05, 0.05),
+        flip_p: float = 0.5,
+        gray_p: float = 0.05,
     ) -> None:
         A = _albumentations()
         if num_frames < 1:
             raise ValueError(f"num_frames must be ≥ 1, got {num_frames}")
         self.crop_size = crop_size
         self.num_frames = num_frames
-        self._resize = A.Compose(
-            [A.SmallestMaxSize(max_size=crop_size, area_for_downscale="image")]
-        )
-        self._warp = A.Compose(
+        brightness, contrast, saturation = jitter
+        self._sequence = A.Compose(
+            [
+                A.SmallestMaxSize(max_size=crop_size, area_for_downscale="image"),
+                A.Affine(scale=sequence_scale, **_BORDERS, p=1.0),
+                A.HorizontalFlip(p=flip_p),
+                A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation,
+                              hue=0.0, p=1.0),
+                A.ToGray(p=gray_p),
+            ]
+        )  # fmt: skip
+        self._frame = A.Compose(
             [
                 A.Affine(
-                    rotate=(-rotate, rotate),
-                    shear=(-shear, shear),
-                    scale=scale,
-                    translate_percent=(-translate, translate),
-                    interpolation=cv2.INTER_LINEAR,
-                    mask_interpolation=cv2.INTER_NEAREST,
-                    border_mode=cv2.BORDER_CONSTANT,
-                    fill=0,
-                    fill_mask=0,
-                    p=1.0,
+                    rotate=(-rotate, rotate), shear=(-shear, shear), scale=scale, **_BORDERS, p=1.0
                 ),
-                A.ThinPlateSpline(
-                    scale_range=tps_scale,
-                    num_control_points=4,
-                    interpolation=cv2.INTER_LINEAR,
-                    mask_interpolation=cv2.INTER_NEAREST,
-                    border_mode=cv2.BORDER_CONSTANT,
-                    fill=0,
-                    fill_mask=0,
-                    p=tps_p,
-                ),
+                A.SmallestMaxSize(max_size=crop_size, area_for_downscale="image"),
+                A.RandomCrop(height=crop_size, width=crop_size, pad_if_needed=True, fill=0,
+                             fill_mask=0),
+                A.ThinPlateSpline(scale_range=tps_scale, num_control_points=4, **_BORDERS,
+                                  p=tps_p),
+                A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation,
+                              hue=0.0, p=1.0),
             ]
-        )
-        self._crop = A.Compose(
-            [
-                A.RandomResizedCrop(
-                    size=(crop_size, crop_size),
-                    scale=crop_scale,
-                    ratio=(0.75, 4.0 / 3.0),
-                    mask_interpolation=cv2.INTER_NEAREST,
-                )
-            ]
-        )
-        self._jitter = A.Compose([_colour_jitter(jitter, 0.03, p=1.0)])
+        )  # fmt: skip
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     ) -> tuple[Frames, Masks]:
         """Turn one image ``(H, W, 3)`` and mask ``(H, W)`` into ``num_frames`` warped frames."""
-        (image,), (mask,) = _run_clip(self._resize, [image], [mask], 0)
+        (image,), (mask,) = _run_clip(self._sequence, [image], [mask], _seed(rng))
         frames: Frames = []
         masks: Masks = []
         for _ in range(self.num_frames):
-            (frame,), (frame_mask,) = _run_clip(self._warp, [image], [mask], _seed(rng))
+            (frame,), (frame_mask,) = _run_clip(self._frame, [image], [mask], _seed(rng))
             frames.append(frame)
             masks.append(frame_mask)
-        frames, masks = _run_clip(self._crop, frames, masks, _seed(rng))
-        return _run_each(self._jitter, frames, rng), masks
+        return frames, masks
+
+
+#: Warps: bilinear pixels, nearest labels, background (0) outside the image.
+_BORDERS = {
+    "interpolation": cv2.INTER_LINEAR,
+    "mask_interpolation": cv2.INTER_NEAREST,
+    "border_mode": cv2.BORDER_CONSTANT,
+    "fill": 0,
+    "fill_mask": 0,
+}
