@@ -6,6 +6,9 @@ the test uses ``ddp_spawn``; ``tools/train.py trainer=ddp`` uses the ``ddp`` lau
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
 from deva.training.predictor import Predictor
 from deva.training.tasks.vos import SyntheticVideos, VOSTask
+from tests.helpers import REPO
 
 TINY = PropagationConfig.preset("tiny")
 
@@ -97,3 +101,24 @@ def test_two_process_ddp_keeps_ranks_in_sync(tmp_path: Path) -> None:
     assert rank0["validation"]["val/synthetic/num_objects"] == single["num_objects"]
     # (J&F of a barely trained model moves with thread counts: ties at p = 0.5 flip)
     assert rank0["validation"]["val/synthetic/jf"] == pytest.approx(single["jf"], abs=0.02)
+
+
+def test_torchrun_launch_of_two_cpu_processes(tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node=2 tools/train.py trainer.strategy=ddp``: Lightning takes the
+    ranks from torchrun's environment; the start-up line shows the global-batch arithmetic."""
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(REPO / "tools" / "train.py"), "debug=fast", f"output_dir={out}",
+        "trainer.fast_dev_run=false", "trainer.accelerator=cpu", "trainer.devices=2",
+        "trainer.strategy=ddp", "trainer.precision=32-true", "stage.iterations=2",
+        "stage.batch_size=2", "export.weights=false", "validation.at_start=false",
+        "validation.at_end=false", "validation.every_n_steps=0",
+    ]  # fmt: skip
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "global batch 2 = 1 per device × 2 process(es) × 1 accumulation" in result.stdout
+    assert result.stdout.count("global step: 2") == 1  # the summary comes from rank 0 only
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2
