@@ -12,6 +12,7 @@ sets are already in ``validation.json`` are skipped unless ``force``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ import torch
 from omegaconf import OmegaConf
 
 from deva.errors import one_line
+from deva.io import atomic
 from deva.io.atomic import is_temporary
 from deva.modeling.checkpoint import CheckpointError, WeightsMismatchError, load_file
 from deva.modeling.propagation import PropagationModel
@@ -136,17 +138,18 @@ class ResultsFile:
         self.records.sort(key=lambda r: (r["step"], r["checkpoint"]))
 
     def save(self) -> list[Path]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.json_path.write_text(json.dumps(self.records, indent=1))
+        """Both files, each written whole or not at all (a kill keeps the previous ones)."""
+        atomic.write_text(self.json_path, json.dumps(self.records, indent=1))
         keys = sorted({k for rec in self.records for k in rec["results"]})
-        with self.csv_path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["checkpoint", "step", *keys])
-            for rec in self.records:
-                values = [rec["results"].get(k) for k in keys]
-                writer.writerow(
-                    [rec["checkpoint"], rec["step"], *["" if v is None else v for v in values]]
-                )
+        table = io.StringIO(newline="")
+        writer = csv.writer(table)
+        writer.writerow(["checkpoint", "step", *keys])
+        for rec in self.records:
+            values = [rec["results"].get(k) for k in keys]
+            writer.writerow(
+                [rec["checkpoint"], rec["step"], *["" if v is None else v for v in values]]
+            )
+        atomic.write_text(self.csv_path, table.getvalue())
         return [self.json_path, self.csv_path]
 
 
