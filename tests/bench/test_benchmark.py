@@ -33,6 +33,12 @@ def test_every_suite_reports(result: dict) -> None:
             assert row["fps"] > 0 and row["frames"] > 0 and row["preset"] == "tiny"
     variants = {r["variant"] for r in result["rows"] if r["suite"] == "propagation"}
     assert {"fp32-reference", "fp32", "fp32-channels-last"} <= variants
+    data = [r for r in result["rows"] if r["suite"] == "data"]
+    assert {(r["source"], r["workers"]) for r in data} == {
+        (source, w) for source in ("static", "video", "shards") for w in (0, 1)
+    }
+    assert all(r["samples_per_s"] > 0 and r["crop"] == "48x48" for r in data)
+    assert {r["clip_frames"] for r in data} == {3, 8}  # the static and video stages' clips
     training = next(r for r in result["rows"] if r["suite"] == "training")
     assert training["preset"] == "tiny" and training["samples_per_s"] > 0
     rss = [r for r in result["rows"] if r.get("measure") == "peak_rss"]

@@ -3,7 +3,7 @@
 One module per suite; :func:`deva.bench.run.run_suites` runs the requested ones,
 :func:`deva.bench.report.format_table` turns the result into a Markdown table.
 
-Suites (``suite=propagation|tracker|consensus|memory|training|all``, ``tasks=`` is an alias):
+Suites (``suite=propagation|tracker|consensus|memory|training|data|all``, ``tasks=`` is an alias):
 
 - **propagation**: a generated 16:9 video at ``size`` (shorter side) is propagated from its
   first-frame masks by several *variants*, stepped interleaved frame by frame in one process
@@ -26,8 +26,12 @@ Suites (``suite=propagation|tracker|consensus|memory|training|all``, ``tasks=`` 
 - **memory**: a long looped video through the small model at low resolution; process RSS and
   stored memory elements per frame, a PNG plot, and whether both are flat once the long-term
   memory is full. Then (CPU) the peak RSS of VOS propagation at ``size`` per ``rss_presets``
-  and variant (``fp32-reference``, ``fp32``, ``bf16``), each in a fresh process.
+  and variant (``fp32-reference``, ``fp32``, ``bf16``), each in a fresh process, and the peak
+  RSS against video length (``rss_lengths``) in every tracking mode, with a plot.
 - **training**: optimizer step time and samples/s of the training unroll per preset.
+- **data**: samples/s of the training input pipelines (static image folders, video folders,
+  shards: decode + augment + collate through the data module a run builds) per DataLoader
+  worker count, on sources generated at the published video size.
 
 Mask checks: fp32 variants pass when at most 0.01 % of the *decisive* pixels differ (pixels
 whose fp32-reference top-2 probability margin is at least ``decisive_margin``; with random

@@ -24,7 +24,7 @@ from deva.modeling.config import PropagationConfig
 from deva.modeling.inference_model import check_autocast, cpu_supports_bf16
 from deva.modeling.propagation import PropagationModel
 
-SUITES = ("propagation", "tracker", "consensus", "memory", "training")
+SUITES = ("propagation", "tracker", "consensus", "memory", "training", "data")
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FP32_MAX_DIFFER_PCT = 0.01
 MIN_IOU = 0.99
@@ -67,6 +67,14 @@ def parse_options(argv: list[str]) -> DictConfig:
             raise ConfigError(f"{key} must be among {list(RSS_MODES)}, got {bad_modes}")
     if not all(isinstance(n, int) and n > 0 for n in cfg.rss_lengths):
         raise ConfigError(f"rss_lengths must be positive frame counts, got {list(cfg.rss_lengths)}")
+    for key in ("data_sources", "data_workers"):
+        if isinstance(cfg[key], (str, int)):
+            cfg[key] = [cfg[key]]
+    bad_sources = sorted(set(cfg.data_sources) - {"static", "video", "shards"})
+    if bad_sources:
+        raise ConfigError(f"data_sources must be among static, video, shards; got {bad_sources}")
+    if not all(isinstance(n, int) and n >= 0 for n in cfg.data_workers):
+        raise ConfigError(f"data_workers must be worker counts >= 0, got {list(cfg.data_workers)}")
     if isinstance(cfg.train_presets, str):
         cfg.train_presets = [cfg.train_presets]
     if cfg.tracker_detections not in ("partition", "video"):

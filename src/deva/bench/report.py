@@ -59,6 +59,13 @@ def format_table(result: dict) -> str:
                 f"| memory | {row['preset']} | {row['frames']} frames | {row['frame']} | "
                 f"{row['fps']:.1f} | {1000 / row['fps']:.1f} | {note} |"
             )
+        elif suite == "data":
+            lines.append(
+                f"| data {row['source']} | {row['workers']} workers | batch {row['batch']}x"
+                f"{row['clip_frames']} | {row['crop']} from {row['video']} | "
+                f"{row['samples_per_s']:.2f} samples/s | "
+                f"{row['samples_per_s_per_worker']:.2f} per worker | |"
+            )
         elif suite == "training":
             lines.append(
                 f"| training | {row['preset']} | batch {row['batch']}x{row['clip_frames']} | "

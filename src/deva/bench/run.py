@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from deva.bench.common import _amp_dtype, _width, machine_description
 from deva.bench.consensus import bench_consensus
+from deva.bench.data import bench_data
 from deva.bench.memory import bench_memory, bench_peak_rss, bench_rss_by_length
 from deva.bench.propagation import bench_propagation
 from deva.bench.tracker import bench_tracker
@@ -82,6 +83,9 @@ def run_suites(cfg: DictConfig, *, progress: Callable[[str], None] | None = None
         for preset in cfg.train_presets:
             say(f"training: {preset}, batch {cfg.train_batch} x {cfg.train_frames} frames")
             rows.append(bench_training(preset, cfg, device))
+    if "data" in cfg.suite:
+        say(f"data: {list(cfg.data_sources)} with {list(cfg.data_workers)} workers")
+        rows += bench_data(cfg)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     setup["load_average_at_end"] = list(load) if load else None
     result = {"setup": setup, "rows": rows, "checks": checks, **extra}

@@ -219,6 +219,15 @@ class BenchmarkConfig:
     rss_buffer_mib: float
     length_plot: str | None
     plot: str | None
+    data_sources: Any
+    data_workers: Any
+    data_videos: int
+    data_video_frames: int
+    data_height: int
+    data_width: int
+    data_crop: int | None
+    data_batch: int
+    data_batches: int
     train_presets: Any
     train_size: int
     train_frames: int
