@@ -30,6 +30,8 @@ FP32_MAX_DIFFER_PCT = 0.01
 MIN_IOU = 0.99
 RSS_VARIANTS = ("fp32-reference", "fp32", "bf16")
 RSS_MODES = ("vos", "semionline", "online", "offline")
+#: The training input pipelines the data suite times.
+DATA_SOURCES = ("static", "video", "shards")
 
 
 # ---- options --------------------------------------------------------------------------------
@@ -70,9 +72,9 @@ def parse_options(argv: list[str]) -> DictConfig:
     for key in ("data_sources", "data_workers"):
         if isinstance(cfg[key], (str, int)):
             cfg[key] = [cfg[key]]
-    bad_sources = sorted(set(cfg.data_sources) - {"static", "video", "shards"})
+    bad_sources = sorted(set(cfg.data_sources) - set(DATA_SOURCES))
     if bad_sources:
-        raise ConfigError(f"data_sources must be among static, video, shards; got {bad_sources}")
+        raise ConfigError(f"data_sources must be among {list(DATA_SOURCES)}, got {bad_sources}")
     if not all(isinstance(n, int) and n >= 0 for n in cfg.data_workers):
         raise ConfigError(f"data_workers must be worker counts >= 0, got {list(cfg.data_workers)}")
     if isinstance(cfg.train_presets, str):

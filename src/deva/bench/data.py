@@ -31,9 +31,6 @@ from deva.io.outputs import OutputFolder
 
 logger = logging.getLogger(__name__)
 
-#: The sources the suite can time, and the stage each one trains.
-DATA_SOURCES = ("static", "video", "shards")
-
 
 def _write_sources(root: Path, cfg: DictConfig) -> dict[str, Path]:
     """Generated videos as a video folder, their frames as static image pairs, and shards."""

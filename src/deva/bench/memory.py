@@ -170,6 +170,18 @@ def _peak_rss_child(options: dict[str, Any]) -> dict[str, float]:
     return {"rss_before_mib": before, "peak_rss_mib": peak, "seconds": seconds}
 
 
+def _child_options(cfg: DictConfig, **run: Any) -> dict[str, Any]:
+    """What :func:`_peak_rss_child` needs: the suite's shared settings plus ``run``'s."""
+    return {
+        "objects": int(cfg.objects),
+        "seed": int(cfg.seed),
+        "clip_size": int(cfg.clip_size),
+        "detect_every": int(cfg.detect_every),
+        "threads": int(cfg.threads) or torch.get_num_threads(),
+        **run,
+    }
+
+
 def _in_fresh_process(options: dict[str, Any]) -> dict[str, float]:
     """:func:`_peak_rss_child` in a spawned process (``ru_maxrss`` is per process)."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
@@ -185,20 +197,16 @@ def bench_rss_by_length(cfg: DictConfig, plot: Path | None) -> list[dict]:
     rows = []
     for mode in cfg.rss_length_modes:
         for length in cfg.rss_lengths:
-            options = {
-                "preset": cfg.memory_preset,
-                "mode": mode,
-                "variant": "fp32",
-                "size": height,
-                "frames": min(100, int(length)),
-                "length": int(length),
-                "objects": int(cfg.objects),
-                "seed": int(cfg.seed),
-                "clip_size": int(cfg.clip_size),
-                "detect_every": int(cfg.detect_every),
-                "buffer_mib": float(cfg.rss_buffer_mib),
-                "threads": int(cfg.threads) or torch.get_num_threads(),
-            }
+            options = _child_options(
+                cfg,
+                preset=cfg.memory_preset,
+                mode=mode,
+                variant="fp32",
+                size=height,
+                frames=min(100, int(length)),
+                length=int(length),
+                buffer_mib=float(cfg.rss_buffer_mib),
+            )
             measured = _in_fresh_process(options)
             logger.info(
                 "%s, %d frames: peak RSS %.0f MiB (%.0f s)",
@@ -236,18 +244,14 @@ def bench_peak_rss(cfg: DictConfig, amp: torch.dtype | None) -> list[dict]:
             for variant in RSS_VARIANTS:
                 if variant == "bf16" and amp != torch.bfloat16:
                     continue
-                options = {
-                    "preset": preset,
-                    "mode": mode,
-                    "variant": variant,
-                    "size": int(cfg.size),
-                    "frames": int(cfg.rss_frames),
-                    "objects": int(cfg.objects),
-                    "seed": int(cfg.seed),
-                    "clip_size": int(cfg.clip_size),
-                    "detect_every": int(cfg.detect_every),
-                    "threads": int(cfg.threads) or torch.get_num_threads(),
-                }
+                options = _child_options(
+                    cfg,
+                    preset=preset,
+                    mode=mode,
+                    variant=variant,
+                    size=int(cfg.size),
+                    frames=int(cfg.rss_frames),
+                )
                 measured = _in_fresh_process(options)
                 rows.append(
                     {

@@ -256,15 +256,13 @@ class _Run:
         """The tracker's and the writer's state, atomically, when they agree: the tracker
         allows it and every frame it was fed has its result written (a semi-online clip
         yields several results at once; a state taken between them would be ahead)."""
-        tracker = self.tracker
-        if not tracker.can_save_state or tracker.frames_fed != self.frames_out:
+        tracker, done = self.tracker, self.frames_out
+        if not tracker.can_save_state or tracker.frames_fed != done or self.last_state == done:
             return
-        if self.last_state == self.frames_out:
-            return
-        state = {"tracker": self.tracker.state_dict(), "writer": self.writer.state()}
+        state = {"tracker": tracker.state_dict(), "writer": self.writer.state()}
         with atomic.atomic_path(self.out.path(STATE_FILE)) as temporary:
             torch.save(state, temporary)
-        self.last_state = self.frames_out
+        self.last_state = done
 
     def output(self, result: TrackedFrame) -> None:
         """Write one frame's masks, JSON, overlay frame (and state): all or, on Ctrl+C, all
