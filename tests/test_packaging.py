@@ -37,6 +37,7 @@ CALLS = [
     ("deva-benchmark", ["suite=nope"], 2, "error: suite must be among"),
     ("deva-make-synthetic", ["bad"], 2, "error: arguments must be key=value, got 'bad'"),
     ("deva-make-shards", ["dataset=nope", "output=x"], 2, "make_shards: error: dataset must"),
+    ("deva-convert-ovis", [], 2, "convert_ovis: error: missing annotations=PATH"),
 ]
 
 
@@ -84,6 +85,7 @@ import importlib.metadata, json
 from pathlib import Path
 import deva
 from deva.config import compose, config_dir, repository_path
+from deva.data.video import load_subset
 cfg = compose("track", ["mode=online"])
 print(json.dumps({
     "file": deva.__file__,
@@ -93,6 +95,7 @@ print(json.dumps({
     "yaml": sorted(str(p.relative_to(config_dir())) for p in config_dir().rglob("*.yaml")),
     "track": [cfg.mode, cfg.segmenter.name, cfg.model.preset],
     "embedded": repository_path("checkpoints/deva-small-synthetic.pth").is_file(),
+    "ytvos_subset": len(load_subset("ytvos", "published")),
 }))
 """
 
@@ -120,6 +123,7 @@ def test_installed_package_ships_the_configs(venv: dict[str, Path]) -> None:
     expected = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml"))
     assert found["yaml"] == expected
     assert found["track"] == ["online", "precomputed", "published"]
+    assert found["ytvos_subset"] == 3464  # the published video list ships as package data
     init = (REPO / "src" / "deva" / "__init__.py").read_text()
     assert f'__version__ = "{found["version"]}"' in init
     assert found["metadata"] == found["version"]

@@ -17,6 +17,7 @@ from deva.data.video import (
     VOSVideoDataset,
     build_video_mix,
     davis_records,
+    load_subset,
     max_skip_at,
     sample_frame_indices,
     youtube_records,
@@ -60,10 +61,12 @@ def make_davis(root: Path, *, frames: int = 10, objects: int = 4) -> Path:
     return root
 
 
-def make_youtube(root: Path, *, videos: int = 2, frames: int = 21) -> Path:
+def make_youtube(
+    root: Path, *, videos: int = 2, frames: int = 21, names: list[str] | None = None
+) -> Path:
     for i in range(videos):
         masks = video_masks(frames, 60, 80, 2)
-        name = f"vid{i}"
+        name = names[i] if names else f"vid{i}"
         write_video(root / "JPEGImages" / name, root / "Annotations" / name, masks, mask_every=5)
     return root
 
@@ -235,13 +238,16 @@ def test_set_max_skip_changes_the_gaps(tmp_path: Path) -> None:
 
 
 def test_video_mix_repeats_and_collates(tmp_path: Path) -> None:
+    listed = load_subset("ytvos", "published")[:3]
     roots = {
         "davis": make_davis(tmp_path / "DAVIS"),
-        "ytvos": make_youtube(tmp_path / "yt", videos=3),
+        # three videos of the published YouTube-VOS list and one that is not in it
+        "ytvos": make_youtube(tmp_path / "yt", videos=4, names=[*listed, "0000000000"]),
         "ovis": make_youtube(tmp_path / "ovis", videos=1),
     }
     mix = build_video_mix(roots, num_frames=3, crop_size=32, min_object_pixels=4)
     assert len(mix) == 5 * 2 + 1 * 3 + 3 * 1
+    assert sorted(r.name for r in mix.parts["ytvos"].records) == sorted(listed)
     mix.set_max_skip(15)
     assert mix.parts["davis"].sampler.max_gap() == 15
     assert mix.parts["ytvos"].sampler.max_gap() == 3  # YouTube-VOS: every 5th frame annotated

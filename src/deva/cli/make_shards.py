@@ -1,12 +1,17 @@
 r"""Pack a training dataset into webdataset tar shards (raw, un-augmented).
 
-    deva-make-shards dataset=static|davis|ytvos|ovis|synthetic root=DIR output=DIR \
-        [samples_per_shard=N] [prefix=NAME] [split=train] [num_videos=N] [seed=S]
+    deva-make-shards dataset=static|davis|ytvos|ovis|mose|burst|generic|synthetic root=DIR \
+        output=DIR [samples_per_shard=N] [prefix=NAME] [split=train] [subset=default] \
+        [num_videos=N] [seed=S]
 
 - ``static``: ``root`` is an image-pair folder (FSS-1000 or flat DUTS / ECSSD / HRSOD / BIG);
   one sample per image pair.
 - ``davis``: DAVIS-2017 root, videos of ``split`` (default ``train``).
-- ``ytvos`` / ``ovis``: the training folder holding ``JPEGImages/`` and ``Annotations/``.
+- ``ytvos`` / ``ovis`` / ``mose`` / ``burst``: the training folder holding ``JPEGImages/``
+  and ``Annotations/``; ``subset``: ``default`` (the source's video list in training: the
+  published YouTube-VOS subset, every video of the others), ``all``, ``published`` or a file.
+- ``generic``: your videos (``JPEGImages/<video>`` + ``Annotations/<video>``, any frames
+  annotated); the shards keep where each annotated frame lies in the folder.
 - ``synthetic``: no ``root``; ``num_videos`` generated videos (``seed``, and optionally
   ``frames`` / ``height`` / ``width``).
 
@@ -32,7 +37,7 @@ from deva.data.synthetic import SyntheticVideoConfig
 from deva.errors import one_line
 from deva.io.outputs import OutputFolder, check_folder
 
-DATASETS = ("static", "davis", "ytvos", "ovis", "synthetic")
+DATASETS = ("static", "davis", *video.YOUTUBE_LAYOUT, "generic", "synthetic")
 DEFAULT_SAMPLES_PER_SHARD = {"static": 1000, "synthetic": 50}
 PATHS = ("root", "output")
 
@@ -53,7 +58,12 @@ def _records(args: MakeShardsConfig) -> tuple[list[VideoRecord] | Iterable[Video
         split = None if args.split in (None, "all") else args.split
         found = video.davis_records(args.root, split=split)
     else:
-        found = video.youtube_records(args.root, dataset=args.dataset)
+        subset = args.subset
+        if subset == "default":
+            subset = video.DEFAULT_SOURCES[args.dataset].subset
+        elif subset == "all":
+            subset = None
+        found = video.records_for(args.dataset, args.root, subset=subset)
     return found, len(found)
 
 

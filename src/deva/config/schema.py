@@ -270,11 +270,23 @@ class MakeShardsConfig:
     samples_per_shard: int | None
     prefix: str | None
     split: str | None
+    subset: str
     num_videos: int
     seed: int
     frames: int | None
     height: int | None
     width: int | None
+
+
+@dataclass
+class ConvertOvisConfig:
+    """``deva-convert-ovis`` / ``tools/convert_ovis.py`` (``convert_ovis.yaml``)."""
+
+    annotations: str | None
+    images: str | None
+    output: str | None
+    link: str
+    overwrite: bool
 
 
 # ---- training ------------------------------------------------------------------------------
@@ -355,6 +367,7 @@ class StaticData(DataCommon):
     """Image + mask folders turned into pseudo-videos (``data=static``)."""
 
     roots: Any  # a folder, a list of folders or name -> folder
+    repeats: dict[str, int]  # root name -> copies in the mix
 
 
 @dataclass
@@ -364,6 +377,7 @@ class SourceSection:
     repeats: int
     skip_divisor: int
     max_objects: int | None
+    subset: str | None
 
 
 @dataclass

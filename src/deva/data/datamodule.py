@@ -52,6 +52,8 @@ class VOSDataModule(LightningDataModule):
             limit), over :data:`~deva.data.video.DEFAULT_SOURCES` (DAVIS ×5, YouTube-VOS ×1
             ÷5, OVIS ×3 ÷5, generic ×1). Shards use the gap divisors, by the dataset name each
             sample carries.
+        static_repeats: copies of each static root (by its name in ``roots``) in the mix;
+            absent names count once.
         samples_per_epoch: per rank, for shards (required with shards: it keeps DDP ranks in
             step); rounded up so every worker yields whole batches and every epoch whole
             optimizer steps.
@@ -74,6 +76,7 @@ class VOSDataModule(LightningDataModule):
         max_objects: int = 3,
         max_skip: int = 5,
         sources: Mapping[str, SourceOptions] | None = None,
+        static_repeats: Mapping[str, int] | None = None,
         samples_per_epoch: int | None = None,
         shuffle_buffer: int = 8,
         min_object_pixels: int = 100,
@@ -99,6 +102,7 @@ class VOSDataModule(LightningDataModule):
         self.num_frames = num_frames or DEFAULT_FRAMES[stage]
         self.max_objects = max_objects
         self.sources = {**DEFAULT_SOURCES, **dict(sources or {})}
+        self.static_repeats = dict(static_repeats or {})
         self.samples_per_epoch = samples_per_epoch
         self.shuffle_buffer = shuffle_buffer
         self.min_object_pixels = min_object_pixels
@@ -195,6 +199,7 @@ class VOSDataModule(LightningDataModule):
         if self.stage == "static":
             return StaticPseudoVideoDataset(
                 list(self.roots.values()),
+                repeats=[int(self.static_repeats.get(name, 1)) for name in self.roots],
                 num_frames=self.num_frames,
                 crop_size=self.crop_size,
                 augment=self.augment,

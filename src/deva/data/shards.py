@@ -3,7 +3,8 @@
 **Shard format.** One webdataset sample = one video (or one image pair, a one-frame video),
 un-augmented, with key ``<8-digit index>``:
 
-- ``<key>.json``: ``{"name", "dataset", "frames": [frame names], "binary_masks": bool}``;
+- ``<key>.json``: ``{"name", "dataset", "frames": [frame names], "binary_masks": bool}`` and,
+  for the generic source, ``"positions"`` (each frame's place among the folder's frames);
 - ``<key>.<i:05d>.jpg`` / ``<key>.<i:05d>.png``: frame i and its mask, the original file bytes
   (arrays are encoded as JPEG quality 95 / palette PNG).
 
@@ -96,6 +97,8 @@ def record_to_shard_sample(record: VideoRecord, key: str) -> dict[str, Any]:
         "frames": list(record.frame_names),
         "binary_masks": bool(record.binary_masks),
     }
+    if record.meta.get("positions") is not None:  # generic source: gaps in folder frames
+        meta["positions"] = [int(p) for p in record.meta["positions"]]
     sample["json"] = json.dumps(meta).encode("utf-8")
     return sample
 
@@ -118,13 +121,21 @@ def shard_sample_to_record(sample: dict[str, Any]) -> VideoRecord:
             raise ValueError(
                 f"shard sample {sample.get('__key__')!r} ({meta['name']}) misses frame {i}"
             )
+    record_meta: dict[str, Any] = {"dataset": meta.get("dataset", "")}
+    if meta.get("positions") is not None:
+        if len(meta["positions"]) != len(frames):
+            raise ValueError(
+                f"shard sample {sample.get('__key__')!r} ({meta['name']}): "
+                f"{len(meta['positions'])} frame positions for {len(frames)} frames"
+            )
+        record_meta["positions"] = tuple(int(p) for p in meta["positions"])
     return VideoRecord(
         name=str(meta["name"]),
         frame_names=tuple(frames),
         images=tuple(images),
         masks=tuple(masks),
         binary_masks=bool(meta.get("binary_masks", False)),
-        meta={"dataset": meta.get("dataset", "")},
+        meta=record_meta,
     )
 
 
@@ -252,6 +263,18 @@ def expand_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
     if not result:
         raise ValueError(f"no shards in {urls!r}")
     return result
+
+
+def read_records(
+    urls: str | Path | Sequence[str | Path], *, stride: int = 1, offset: int = 0
+) -> Iterator[VideoRecord]:
+    """The records stored in shards (a folder, a brace pattern or a list), in order; every
+    ``stride``-th from ``offset``."""
+    position = 0
+    for sample in tarfile_samples([{"url": url} for url in expand_urls(urls)]):
+        if position % stride == offset:
+            yield shard_sample_to_record(sample)
+        position += 1
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -418,11 +441,7 @@ class ShardClipDataset(IterableDataset):
         self, shards: Sequence[str], stride: int = 1, offset: int = 0
     ) -> Iterator[VideoRecord]:
         """Decode the records of ``shards`` in order; keep every ``stride``-th from ``offset``."""
-        position = 0
-        for sample in tarfile_samples([{"url": url} for url in shards]):
-            if position % stride == offset:
-                yield shard_sample_to_record(sample)
-            position += 1
+        return read_records(shards, stride=stride, offset=offset)
 
     def __iter__(self) -> Iterator[Sample]:
         shards, stride, offset = self.assignment()

@@ -144,14 +144,17 @@ class StaticPseudoVideoDataset(Dataset):
     """Map-style dataset of pseudo-videos from one or more image segmentation folders.
 
     Item ``i`` comes from image pair ``i``; when its object is lost by the augmentation
-    (``clip_tries`` times), random other pairs are tried. ``fixed_seed`` makes every pair
-    always yield the same sample (tests, debugging); leave it ``None`` to train.
+    (``clip_tries`` times), random other pairs are tried. ``repeats`` gives each root's
+    copies in the mix (the published stage 0 takes BIG and HRSOD ×5, the others ×1).
+    ``fixed_seed`` makes every pair always yield the same sample (tests, debugging); leave it
+    ``None`` to train. One object per pseudo-video: the image's foreground, as published.
     """
 
     def __init__(
         self,
         roots: Sequence[str | Path] | None = None,
         *,
+        repeats: Sequence[int] | None = None,
         records: Sequence[VideoRecord] | None = None,
         num_frames: int = 3,
         crop_size: int = 384,
@@ -163,9 +166,15 @@ class StaticPseudoVideoDataset(Dataset):
         if (roots is None) == (records is None):
             raise ValueError("give exactly one of roots (folders) or records")
         if records is None:
-            records = [r for root in roots or () for r in scan_image_pairs(root)]
-            for root in roots or ():
-                logger.info("static: image pairs from %s", root)
+            roots = list(roots or ())
+            copies = list(repeats) if repeats is not None else [1] * len(roots)
+            if len(copies) != len(roots) or any(n < 0 for n in copies):
+                raise ValueError(f"static: need one repeat count ≥ 0 per root, got {copies}")
+            records = []
+            for root, count in zip(roots, copies):
+                found = scan_image_pairs(root)
+                records += found * count
+                logger.info("static: %d image pairs from %s, ×%d", len(found), root, count)
         if not records:
             raise ValueError("static: no image pairs to sample from")
         self.records = list(records)

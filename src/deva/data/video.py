@@ -1,11 +1,12 @@
-"""Video-stage training data: DAVIS-2017, YouTube-VOS-2019, OVIS-VOS and your own videos.
+"""Video-stage training data: DAVIS-2017, YouTube-VOS-2019, OVIS-VOS, MOSE, BURST and your
+own videos.
 
 Layouts (see ``datasets/README.md``):
 
 - DAVIS-2017: ``<root>/JPEGImages/480p/<seq>/*.jpg``, ``<root>/Annotations/480p/<seq>/*.png``,
   sequence list ``<root>/ImageSets/2017/train.txt``;
-- YouTube-VOS-2019 train and OVIS-VOS: ``<root>/JPEGImages/<vid>/*.jpg``,
-  ``<root>/Annotations/<vid>/*.png``;
+- YouTube-VOS-2019 train, OVIS-VOS (``tools/convert_ovis.py``), MOSE train and BURST
+  train-vos: ``<root>/JPEGImages/<vid>/*.jpg``, ``<root>/Annotations/<vid>/*.png``;
 - generic (fine-tuning on your own videos): ``<root>/JPEGImages/<video>/*.jpg|png`` and
   ``<root>/Annotations/<video>/*.png`` (palette / grey index or RGB-encoded ids), any subset
   of the frames annotated.
@@ -16,7 +17,9 @@ YouTube-VOS and OVIS frame gaps are counted in annotated frames (YouTube-VOS ann
 of the folder, so sparse annotations keep their real spacing. A clip is ``num_frames``
 frames with consecutive gaps of at most the current maximum skip, which follows the curriculum
 :func:`max_skip_at` during training. Each source has its :class:`SourceOptions` (repeats in
-the mix, gap divisor, object limit).
+the mix, gap divisor, object limit, video subset). The published recipe trains on a subset of
+the YouTube-VOS videos (:data:`PUBLISHED_SUBSETS`, shipped in ``deva/data/subsets/``) and on
+the DAVIS-2017 train split.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import bisect
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +62,15 @@ class SourceOptions:
     ``repeats``: copies of the source in the mix (its weight); ``skip_divisor``: the
     curriculum's maximum gap is divided by it (``max(1, max_skip // skip_divisor)``), for
     folders that hold only every n-th raw frame; ``max_objects``: objects kept per clip
-    (``None``: the stage's value).
+    (``None``: the stage's value); ``subset``: train only on the videos named in a text file
+    (one name per line), ``published`` for the list the published recipe uses (YouTube-VOS),
+    ``None`` for every video of the folder.
     """
 
     repeats: int = 1
     skip_divisor: int = 1
     max_objects: int | None = None
+    subset: str | None = None
 
     def __post_init__(self) -> None:
         if self.repeats < 0 or self.skip_divisor < 1:
@@ -75,15 +82,22 @@ class SourceOptions:
             raise ValueError(f"max_objects must be ≥ 1 or None, got {self.max_objects}")
 
 
-#: The published video-stage mix (DAVIS ×5, YouTube-VOS ×1, OVIS ×3; YouTube-VOS and OVIS
-#: folders hold every 5th raw frame) and the generic source (your videos, gaps in folder
-#: frames). The training config states the same values (``configs/data/video.yaml``).
+#: The published video-stage mix (DAVIS ×5, YouTube-VOS ×1 on its published subset, OVIS ×3;
+#: YouTube-VOS and OVIS folders hold every 5th raw frame), MOSE and BURST (×1, every 5th frame,
+#: as later propagation models train on them) and the generic source (your videos, gaps in
+#: folder frames). The training config states the same values (``configs/data/video.yaml``).
 DEFAULT_SOURCES: dict[str, SourceOptions] = {
     "davis": SourceOptions(repeats=5, skip_divisor=1),
-    "ytvos": SourceOptions(repeats=1, skip_divisor=5),
+    "ytvos": SourceOptions(repeats=1, skip_divisor=5, subset="published"),
     "ovis": SourceOptions(repeats=3, skip_divisor=5),
+    "mose": SourceOptions(repeats=1, skip_divisor=5),
+    "burst": SourceOptions(repeats=1, skip_divisor=5),
     "generic": SourceOptions(repeats=1, skip_divisor=1),
 }
+#: Sources read with the YouTube-VOS layout (``<root>/{JPEGImages,Annotations}/<video>``).
+YOUTUBE_LAYOUT = ("ytvos", "ovis", "mose", "burst")
+#: Video lists of the published recipe, by source (files in ``deva/data/subsets/``).
+PUBLISHED_SUBSETS: dict[str, str] = {"ytvos": "ytvos_train.txt"}
 DEFAULT_REPEATS: dict[str, int] = {k: v.repeats for k, v in DEFAULT_SOURCES.items()}
 DEFAULT_SKIP_DIVISORS: dict[str, int] = {k: v.skip_divisor for k, v in DEFAULT_SOURCES.items()}
 
@@ -513,7 +527,8 @@ def davis_records(root: str | Path, *, split: str | None = "train") -> list[Vide
 
 
 def youtube_records(root: str | Path, *, dataset: str = "ytvos") -> list[VideoRecord]:
-    """YouTube-VOS-2019 train (or OVIS-VOS) videos: ``<root>/{JPEGImages,Annotations}/<vid>``."""
+    """Videos in the YouTube-VOS layout (YouTube-VOS-2019 train, OVIS-VOS, MOSE train, BURST
+    train-vos): ``<root>/{JPEGImages,Annotations}/<vid>``."""
     root = _require_dir(Path(root), dataset)
     return scan_vos_folder(root / "JPEGImages", root / "Annotations", dataset=dataset)
 
@@ -542,18 +557,71 @@ def generic_records(roots: str | Path | Sequence[str | Path]) -> list[VideoRecor
     return records
 
 
-def records_for(key: str, root: str | Path | Sequence[str | Path]) -> list[VideoRecord]:
-    """Records of a named video source: ``davis``, ``ytvos``, ``ovis`` or ``generic`` (a
-    folder or a list of folders)."""
+def load_subset(key: str, subset: str) -> list[str]:
+    """The video names of a subset: ``published`` (the list of the published recipe for
+    source ``key``) or a text file with one name per line."""
+    if subset == "published":
+        if key not in PUBLISHED_SUBSETS:
+            raise ValueError(
+                f"{key}: the published recipe has no video list for this source (sources "
+                f"with one: {', '.join(PUBLISHED_SUBSETS)}); use subset=null or a file"
+            )
+        text = resources.files("deva.data").joinpath("subsets", PUBLISHED_SUBSETS[key])
+        lines = text.read_text(encoding="utf-8").splitlines()
+    else:
+        path = Path(subset)
+        if not path.is_file():
+            raise FileNotFoundError(f"{key}: subset list not found: {path}")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    names = [line.strip() for line in lines if line.strip()]
+    if not names:
+        raise ValueError(f"{key}: the subset list {subset} names no video")
+    return names
+
+
+def keep_subset(records: list[VideoRecord], names: Sequence[str], key: str) -> list[VideoRecord]:
+    """The records named in ``names`` (a folder may lack some of them: counted in a log line;
+    none left is an error)."""
+    wanted = set(names)
+    kept = [record for record in records if record.name in wanted]
+    if not kept:
+        raise ValueError(
+            f"{key}: none of the {len(records)} videos found is in the subset list "
+            f"({len(wanted)} names, e.g. {sorted(wanted)[0]}); set data.sources.{key}.subset=null "
+            "to use them all"
+        )
+    missing = len(wanted - {record.name for record in records})
+    logger.info(
+        "%s: %d of %d videos in the subset list (%d listed names not in the folder)",
+        key,
+        len(kept),
+        len(records),
+        missing,
+    )
+    return kept
+
+
+def records_for(
+    key: str, root: str | Path | Sequence[str | Path], *, subset: str | None = None
+) -> list[VideoRecord]:
+    """Records of a named video source: ``davis``, ``ytvos``, ``ovis``, ``mose``, ``burst`` or
+    ``generic`` (a folder or a list of folders), restricted to a ``subset`` list if given
+    (see :class:`SourceOptions`)."""
     if key == "generic":
-        return generic_records(root)
-    if not isinstance(root, (str, Path)):
+        records = generic_records(root)
+    elif not isinstance(root, (str, Path)):
         raise ValueError(f"{key}: expected one folder, got {root!r} (only generic takes a list)")
-    if key == "davis":
-        return davis_records(root)
-    if key in ("ytvos", "ovis"):
-        return youtube_records(root, dataset=key)
-    raise ValueError(f"unknown video dataset {key!r}; expected one of {', '.join(DEFAULT_SOURCES)}")
+    elif key == "davis":
+        records = davis_records(root)
+    elif key in YOUTUBE_LAYOUT:
+        records = youtube_records(root, dataset=key)
+    else:
+        raise ValueError(
+            f"unknown video dataset {key!r}; expected one of {', '.join(DEFAULT_SOURCES)}"
+        )
+    if subset is None:
+        return records
+    return keep_subset(records, load_subset(key, subset), key)
 
 
 def build_video_mix(
@@ -568,18 +636,19 @@ def build_video_mix(
     min_object_pixels: int = 100,
     fixed_seed: int | None = None,
 ) -> VideoMix:
-    """The video-stage training set: by default DAVIS ×5, YouTube-VOS ×1, OVIS ×3, generic ×1.
+    """The video-stage training set: by default DAVIS ×5, YouTube-VOS ×1, OVIS ×3, MOSE ×1,
+    BURST ×1, generic ×1.
 
-    ``roots`` maps ``davis`` / ``ytvos`` / ``ovis`` / ``generic`` to dataset roots (generic:
-    one folder or a list); absent keys are left out of the mix. ``sources`` overrides the
-    :data:`DEFAULT_SOURCES` options of a source (repeats, gap divisor, object limit). Each
-    source gets its own :class:`ClipSampler`.
+    ``roots`` maps source names (:data:`DEFAULT_SOURCES`) to dataset roots (generic: one
+    folder or a list); absent keys are left out of the mix. ``sources`` overrides the
+    :data:`DEFAULT_SOURCES` options of a source (repeats, gap divisor, object limit, subset).
+    Each source gets its own :class:`ClipSampler`.
     """
     options = {**DEFAULT_SOURCES, **dict(sources or {})}
     parts = {}
     for key, root in roots.items():
-        records = records_for(key, root)
         source = options.get(key, SourceOptions())
+        records = records_for(key, root, subset=source.subset)
         sampler = ClipSampler(
             num_frames=num_frames,
             max_objects=source.max_objects or max_objects,

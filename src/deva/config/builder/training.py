@@ -416,7 +416,15 @@ def datamodule(
         )
         return VOSDataModule(stage="video", dataset=dataset, **common)
     if isinstance(data, StaticData):
-        return VOSDataModule(stage="static", roots=_static_roots(data.roots), **common)
+        if stage.max_objects != 1:
+            raise ConfigError(
+                f"stage.max_objects={stage.max_objects}: static pseudo-videos hold one object, "
+                "the image's foreground (the published stage 0 too); set stage.max_objects=1"
+            )
+        roots = _static_roots(data.roots)
+        return VOSDataModule(
+            stage="static", roots=roots, static_repeats=_static_repeats(data, roots), **common
+        )
     if isinstance(data, VideoData):
         return VOSDataModule(
             stage="video", roots=_video_roots(data), sources=_video_sources(data), **common
@@ -425,16 +433,33 @@ def datamodule(
 
 
 def _static_roots(roots: Any) -> dict[str, str]:
-    """``data.roots`` of the static stage (a folder, a list or name → folder) by name."""
+    """``data.roots`` of the static stage (a folder, a list or name → folder) by name (a
+    listed folder is named by its base name)."""
     if isinstance(roots, str):
         roots = [roots]
     if isinstance(roots, dict):
         named = {str(k): v for k, v in roots.items() if v}
     else:
-        named = {f"root{i}": r for i, r in enumerate(roots or []) if r}
+        named = {}
+        for i, root in enumerate(r for r in roots or [] if r):
+            name = Path(str(root).rstrip("/\\")).name or f"root{i}"
+            named[name if name not in named else f"{name}-{i}"] = root
     if not named:
         raise ConfigError("data=static needs data.roots=[FOLDER,...] (image + mask folders)")
     return named
+
+
+def _static_repeats(data: StaticData, roots: dict[str, str]) -> dict[str, int]:
+    """Copies of each static root in the mix: ``data.repeats`` by root name, matched without
+    regard to case (absent: 1)."""
+    table = {str(k).lower(): v for k, v in dict(data.repeats or {}).items()}
+    repeats = {}
+    for name in roots:
+        value = table.get(name.lower(), 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"data.repeats.{name}: expected a count ≥ 0, got {value!r}")
+        repeats[name] = value
+    return repeats
 
 
 def _video_roots(data: VideoData) -> dict[str, Any]:
@@ -470,6 +495,7 @@ def _video_sources(data: VideoData) -> dict[str, SourceOptions]:
                 repeats=section.repeats,
                 skip_divisor=section.skip_divisor,
                 max_objects=section.max_objects,
+                subset=section.subset,
             )
         except ValueError as error:
             raise ConfigError(f"data.sources.{key}: {error}") from None
