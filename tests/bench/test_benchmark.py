@@ -36,8 +36,10 @@ def test_every_suite_reports(result: dict) -> None:
     data = [r for r in result["rows"] if r["suite"] == "data"]
     assert {(r["source"], r["workers"]) for r in data} == {
         (source, w) for source in ("static", "video", "shards") for w in (0, 1)
-    }
+    } | {("video folders + training (tiny)", 1)}
     assert all(r["samples_per_s"] > 0 and r["crop"] == "48x48" for r in data)
+    fed = next(r for r in data if "training" in r["source"])
+    assert 0 <= fed["data_wait_fraction"] <= 1 and fed["step_s"] > 0
     assert {r["clip_frames"] for r in data} == {3, 8}  # the static and video stages' clips
     training = next(r for r in result["rows"] if r["suite"] == "training")
     assert training["preset"] == "tiny" and training["samples_per_s"] > 0

@@ -4,7 +4,9 @@ Static image folders, video folders and webdataset shards, each read, decoded, a
 collated by the data module a training run builds (``deva.config.builder.training``), with
 0, 1, 2, ... DataLoader workers. The sources are generated at the published video size
 (``data_height`` × ``data_width``, JPEG frames) into a temporary folder first; crops and
-clip lengths are the stages' own (``stage=static`` / ``stage=video``).
+clip lengths are the stages' own (``stage=static`` / ``stage=video``). Then optimizer steps
+of a model (``data_train_preset``) fed by the video-folder loader: training samples/s with
+real data and the share of the time spent waiting for batches.
 """
 
 from __future__ import annotations
@@ -28,8 +30,13 @@ from deva.data.shards import write_shards
 from deva.data.synthetic import SyntheticVideoConfig, generate_video, write_synthetic_video
 from deva.data.video import generic_records
 from deva.io.outputs import OutputFolder
+from deva.modeling.config import PropagationConfig
+from deva.training.module import PropagationTrainingModule
 
 logger = logging.getLogger(__name__)
+
+#: Copies of the generated sources in an epoch (thousands of samples, like real sets).
+EPOCH_REPEATS = 256
 
 
 def _write_sources(root: Path, cfg: DictConfig) -> dict[str, Path]:
@@ -63,21 +70,30 @@ def _overrides(source: str, roots: dict[str, Path], workers: int, crop: int | No
     ]
     if crop:
         common.append(f"stage.crop_size={crop}")
+    # a few generated videos repeated into long epochs, as real training sets give: each
+    # epoch starts the workers anew, which short epochs would time instead of the data
     if source == "static":
-        return ["stage=static", "data=static", f"data.roots=[{roots['static']}]", *common]
+        return ["stage=static", "data=static", f"data.roots=[{roots['static']}]",
+                f"+data.repeats.{roots['static'].name}={EPOCH_REPEATS}", *common]  # fmt: skip
     if source == "video":
-        return ["stage=video", "data=video", f"data.roots.generic={roots['video']}", *common]
+        return ["stage=video", "data=video", f"data.roots.generic={roots['video']}",
+                f"data.sources.generic.repeats={EPOCH_REPEATS}", *common]  # fmt: skip
     return ["stage=video", "data=shards", f"data.urls={roots['shards']}", *common]
 
 
-def _time_loader(config: TrainConfig, batch: int, batches: int) -> dict[str, float]:
-    """Seconds to the first batch (workers starting) and samples/s over the next ``batches``."""
+def _loader(config: TrainConfig, batch: int) -> Iterable[Any]:
     stage = config.stage
     first_gap = int(stage.max_skip.values[0]) if stage.max_skip else 5
     module = datamodule(parse_data(config.data), stage, batch_size=batch, max_skip=first_gap)
     module.setup("fit")
+    return module.train_dataloader()
+
+
+def _time_loader(config: TrainConfig, batch: int, batches: int) -> dict[str, float]:
+    """Seconds to the first batch (workers starting) and samples/s over the next ``batches``."""
+    loader = _loader(config, batch)
     start = time.perf_counter()
-    iterator = _endless(module.train_dataloader())
+    iterator = _endless(loader)
     next(iterator)
     startup = time.perf_counter() - start
     start = time.perf_counter()
@@ -98,9 +114,55 @@ def _endless(loader: Iterable[Any]) -> Iterator[Any]:
         yield from loader
 
 
-def bench_data(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Samples/s per source (``data_sources``) and worker count (``data_workers``)."""
+def _time_training(config: TrainConfig, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """fp32 AdamW steps of ``data_train_preset`` on batches from the real loader: samples/s
+    and the fraction of the time spent waiting for the next batch."""
+    torch.manual_seed(int(cfg.seed))
+    stage = config.stage
+    model = PropagationTrainingModule(
+        PropagationConfig.preset(str(cfg.data_train_preset)).to_dict(),
+        num_ref_frames=stage.num_ref_frames,
+    ).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-3)
+    iterator = _endless(_loader(config, int(cfg.data_batch)))
+
+    def step() -> float:
+        start = time.perf_counter()
+        batch = next(iterator)
+        waited = time.perf_counter() - start
+        optimizer.zero_grad(set_to_none=True)
+        out = model.unroll(
+            batch["frames"].to(device),
+            batch["masks"].to(device),
+            batch["num_objects"].to(device),
+            step=0,
+        )
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return waited
+
+    step()  # workers starting, first step
+    steps = int(cfg.data_train_steps)
+    start = time.perf_counter()
+    waited = sum(step() for _ in range(steps))
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "samples_per_s": steps * int(cfg.data_batch) / seconds,
+        "step_s": seconds / steps,
+        "data_wait_fraction": waited / seconds,
+    }
+
+
+def bench_data(cfg: DictConfig, device: torch.device | None = None) -> list[dict[str, Any]]:
+    """Samples/s per source (``data_sources``) and worker count (``data_workers``), then
+    training samples/s with the video-folder loader (``data_train_workers``)."""
     rows = []
+    device = device or torch.device("cpu")
     with tempfile.TemporaryDirectory(prefix="deva-bench-data-") as folder:
         roots = _write_sources(Path(folder), cfg)
         for source in cfg.data_sources:
@@ -127,4 +189,32 @@ def bench_data(cfg: DictConfig) -> list[dict[str, Any]]:
                         **measured,
                     }
                 )
+        if int(cfg.data_train_steps) > 0:
+            workers = int(cfg.data_train_workers)
+            config = parse(
+                TrainConfig, compose("train", _overrides("video", roots, workers, cfg.data_crop))
+            )
+            measured = _time_training(config, cfg, device)
+            logger.info(
+                "training %s with %d worker(s): %.2f samples/s, %.0f %% waiting for data",
+                cfg.data_train_preset,
+                workers,
+                measured["samples_per_s"],
+                100 * measured["data_wait_fraction"],
+            )
+            rows.append(
+                {
+                    "suite": "data",
+                    "source": f"video folders + training ({cfg.data_train_preset})",
+                    "workers": workers,
+                    "crop": f"{config.stage.crop_size}x{config.stage.crop_size}",
+                    "clip_frames": int(config.stage.num_frames),
+                    "video": f"{cfg.data_height}x{cfg.data_width}",
+                    "batch": int(cfg.data_batch),
+                    "batches": int(cfg.data_train_steps),
+                    "samples_per_s_per_worker": measured["samples_per_s"] / max(workers, 1),
+                    "device": str(device),
+                    **measured,
+                }
+            )
     return rows

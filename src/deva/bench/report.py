@@ -64,7 +64,12 @@ def format_table(result: dict) -> str:
                 f"| data {row['source']} | {row['workers']} workers | batch {row['batch']}x"
                 f"{row['clip_frames']} | {row['crop']} from {row['video']} | "
                 f"{row['samples_per_s']:.2f} samples/s | "
-                f"{row['samples_per_s_per_worker']:.2f} per worker | |"
+                f"{row['samples_per_s_per_worker']:.2f} per worker | "
+                + (
+                    f"{100 * row['data_wait_fraction']:.0f} % waiting for data |"
+                    if "data_wait_fraction" in row
+                    else "|"
+                )
             )
         elif suite == "training":
             lines.append(

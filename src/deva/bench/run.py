@@ -85,7 +85,7 @@ def run_suites(cfg: DictConfig, *, progress: Callable[[str], None] | None = None
             rows.append(bench_training(preset, cfg, device))
     if "data" in cfg.suite:
         say(f"data: {list(cfg.data_sources)} with {list(cfg.data_workers)} workers")
-        rows += bench_data(cfg)
+        rows += bench_data(cfg, device)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     setup["load_average_at_end"] = list(load) if load else None
     result = {"setup": setup, "rows": rows, "checks": checks, **extra}

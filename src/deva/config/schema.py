@@ -228,6 +228,9 @@ class BenchmarkConfig:
     data_crop: int | None
     data_batch: int
     data_batches: int
+    data_train_preset: str
+    data_train_steps: int
+    data_train_workers: int
     train_presets: Any
     train_size: int
     train_frames: int

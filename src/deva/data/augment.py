@@ -109,10 +109,16 @@ class VideoAugment:
     """Video-stage augmentation with the published ranges: one random geometry per clip.
 
     Clip level (same parameters on every frame and mask): resize the shorter side to
-    ``short_side``, horizontal flip, affine (±25° rotation, ±20° shear), random resized crop to
-    ``crop_size``² of 16–100 % of the area, colour jitter and, with probability ``gray_p``
-    (5 %), grey scale. Frame level: mild colour jitter. (The published crop draws its area
-    from 0.16–2.0 of the image and rejects draws that do not fit, which leaves 0.16–1.0.)
+    ``short_side``, horizontal flip, affine (±25° rotation, ±20° shear along x), random resized
+    crop to ``crop_size``² of 16–100 % of the area (aspect 3/4–4/3), colour jitter and, with
+    probability ``gray_p`` (5 %), grey scale. Frame level: mild colour jitter. (The published
+    crop draws its area from 0.16–2.0 of the image and rejects draws that do not fit, which
+    leaves 0.16–1.0.)
+
+    The geometric steps are all affine, so they are composed into one matrix per clip and
+    each frame is warped once, from its decoded size straight to the crop (bilinear; masks
+    nearest; background 0 outside the frame): one resampling instead of three, about a
+    tenth of the work of running the steps one after another on 480p frames.
     """
 
     def __init__(
@@ -131,42 +137,111 @@ class VideoAugment:
     ) -> None:
         A = _albumentations()
         self.crop_size = crop_size
-        geometry: list[A.BasicTransform] = []
-        if short_side is not None:
-            geometry.append(
-                A.SmallestMaxSize(max_size=max(short_side, crop_size), area_for_downscale="image")
-            )
-        geometry += [
-            A.HorizontalFlip(p=flip_p),
-            A.Affine(
-                rotate=(-rotate, rotate),
-                shear=(-shear, shear),
-                scale=scale,
-                interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST,
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
-                fill_mask=0,
-                p=1.0,
-            ),
-            A.RandomResizedCrop(
-                size=(crop_size, crop_size),
-                scale=crop_scale,
-                ratio=(0.75, 4.0 / 3.0),
-                mask_interpolation=cv2.INTER_NEAREST,
-            ),
-            _colour_jitter(clip_jitter, 0.05, p=0.8),
-            A.ToGray(p=gray_p),
-        ]
-        self._clip = A.Compose(geometry)
+        self.short_side = None if short_side is None else max(short_side, crop_size)
+        self.rotate = rotate
+        self.shear = shear
+        self.scale = scale
+        self.crop_scale = crop_scale
+        self.flip_p = flip_p
+        self._colour = A.Compose([_colour_jitter(clip_jitter, 0.05, p=0.8), A.ToGray(p=gray_p)])
         self._frame = A.Compose([_colour_jitter(frame_jitter, 0.0, p=1.0)])
+
+    def clip_matrix(self, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        """The 3×3 map from a frame's pixel coordinates to the crop's, drawn from ``rng``:
+        resize, flip, affine about the centre, then the random resized crop."""
+        matrix = np.eye(3)
+        if self.short_side is not None:
+            matrix = _scale_matrix(self.short_side / min(height, width)) @ matrix
+            height = max(1, round(height * self.short_side / min(height, width)))
+            width = max(1, round(width * self.short_side / min(height, width)))
+        if rng.random() < self.flip_p:
+            matrix = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ matrix
+        angle = np.deg2rad(rng.uniform(-self.rotate, self.rotate))
+        shear = np.deg2rad(rng.uniform(-self.shear, self.shear))
+        zoom = rng.uniform(*self.scale)
+        cos, sin = np.cos(angle) * zoom, np.sin(angle) * zoom
+        linear = np.array([[cos, -sin], [sin, cos]]) @ np.array([[1.0, np.tan(shear)], [0.0, 1.0]])
+        centre = np.array([(width - 1) / 2, (height - 1) / 2])
+        affine = np.eye(3)
+        affine[:2, :2] = linear
+        affine[:2, 2] = centre - linear @ centre
+        matrix = affine @ matrix
+        x0, y0, w, h = _crop_box(height, width, self.crop_scale, rng)
+        crop = _scale_matrix(self.crop_size / w, self.crop_size / h)
+        crop[:2, 2] -= (x0 * self.crop_size / w, y0 * self.crop_size / h)
+        return crop @ matrix
 
     def __call__(
         self, frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], rng: np.random.Generator
     ) -> tuple[Frames, Masks]:
         """Augment a clip of T frames and masks; returns T frames and masks of ``crop_size``²."""
-        frames_out, masks_out = _run_clip(self._clip, frames, masks, _seed(rng))
+        _check_clip(frames, masks)
+        height, width = frames[0].shape[:2]
+        matrix = self.clip_matrix(height, width, rng)
+        size = (self.crop_size, self.crop_size)
+        frames_out = [_warp(frame, matrix, size, cv2.INTER_LINEAR) for frame in frames]
+        masks_out = [_warp(mask, matrix, size, cv2.INTER_NEAREST) for mask in masks]
+        seed = _seed(rng)
+        frames_out = _run_same(self._colour, frames_out, seed)
         return _run_each(self._frame, frames_out, rng), masks_out
+
+
+def _scale_matrix(sx: float, sy: float | None = None) -> np.ndarray:
+    """Scaling of pixel coordinates (pixel centres stay centres: x → (x + ½)·s − ½)."""
+    sy = sx if sy is None else sy
+    return np.array([[sx, 0.0, (sx - 1) / 2], [0.0, sy, (sy - 1) / 2], [0.0, 0.0, 1.0]])
+
+
+def _crop_box(
+    height: int, width: int, area: tuple[float, float], rng: np.random.Generator, tries: int = 10
+) -> tuple[float, float, float, float]:
+    """A random crop ``(x0, y0, w, h)`` of ``area`` × the image's area with an aspect ratio in
+    3/4–4/3 (log-uniform) that fits in the image; after ``tries`` misses, the largest centred
+    crop of the nearest allowed ratio."""
+    low, high = np.log(3 / 4), np.log(4 / 3)
+    for _ in range(tries):
+        target = height * width * rng.uniform(*area)
+        ratio = np.exp(rng.uniform(low, high))
+        w = round(np.sqrt(target * ratio))
+        h = round(np.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            x0 = int(rng.integers(0, width - w + 1))
+            y0 = int(rng.integers(0, height - h + 1))
+            return x0, y0, w, h
+    ratio = min(max(width / height, 3 / 4), 4 / 3)
+    w, h = (
+        (width, round(width / ratio)) if width / height < ratio else (round(height * ratio), height)
+    )
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def _warp(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int], flags: int) -> np.ndarray:
+    """``image`` through ``matrix`` into a ``size`` canvas, background 0. Bilinear frames
+    shrunk to less than half first lose the extra pixels by area averaging (no aliasing)."""
+    shrink = np.sqrt(abs(np.linalg.det(matrix[:2, :2])))
+    if flags == cv2.INTER_LINEAR and shrink < 0.5:
+        factor = int(1 / shrink)
+        h, w = image.shape[:2]
+        small = (max(1, w // factor), max(1, h // factor))
+        image = cv2.resize(image, small, interpolation=cv2.INTER_AREA)
+        matrix = matrix @ _scale_matrix(w / small[0], h / small[1])
+    return cv2.warpAffine(
+        np.ascontiguousarray(image),
+        matrix[:2],
+        size,
+        flags=flags,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+
+
+def _run_same(compose: A.Compose, frames: Sequence[np.ndarray], seed: int) -> Frames:
+    """Apply an image-only ``compose`` with one parameter draw to every frame."""
+    result = []
+    for frame in frames:
+        compose.set_random_seed(seed)
+        result.append(compose(image=frame)["image"])
+    return result
 
 
 class StaticAugment:
