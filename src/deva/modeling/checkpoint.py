@@ -212,9 +212,14 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> PropagationConfig:
             )
         return state[key].shape
 
+    if "pixel_encoder.features.0.0.weight" in state:  # the mobile preset's MobileNetV2
+        pixel_trunk, pixel_width = "mobilenetv2", shape("pixel_encoder.features.0.0.weight")[0]
+    else:
+        pixel_trunk = "resnet50" if "pixel_encoder.res2.0.conv3.weight" in state else "resnet18"
+        pixel_width = shape("pixel_encoder.conv1.weight")[0]
     return PropagationConfig(
-        pixel_trunk="resnet50" if "pixel_encoder.res2.0.conv3.weight" in state else "resnet18",
-        pixel_trunk_width=shape("pixel_encoder.conv1.weight")[0],
+        pixel_trunk=pixel_trunk,
+        pixel_trunk_width=pixel_width,
         mask_trunk="resnet50" if "mask_encoder.layer1.0.conv3.weight" in state else "resnet18",
         mask_trunk_width=shape("mask_encoder.conv1.weight")[0],
         pixel_dim=shape("pixel_encoder.proj1.weight")[0],

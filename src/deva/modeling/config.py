@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from deva.modeling import mobilenet
 from deva.modeling.resnet import stage_dims
 
 
@@ -25,6 +26,8 @@ class PropagationConfig:
     @property
     def pixel_stage_dims(self) -> tuple[int, int, int]:
         """Channels of the pixel trunk's f4, f8, f16."""
+        if self.pixel_trunk == "mobilenetv2":
+            return mobilenet.STAGE_DIMS  # width 1.0, as the ImageNet weights
         return stage_dims(self.pixel_trunk, self.pixel_trunk_width)
 
     @property
@@ -48,7 +51,8 @@ class PropagationConfig:
     def preset(cls, name: str) -> PropagationConfig:
         """A named size: ``published`` (ResNet-50, 69 M parameters), ``small`` (half-width
         ResNet-18 trunks, 128-wide features, 3.2 M parameters: trains on a CPU and fits in the
-        repository) or ``tiny`` (for tests)."""
+        repository), ``mobile`` (an ImageNet MobileNetV2 pixel trunk to stride 16, a light
+        ResNet-18 mask trunk, the small model's memory and decoder) or ``tiny`` (tests)."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
         return PRESETS[name]
@@ -59,6 +63,17 @@ PRESETS: dict[str, PropagationConfig] = {
     "small": PropagationConfig(
         pixel_trunk="resnet18",
         pixel_trunk_width=32,
+        mask_trunk="resnet18",
+        mask_trunk_width=16,
+        pixel_dim=128,
+        key_dim=32,
+        value_dim=128,
+        sensory_dim=64,
+        decoder_dim=64,
+    ),
+    "mobile": PropagationConfig(
+        pixel_trunk="mobilenetv2",
+        pixel_trunk_width=32,  # the MobileNetV2 stem's width (fixed by the ImageNet weights)
         mask_trunk="resnet18",
         mask_trunk_width=16,
         pixel_dim=128,

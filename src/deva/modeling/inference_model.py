@@ -79,7 +79,15 @@ def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def _fold_trunk(module: nn.Module) -> None:
-    """Fold every conv → BN pair of a ResNet trunk (stem, blocks, down-sampling branches)."""
+    """Fold every conv → BN pair of a trunk: a ResNet's stem, blocks and down-sampling
+    branches, or the conv → BN steps of MobileNetV2's ``features`` sequences."""
+    for sequence in module.modules():
+        if isinstance(sequence, nn.Sequential):
+            for i in range(len(sequence) - 1):
+                conv, bn = sequence[i], sequence[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    sequence[i] = fold_batch_norm(conv, bn)
+                    sequence[i + 1] = nn.Identity()
     for block in module.modules():
         if isinstance(block, (BasicBlock, Bottleneck)):
             for i in (1, 2, 3):
@@ -87,9 +95,6 @@ def _fold_trunk(module: nn.Module) -> None:
                 if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                     setattr(block, f"conv{i}", fold_batch_norm(conv, bn))
                     setattr(block, f"bn{i}", nn.Identity())
-            down = block.downsample
-            if isinstance(down, nn.Sequential) and isinstance(down[1], nn.BatchNorm2d):
-                block.downsample = nn.Sequential(fold_batch_norm(down[0], down[1]), nn.Identity())
     if isinstance(getattr(module, "bn1", None), nn.BatchNorm2d):
         module.conv1 = fold_batch_norm(module.conv1, module.bn1)  # type: ignore[assignment]
         module.bn1 = nn.Identity()  # type: ignore[assignment]
@@ -99,6 +104,9 @@ def _trunk_modules(model: PropagationModel) -> list[nn.Module]:
     """The modules whose convolutions :func:`_fold_trunk` folds batch norms into."""
     modules: list[nn.Module] = []
     for encoder in (model.pixel_encoder, model.mask_encoder):
+        if isinstance(getattr(encoder, "features", None), nn.Sequential):  # MobileNetV2
+            modules.append(encoder.features)
+            continue
         modules += [encoder.conv1, encoder.bn1]  # type: ignore[list-item]
         modules += [m for m in encoder.modules() if isinstance(m, (BasicBlock, Bottleneck))]
     return modules

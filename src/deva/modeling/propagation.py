@@ -24,6 +24,7 @@ from deva.modeling.checkpoint import (
     read_checkpoint,
 )
 from deva.modeling.config import PropagationConfig
+from deva.modeling.mobilenet import MobileNetV2Trunk, stride_features
 from deva.modeling.modules import (
     FeatureFusion,
     GroupedConv2d,
@@ -64,25 +65,38 @@ class KeyProjection:
 
 
 class PixelEncoder(nn.Module):
-    """ResNet trunk to stride 16 plus the two 1×1 projections of f16."""
+    """The pixel trunk to stride 16 (ResNet, or MobileNetV2 for the ``mobile`` preset) plus
+    the two 1×1 projections of f16."""
 
     def __init__(self, config: PropagationConfig) -> None:
         super().__init__()
-        trunk = ResNetTrunk(
-            config.pixel_trunk, base_width=config.pixel_trunk_width, first_stage_name="res2"
-        )
-        # The published checkpoint names the trunk's layers directly under pixel_encoder.
-        self.conv1, self.bn1, self.maxpool = trunk.conv1, trunk.bn1, trunk.maxpool
-        self.res2, self.layer2, self.layer3 = trunk.res2, trunk.layer2, trunk.layer3
+        if config.pixel_trunk == "mobilenetv2":
+            # named as the ImageNet weights: pixel_encoder.features.<i>
+            self.features = MobileNetV2Trunk().features
+        else:
+            trunk = ResNetTrunk(
+                config.pixel_trunk, base_width=config.pixel_trunk_width, first_stage_name="res2"
+            )
+            # The published checkpoint names the trunk's layers directly under pixel_encoder.
+            self.conv1, self.bn1, self.maxpool = trunk.conv1, trunk.bn1, trunk.maxpool
+            self.res2, self.layer2, self.layer3 = trunk.res2, trunk.layer2, trunk.layer3
+        self.mobilenet = config.pixel_trunk == "mobilenetv2"
         f16_dim = config.pixel_stage_dims[2]
         self.proj1 = nn.Conv2d(f16_dim, config.pixel_dim, 1)
         self.proj2 = nn.Conv2d(f16_dim, config.pixel_dim, 1)
 
-    def forward(self, image: torch.Tensor) -> PixelFeatures:
+    def _resnet_features(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.maxpool(F.relu(self.bn1(self.conv1(image))))
         f4 = self.res2(x)
         f8 = self.layer2(f4)
-        f16 = self.layer3(f8)
+        return f4, f8, self.layer3(f8)
+
+    def _mobilenet_features(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(stride_features(self.features, image))
+
+    def forward(self, image: torch.Tensor) -> PixelFeatures:
+        trunk = self._mobilenet_features if self.mobilenet else self._resnet_features
+        f4, f8, f16 = trunk(image)
         return PixelFeatures(self.proj1(f16), f8, f4, self.proj2(f16))
 
 
