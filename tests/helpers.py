@@ -72,3 +72,17 @@ RUN_RECORDS = ("manifest.txt", "run.json")
 def results_in(folder: Path) -> list[str]:
     """The names in ``folder`` other than the run's records, sorted."""
     return sorted(p.name for p in folder.iterdir() if p.name not in RUN_RECORDS)
+
+
+def uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE of a mask (run lengths over the column-major pixels, starting
+    with background), as some annotation files store it."""
+    runs, value, count = [], 0, 0
+    for pixel in (np.asarray(mask).reshape(-1, order="F") > 0).astype(int):
+        if pixel == value:
+            count += 1
+        else:
+            runs.append(count)
+            value, count = pixel, 1
+    runs.append(count)
+    return {"counts": runs, "size": list(np.asarray(mask).shape)}

@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 from deva.data.ovis import index_mask
 from deva.data.video import build_video_mix, records_for
 from deva.io.masks import read_index_png
-from tests.helpers import load_tool
+from tests.helpers import load_tool, uncompressed_rle
 
 H, W = 24, 32
 
@@ -23,16 +23,7 @@ def rle(mask: np.ndarray, *, compressed: bool = True) -> dict:
     if compressed:
         encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
         return {"size": [H, W], "counts": encoded["counts"].decode("ascii")}
-    flat = mask.astype(np.uint8).flatten(order="F")
-    runs, value, count = [], 0, 0
-    for pixel in flat:
-        if pixel == value:
-            count += 1
-        else:
-            runs.append(count)
-            value, count = pixel, 1
-    runs.append(count)
-    return {"size": [H, W], "counts": runs}
+    return uncompressed_rle(mask)
 
 
 def box(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from deva.io.detections import write_frame_segmentation
 from deva.io.masks import write_id_png
 from deva.segmenters import BurstSegmenter, PrecomputedSegmenter, VipsegSegmenter
 from deva.types import ImageSegmenter, Segment, Segmentation
+from tests.helpers import uncompressed_rle
 
 H, W = 12, 16
 
@@ -126,16 +127,7 @@ def rle(mask: np.ndarray, *, compressed: bool = True) -> object:
     encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     if compressed:
         return encoded["counts"].decode("ascii")
-    flat = mask.reshape(-1, order="F").astype(int)
-    runs, value, count = [], 0, 0
-    for pixel in flat:
-        if pixel == value:
-            count += 1
-        else:
-            runs.append(count)
-            value, count = pixel, 1
-    runs.append(count)
-    return {"counts": runs, "size": list(mask.shape)}
+    return uncompressed_rle(mask)
 
 
 def test_burst_style_rle_json(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from deva.modeling import mobilenet
@@ -58,30 +58,23 @@ class PropagationConfig:
         return PRESETS[name]
 
 
+_SMALL = PropagationConfig(
+    pixel_trunk="resnet18",
+    pixel_trunk_width=32,
+    mask_trunk="resnet18",
+    mask_trunk_width=16,
+    pixel_dim=128,
+    key_dim=32,
+    value_dim=128,
+    sensory_dim=64,
+    decoder_dim=64,
+)
+
 PRESETS: dict[str, PropagationConfig] = {
     "published": PropagationConfig(),
-    "small": PropagationConfig(
-        pixel_trunk="resnet18",
-        pixel_trunk_width=32,
-        mask_trunk="resnet18",
-        mask_trunk_width=16,
-        pixel_dim=128,
-        key_dim=32,
-        value_dim=128,
-        sensory_dim=64,
-        decoder_dim=64,
-    ),
-    "mobile": PropagationConfig(
-        pixel_trunk="mobilenetv2",
-        pixel_trunk_width=32,  # the MobileNetV2 stem's width (fixed by the ImageNet weights)
-        mask_trunk="resnet18",
-        mask_trunk_width=16,
-        pixel_dim=128,
-        key_dim=32,
-        value_dim=128,
-        sensory_dim=64,
-        decoder_dim=64,
-    ),
+    "small": _SMALL,
+    # small with an ImageNet MobileNetV2 pixel trunk (its stem is 32 wide, as small's)
+    "mobile": replace(_SMALL, pixel_trunk="mobilenetv2"),
     "tiny": PropagationConfig(
         pixel_trunk="resnet18",
         pixel_trunk_width=8,
