@@ -86,7 +86,7 @@ import importlib.metadata, json
 from pathlib import Path
 import deva
 from deva.config import compose, config_dir, repository_path
-from deva.data.video import load_subset
+from deva.data.video_folders import load_subset
 cfg = compose("track", ["mode=online"])
 print(json.dumps({
     "file": deva.__file__,

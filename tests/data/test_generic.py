@@ -19,10 +19,9 @@ from deva.data.video import (
     VOSVideoDataset,
     build_video_mix,
     compact_ids,
-    generic_records,
-    records_for,
     sample_annotated_frames,
 )
+from deva.data.video_folders import generic_records, records_for
 from deva.io.masks import write_id_png, write_index_png
 
 

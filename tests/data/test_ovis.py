@@ -11,7 +11,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from deva.data.ovis import index_mask
-from deva.data.video import build_video_mix, records_for
+from deva.data.video import build_video_mix
+from deva.data.video_folders import records_for
 from deva.io.masks import read_index_png
 from tests.helpers import load_tool, uncompressed_rle
 

@@ -20,7 +20,8 @@ from deva.data.shards import (
     write_shards,
 )
 from deva.data.static import PseudoVideoSampler, StaticPseudoVideoDataset, scan_image_pairs
-from deva.data.video import ClipSampler, VOSVideoDataset, davis_records
+from deva.data.video import ClipSampler, VOSVideoDataset
+from deva.data.video_folders import davis_records
 from deva.io.masks import write_index_png
 from tests.helpers import load_tool, results_in
 

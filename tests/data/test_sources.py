@@ -15,13 +15,8 @@ from deva.config import ConfigError, compose
 from deva.config.builder.training import datamodule
 from deva.config.schema import TrainConfig, parse, parse_data
 from deva.data.shards import ShardClipDataset, write_shards
-from deva.data.video import (
-    DEFAULT_SOURCES,
-    PUBLISHED_SUBSETS,
-    generic_records,
-    load_subset,
-    records_for,
-)
+from deva.data.video import DEFAULT_SOURCES
+from deva.data.video_folders import PUBLISHED_SUBSETS, generic_records, load_subset, records_for
 from tests.data.test_generic import write_generic
 from tests.data.test_shards import make_davis, make_static
 from tests.data.test_vos import make_youtube
@@ -128,7 +123,7 @@ def test_generic_shards_keep_folder_positions(tmp_path: Path) -> None:
 def test_ddp_split_shards_through_the_datamodule(tmp_path: Path, world: int) -> None:
     """Each rank's module streams its own share of the videos; together they cover all."""
     root = make_davis(tmp_path / "DAVIS", names=tuple(f"v{i}" for i in range(6)))
-    from deva.data.video import davis_records
+    from deva.data.video_folders import davis_records
 
     write_shards(davis_records(root), tmp_path / "shards", samples_per_shard=1)
     seen = []

@@ -16,12 +16,10 @@ from deva.data.video import (
     ClipSampler,
     VOSVideoDataset,
     build_video_mix,
-    davis_records,
-    load_subset,
     max_skip_at,
     sample_frame_indices,
-    youtube_records,
 )
+from deva.data.video_folders import davis_records, load_subset, youtube_records
 from deva.io.masks import write_index_png
 
 COLOURS = np.array(
@@ -203,7 +201,7 @@ def test_small_objects_are_never_selected(tmp_path: Path) -> None:
 
 
 def youtube_records_from(root: Path):
-    from deva.data.video import scan_vos_folder
+    from deva.data.video_folders import scan_vos_folder
 
     return scan_vos_folder(root / "img", root / "ann", dataset="test")
 

@@ -28,7 +28,7 @@ from deva.config.builder.training import datamodule
 from deva.config.schema import TrainConfig, parse, parse_data
 from deva.data.shards import write_shards
 from deva.data.synthetic import SyntheticVideoConfig, generate_video, write_synthetic_video
-from deva.data.video import generic_records
+from deva.data.video_folders import generic_records
 from deva.io.outputs import OutputFolder
 from deva.modeling.config import PropagationConfig
 from deva.training.module import PropagationTrainingModule

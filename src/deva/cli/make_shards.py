@@ -30,14 +30,14 @@ from tqdm import tqdm
 from deva.cli.common import run_tool
 from deva.config import compose, quote_paths
 from deva.config.schema import MakeShardsConfig, parse
-from deva.data import shards, static, video
+from deva.data import shards, static, video, video_folders
 from deva.data.sample import VideoRecord
 from deva.data.shards import write_shards
 from deva.data.synthetic import SyntheticVideoConfig
 from deva.errors import one_line
 from deva.io.outputs import OutputFolder, check_folder
 
-DATASETS = ("static", "davis", *video.YOUTUBE_LAYOUT, "generic", "synthetic")
+DATASETS = ("static", "davis", *video_folders.YOUTUBE_LAYOUT, "generic", "synthetic")
 DEFAULT_SAMPLES_PER_SHARD = {"static": 1000, "synthetic": 50}
 PATHS = ("root", "output")
 
@@ -56,14 +56,14 @@ def _records(args: MakeShardsConfig) -> tuple[list[VideoRecord] | Iterable[Video
         found = static.scan_image_pairs(args.root)
     elif args.dataset == "davis":
         split = None if args.split in (None, "all") else args.split
-        found = video.davis_records(args.root, split=split)
+        found = video_folders.davis_records(args.root, split=split)
     else:
         subset = args.subset
         if subset == "default":
             subset = video.DEFAULT_SOURCES[args.dataset].subset
         elif subset == "all":
             subset = None
-        found = video.records_for(args.dataset, args.root, subset=subset)
+        found = video_folders.records_for(args.dataset, args.root, subset=subset)
     return found, len(found)
 
 

@@ -6,7 +6,10 @@ labels 0 (background) and 1..K (K ≤ 3), ``num_objects`` K, ``info`` ``{name, f
 
 - :mod:`deva.data.augment`: clip-consistent albumentations pipelines;
 - :mod:`deva.data.static`: pseudo-videos from image + mask pairs (static stage);
-- :mod:`deva.data.video`: DAVIS / YouTube-VOS / OVIS clips, the gap curriculum, the video mix;
+- :mod:`deva.data.video`: clip sampling, the gap curriculum, the video mix;
+- :mod:`deva.data.video_folders`: DAVIS / YouTube-VOS / OVIS / MOSE / BURST / your folders, and
+  the published video lists;
+- :mod:`deva.data.ovis`: OVIS's instance json → the VOS layout;
 - :mod:`deva.data.shards`: webdataset shards and the DDP-safe streaming reader;
 - :mod:`deva.data.datamodule`: the Lightning data module;
 - :mod:`deva.data.synthetic`: generated videos with exact ground truth.
