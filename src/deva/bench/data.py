@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from deva.bench.common import _sync
+from deva.bench.training import trainer_for
 from deva.config import compose
 from deva.config.builder.training import datamodule
 from deva.config.schema import TrainConfig, parse, parse_data
@@ -30,8 +32,6 @@ from deva.data.shards import write_shards
 from deva.data.synthetic import SyntheticVideoConfig, generate_video, write_synthetic_video
 from deva.data.video_folders import generic_records
 from deva.io.outputs import OutputFolder
-from deva.modeling.config import PropagationConfig
-from deva.training.module import PropagationTrainingModule
 
 logger = logging.getLogger(__name__)
 
@@ -117,32 +117,20 @@ def _endless(loader: Iterable[Any]) -> Iterator[Any]:
 def _time_training(config: TrainConfig, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """fp32 AdamW steps of ``data_train_preset`` on batches from the real loader: samples/s
     and the fraction of the time spent waiting for the next batch."""
-    torch.manual_seed(int(cfg.seed))
     stage = config.stage
-    model = PropagationTrainingModule(
-        PropagationConfig.preset(str(cfg.data_train_preset)).to_dict(),
-        num_ref_frames=stage.num_ref_frames,
-    ).to(device)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-3)
+    train_step = trainer_for(
+        str(cfg.data_train_preset), stage.num_ref_frames, device, int(cfg.seed)
+    )
     iterator = _endless(_loader(config, int(cfg.data_batch)))
 
     def step() -> float:
         start = time.perf_counter()
         batch = next(iterator)
         waited = time.perf_counter() - start
-        optimizer.zero_grad(set_to_none=True)
-        out = model.unroll(
-            batch["frames"].to(device),
-            batch["masks"].to(device),
-            batch["num_objects"].to(device),
-            step=0,
+        train_step(
+            batch["frames"].to(device), batch["masks"].to(device), batch["num_objects"].to(device)
         )
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _sync(device)
         return waited
 
     step()  # workers starting, first step

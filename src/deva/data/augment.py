@@ -55,11 +55,12 @@ def _run_clip(
     return list(out["images"]), list(out["masks"])
 
 
-def _run_each(compose: A.Compose, frames: Sequence[np.ndarray], rng: np.random.Generator) -> Frames:
-    """Apply an image-only ``compose`` with an independent parameter draw per frame."""
+def _run_images(compose: A.Compose, frames: Sequence[np.ndarray], seeds: Sequence[int]) -> Frames:
+    """Apply an image-only ``compose`` to each frame with its own seed (one seed repeated:
+    the same parameters for every frame)."""
     result = []
-    for frame in frames:
-        compose.set_random_seed(_seed(rng))
+    for frame, seed in zip(frames, seeds, strict=True):
+        compose.set_random_seed(seed)
         result.append(compose(image=frame)["image"])
     return result
 
@@ -181,9 +182,8 @@ class VideoAugment:
         size = (self.crop_size, self.crop_size)
         frames_out = [_warp(frame, matrix, size, cv2.INTER_LINEAR) for frame in frames]
         masks_out = [_warp(mask, matrix, size, cv2.INTER_NEAREST) for mask in masks]
-        seed = _seed(rng)
-        frames_out = _run_same(self._colour, frames_out, seed)
-        return _run_each(self._frame, frames_out, rng), masks_out
+        frames_out = _run_images(self._colour, frames_out, [_seed(rng)] * len(frames_out))
+        return _run_images(self._frame, frames_out, [_seed(rng) for _ in frames_out]), masks_out
 
 
 def _scale_matrix(sx: float, sy: float | None = None) -> np.ndarray:
@@ -233,15 +233,6 @@ def _warp(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int], flags: i
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=0,
     )
-
-
-def _run_same(compose: A.Compose, frames: Sequence[np.ndarray], seed: int) -> Frames:
-    """Apply an image-only ``compose`` with one parameter draw to every frame."""
-    result = []
-    for frame in frames:
-        compose.set_random_seed(seed)
-        result.append(compose(image=frame)["image"])
-    return result
 
 
 class StaticAugment:
