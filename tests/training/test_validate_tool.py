@@ -4,6 +4,7 @@ after it (tools/validate.py over a run's checkpoints, 1 and 2 processes)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,21 @@ def test_validate_one_checkpoint_with_an_added_set(run, vip, tmp_path: Path, cap
     (record,) = json.loads((tmp_path / "validation.json").read_text())
     assert record["step"] == 1 and set(record["results"]) >= {"val/extra/vpq", "val/extra/stq"}
     assert not any(k.startswith("val/vip/") for k in record["results"])
+
+
+def test_a_checkpoints_folder_outside_a_run_gets_no_tensorboard(run, vip, tmp_path) -> None:
+    """A checkpoint in some folder named checkpoints/ (a repository's, say) that is not a
+    training run's: nothing is written beside that folder."""
+    out, _ = run
+    repo = tmp_path / "repo"
+    (repo / "checkpoints").mkdir(parents=True)
+    ckpt = repo / "checkpoints" / "model.ckpt"
+    shutil.copy(out / "checkpoints" / "step_0000001.ckpt", ckpt)
+    extra = _vip_override(vip).replace("validation.sets.vip", "validation.sets.extra")
+    args = [f"ckpt={ckpt}", "threads=1", f"output={tmp_path / 'scores'}", "sets=[extra]", extra]
+    assert load_tool("validate").main(args) == 0
+    assert (tmp_path / "scores" / "validation.json").is_file()
+    assert sorted(p.name for p in repo.iterdir()) == ["checkpoints"]
 
 
 @pytest.mark.parametrize(

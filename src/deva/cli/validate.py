@@ -80,7 +80,10 @@ def _checkpoints(
         info = read_checkpoint_info(config.ckpt)
         checkpoints = [info]
         parent = info.path.parent
-        run_dir = parent.parent if parent.name == "checkpoints" else None
+        # A checkpoint of a training run (<run>/checkpoints/, beside the run's config.yaml)
+        # logs into the run's TensorBoard; any other folder named checkpoints/ is left alone.
+        in_run = parent.name == "checkpoints" and (parent.parent / "config.yaml").is_file()
+        run_dir = parent.parent if in_run else None
         folder = parent
     return checkpoints, run_dir, Path(config.output) if config.output else folder
 

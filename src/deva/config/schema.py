@@ -290,6 +290,24 @@ class FetchWeightsConfig:
 
 
 @dataclass
+class MakeRealConfig:
+    """``deva-make-real`` / ``tools/make_real.py`` (``make_real.yaml``)."""
+
+    output: str | None
+    cutouts: list[str]
+    backgrounds: list[str]
+    debs: dict[str, str]
+    val_fraction: float
+    seed: int
+    static_per_cutout: int
+    min_cutout_pixels: int
+    min_background_side: int
+    videos: dict[str, int]
+    video: dict[str, Any]
+    overwrite: bool
+
+
+@dataclass
 class ConvertOvisConfig:
     """``deva-convert-ovis`` / ``tools/convert_ovis.py`` (``convert_ovis.yaml``)."""
 
@@ -371,6 +389,8 @@ class SyntheticData(DataCommon):
     height: int
     width: int
     video: dict[str, Any]
+    real_root: str | None  # a deva-make-real folder: its train cut-outs and backgrounds
+    real_fraction: float  # share of the videos that show them
 
 
 @dataclass

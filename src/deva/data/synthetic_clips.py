@@ -12,12 +12,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from deva.data.augment import ResizeCrop, VideoAugment
 from deva.data.order import Draw, split_index
 from deva.data.sample import Sample, VideoRecord, sample_rng
 from deva.data.synthetic import SyntheticVideoConfig, frame_name, generate_video
+from deva.data.synthetic.appearance import Appearance
 from deva.data.video import ClipSampler
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,9 @@ class SyntheticClipDataset(Dataset):
         video_frames: frames generated per video (clips are drawn from them with gaps).
         height, width: generated frame size (the shorter side is resized to ``crop_size``).
         video: extra :class:`~deva.data.synthetic.SyntheticVideoConfig` fields.
+        appearance: looks of ``appearance_fraction`` of the videos (e.g. real cut-outs over
+            real photographs, :class:`deva.data.real_imagery.CutoutAppearance`); the others
+            keep the procedural textures and shapes.
     """
 
     def __init__(
@@ -55,10 +60,16 @@ class SyntheticClipDataset(Dataset):
         fixed_seed: int | None = None,
         max_tries: int = 20,
         video: Mapping[str, Any] | None = None,
+        appearance: Appearance | None = None,
+        appearance_fraction: float = 1.0,
     ) -> None:
 
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
+        if not 0 <= appearance_fraction <= 1:
+            raise ValueError(f"appearance_fraction must lie in [0, 1], got {appearance_fraction}")
+        self.appearance = appearance
+        self.appearance_fraction = float(appearance_fraction)
         fields = dict(video or {})
         fields.update(num_frames=int(video_frames), height=int(height), width=int(width))
         self.video_config = SyntheticVideoConfig(**fields)
@@ -84,16 +95,19 @@ class SyntheticClipDataset(Dataset):
         """Maximum frame gap of the curriculum (reaches running workers)."""
         self.sampler.set_max_skip(max_skip)
 
-    def _record(self, seed: int, index: int) -> VideoRecord:
-
-        video = generate_video(self.video_config, seed)
+    def _record(self, seed: int, index: int, rng: np.random.Generator) -> VideoRecord:
+        appearance = None
+        if self.appearance is not None and rng.random() < self.appearance_fraction:
+            appearance = self.appearance
+        video = generate_video(self.video_config, seed, appearance)
         count = video.num_frames
+        kind = "synthetic" if appearance is None else "real"
         return VideoRecord(
-            name=f"synthetic_{index:06d}",
+            name=f"{kind}_{index:06d}",
             frame_names=tuple(frame_name(t) for t in range(count)),
             images=tuple(video.frames[t] for t in range(count)),
             masks=tuple(video.masks[t] for t in range(count)),
-            meta={"dataset": "synthetic", "seed": seed},
+            meta={"dataset": kind, "seed": seed},
         )
 
     def __getitem__(self, index: int | Draw) -> Sample:
@@ -103,7 +117,7 @@ class SyntheticClipDataset(Dataset):
         else:
             rng = sample_rng(self.fixed_seed, f"synthetic_{index}")
         for _ in range(self.max_tries):
-            record = self._record(int(rng.integers(0, 2**62)), index)
+            record = self._record(int(rng.integers(0, 2**62)), index, rng)
             sample = self.sampler.sample(record, rng, max_skip=max_skip)
             if sample is not None:
                 return sample

@@ -41,6 +41,7 @@ from deva.config.schema import (
     parse_data,
 )
 from deva.data.datamodule import VOSDataModule
+from deva.data.real_imagery import CutoutAppearance
 from deva.data.synthetic_clips import SyntheticClipDataset
 from deva.data.video import SourceOptions
 from deva.inference.options import InferenceOptions
@@ -400,6 +401,11 @@ def datamodule(
         "seed": seed,
     }
     if isinstance(data, SyntheticData):
+        if stage.name == "real" and not data.real_root:
+            raise ConfigError(
+                "stage=real trains on real cut-outs: give data.real_root=DIR, a folder "
+                "made by tools/make_real.py output=DIR"
+            )
         dataset = SyntheticClipDataset(
             length=data.samples_per_epoch,
             num_frames=stage.num_frames,
@@ -413,6 +419,8 @@ def datamodule(
             min_object_pixels=data.min_object_pixels,
             fixed_seed=data.fixed_seed,
             video=dict(data.video),
+            appearance=CutoutAppearance.from_folder(data.real_root) if data.real_root else None,
+            appearance_fraction=data.real_fraction,
         )
         return VOSDataModule(stage="video", dataset=dataset, **common)
     if isinstance(data, StaticData):

@@ -14,8 +14,8 @@ from functools import partial
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
+from deva.data.synthetic.appearance import Appearance
 from deva.data.synthetic.config import SyntheticObject, SyntheticVideoConfig
-from deva.data.synthetic.textures import _shape_sprite, _texture
 
 
 def _interpolate(times: Sequence[float], values: np.ndarray, num_frames: int) -> np.ndarray:
@@ -84,9 +84,14 @@ def _assign_roles(config: SyntheticVideoConfig, rng: np.random.Generator) -> lis
 
 
 def _draw_object(
-    config: SyntheticVideoConfig, rng: np.random.Generator, index: int, role: str, depth: int
+    config: SyntheticVideoConfig,
+    rng: np.random.Generator,
+    appearance: Appearance,
+    index: int,
+    role: str,
+    depth: int,
 ) -> _ObjectPlan:
-    """Draw object ``index``'s shape, texture, category, rotation, scale and warp.
+    """Draw object ``index``'s sprite (from ``appearance``), category, rotation, scale, warp.
 
     Its path is left at zero: paths are drawn once every object exists (see
     :func:`_object_keyframes`).
@@ -96,13 +101,11 @@ def _draw_object(
     last = max(t_count - 1, 1)
     radius = rng.uniform(*config.object_radius) * short
     shape = str(rng.choice(list(config.shapes)))
-    alpha = _shape_sprite(rng, shape, radius)
-    size = alpha.shape[0]
-    texture = _texture(rng, size, size, scale=max(radius * 0.8, 4.0))
+    alpha, texture, kind = appearance.sprite(rng, shape, radius)
     obj = SyntheticObject(
         id=index + 1,
         category_id=int(rng.integers(1, config.num_thing_categories + 1)),
-        shape=shape,
+        shape=kind,
         role=role,
         depth=depth,
     )
@@ -181,13 +184,15 @@ def _object_keyframes(
     return times, keys
 
 
-def _plan_objects(config: SyntheticVideoConfig, rng: np.random.Generator) -> list[_ObjectPlan]:
+def _plan_objects(
+    config: SyntheticVideoConfig, rng: np.random.Generator, appearance: Appearance
+) -> list[_ObjectPlan]:
     """Draw every object's appearance and its whole trajectory."""
     t_count = config.num_frames
     roles = _assign_roles(config, rng)
     depths = rng.permutation(config.num_objects)
     plans = [
-        _draw_object(config, rng, index, role, int(depths[index]))
+        _draw_object(config, rng, appearance, index, role, int(depths[index]))
         for index, role in enumerate(roles)
     ]
     # Non-crossing objects first: crossing paths are defined relative to them.

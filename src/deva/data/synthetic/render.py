@@ -11,9 +11,10 @@ import math
 import cv2
 import numpy as np
 
+from deva.data.synthetic.appearance import Appearance
 from deva.data.synthetic.config import StuffRegion, SyntheticVideoConfig
 from deva.data.synthetic.motion import _camera_matrices, _ObjectPlan, _plan_objects
-from deva.data.synthetic.textures import _smooth_noise, _texture
+from deva.data.synthetic.textures import _smooth_noise
 
 
 def _stuff_layout(rng: np.random.Generator, height: int, width: int, regions: int) -> np.ndarray:
@@ -62,7 +63,7 @@ def _paint_object(plan: _ObjectPlan, t: int, image: np.ndarray, labels: np.ndarr
 
 
 def _render(
-    config: SyntheticVideoConfig, rng: np.random.Generator
+    config: SyntheticVideoConfig, rng: np.random.Generator, appearance: Appearance
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[_ObjectPlan], list[StuffRegion], np.ndarray]:
     """Draw and render the whole scene: frames, labels, stuff, plans, regions, unoccluded areas."""
     t_count, h, w = config.num_frames, config.height, config.width
@@ -77,19 +78,14 @@ def _render(
     ch, cw = h + 2 * margin, w + 2 * margin
     layout = _stuff_layout(rng, ch, cw, config.num_stuff_regions)
     num_regions = int(layout.max())
-    background = np.zeros((ch, cw, 3), dtype=np.float32)
-    for r in range(1, num_regions + 1):
-        inside = layout == r
-        background[inside] = _texture(rng, ch, cw, scale=rng.uniform(0.08, 0.25) * min(h, w))[
-            inside
-        ]
+    background = appearance.background(rng, layout, min(h, w))
     stuff_ids = config.stuff_category_ids
     replace = num_regions > len(stuff_ids)
     categories = rng.choice(stuff_ids, size=num_regions, replace=replace)
     regions = [StuffRegion(index=r + 1, category_id=int(categories[r])) for r in range(num_regions)]
 
     cameras = _camera_matrices(config, rng, margin)
-    plans = _plan_objects(config, rng)
+    plans = _plan_objects(config, rng, appearance)
     back_to_front = sorted(plans, key=lambda p: -p.obj.depth)
     gain = 1.0 + 0.06 * np.sin(
         2 * math.pi * np.arange(t_count) / max(t_count, 8) * rng.uniform(0.3, 1.0)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from deva.data.synthetic.appearance import Appearance, ProceduralAppearance
 from deva.data.synthetic.config import StuffRegion, SyntheticObject, SyntheticVideoConfig
 from deva.data.synthetic.detections import simulate_detections
 from deva.data.synthetic.render import _render
@@ -72,17 +73,20 @@ class SyntheticVideo:
 
 
 def generate_video(
-    config: SyntheticVideoConfig | None = None, seed: int | Sequence[int] = 0
+    config: SyntheticVideoConfig | None = None,
+    seed: int | Sequence[int] = 0,
+    appearance: Appearance | None = None,
 ) -> SyntheticVideo:
     """Generate one synthetic video, its ground truth and simulated detections, in memory.
 
-    The same ``config`` and ``seed`` always give identical arrays. Scene and detections use
+    The same ``config``, ``seed`` and ``appearance`` (default: procedural textures and
+    shapes) always give identical arrays. Scene and detections use
     independent random streams, so changing only the ``det_*`` settings keeps the frames.
     """
     config = config or SyntheticVideoConfig()
     scene_seq, det_seq = np.random.SeedSequence(seed).spawn(2)
     frames, masks, stuff, plans, regions, unoccluded = _render(
-        config, np.random.default_rng(scene_seq)
+        config, np.random.default_rng(scene_seq), appearance or ProceduralAppearance()
     )
     objects = [plan.obj for plan in plans]
     visible_area = (

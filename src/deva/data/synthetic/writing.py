@@ -27,8 +27,10 @@ def write_synthetic_video(
     *,
     config: SyntheticVideoConfig | None = None,
     jpeg_quality: int = 95,
+    prefix: str = "",
 ) -> None:
-    """Write one video into ``out`` in the DAVIS-style layout.
+    """Write one video into ``out`` (under ``prefix``, e.g. ``"videos/val/"``) in the
+    DAVIS-style layout.
 
     ``JPEGImages/<name>/00000.jpg``, ``Annotations/<name>/00000.png`` (palette, every frame),
     ``Detections/<name>/00000.png + .json`` (precomputed-detection format) and
@@ -37,15 +39,16 @@ def write_synthetic_video(
     params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
     for t in range(video.num_frames):
         stem = frame_name(t)
-        write_jpeg(out.path(f"JPEGImages/{name}/{stem}.jpg"), video.frames[t], params)
-        write_index_png(out.path(f"Annotations/{name}/{stem}.png"), video.masks[t])
+        write_jpeg(out.path(f"{prefix}JPEGImages/{name}/{stem}.jpg"), video.frames[t], params)
+        write_index_png(out.path(f"{prefix}Annotations/{name}/{stem}.png"), video.masks[t])
         if t < len(video.detections):
             for suffix in (".png", ".json"):
-                out.path(f"Detections/{name}/{stem}{suffix}")
-            write_frame_segmentation(out.root / "Detections" / name, stem, video.detections[t])
+                out.path(f"{prefix}Detections/{name}/{stem}{suffix}")
+            detections = out.root / prefix / "Detections" / name
+            write_frame_segmentation(detections, stem, video.detections[t])
     meta = video.meta(config)
     meta["name"] = name
-    out.write_json(f"Meta/{name}/meta.json", meta)
+    out.write_json(f"{prefix}Meta/{name}/meta.json", meta)
 
 
 def write_jpeg(path: Path, rgb: np.ndarray, params: list[int]) -> None:
