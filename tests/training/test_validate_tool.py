@@ -13,10 +13,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from deva.cli.train import VALIDATION_HISTORY, summary_lines, train
+from deva.cli.train import VALIDATION_HISTORY, headline_table, summary_lines, train
 from deva.config import compose
+from deva.config.builder.training import initial_model
+from deva.config.schema import TrainConfig, parse
 from deva.data.synthetic import SyntheticVideoConfig, generate_video, video_name, video_seed
 from deva.data.synthetic_benchmarks import write_vipseg_layout
+from deva.modeling import PropagationModel
 from tests.helpers import REPO, load_tool, threads
 
 SCRIPT = REPO / "tools" / "validate.py"
@@ -81,7 +84,11 @@ def test_training_logs_vpq_and_stq_of_the_decoupled_loop(run) -> None:
     assert sorted(history) == ["0", "1", "2"]
     assert history["2"]["val/vip/vpq"] == result["validation"]["val/vip/vpq"]
     lines = "\n".join(summary_lines(result))
-    assert "validation at step 0 -> step 2" in lines and "val/vip/vpq" in lines
+    assert "step 0 -> step 2" in lines
+    row = next(line.split() for line in lines.splitlines() if line.split()[:2] == ["vip", "VPQ"])
+    before, after = history["0"]["val/vip/vpq"], history["2"]["val/vip/vpq"]
+    assert row[2:] == [f"{before:.3f}", f"{after:.3f}", f"{after - before:+.3f}"]
+    assert "val/vip/vpq_k1" not in lines  # headline numbers only; every key is in the file
     assert str(out / VALIDATION_HISTORY) in lines and "TensorBoard logs" in lines
 
 
@@ -186,15 +193,52 @@ def test_two_processes_give_exactly_the_numbers_of_one(run, tmp_path: Path) -> N
     assert results[1][0]["results"]["val/vip/vpq"] is not None
 
 
-def test_the_default_run_validates_jf_and_vpq_before_and_after() -> None:
-    """The README's first command: a short run whose Predictor reports J&F and VPQ."""
+def test_the_default_run_fine_tunes_the_embedded_checkpoint_on_a_new_domain(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The README's first command: a short fine-tuning of the embedded checkpoint on generated
+    videos of a domain it was not trained on, validated on held-out videos of that domain."""
     cfg = compose("train", [])
     assert cfg.stage.name == "quick" and cfg.stage.iterations <= 500
     assert cfg.model.preset == "small" and cfg.trainer.accelerator == "cpu"
     assert cfg.validation.at_start and cfg.validation.at_end
     types = {spec.type for spec in cfg.validation.sets.values()}
     assert types == {"synthetic", "synthetic_panoptic"}
+    # a new domain: the training videos and both held-out sets share it, unlike the defaults
+    noise = cfg.data.video.noise_std
+    assert noise > 2 * SyntheticVideoConfig().noise_std
+    assert {spec.noise_std for spec in cfg.validation.sets.values()} == {noise}
+    # it starts from the embedded checkpoint, found from any working folder
+    monkeypatch.chdir(tmp_path)
+    model_config, state = initial_model(parse(TrainConfig, cfg))
+    embedded = PropagationModel.from_pretrained(REPO / "checkpoints" / "deva-small-synthetic.pth")
+    assert model_config == embedded.config and state is not None
+    for key, value in embedded.state_dict().items():
+        assert torch.equal(state[key], value), key
+    # training from scratch stays a named stage, on the default domain, from random weights
+    scratch = compose("train", ["stage=scratch"])
+    assert scratch.model.weights is None and scratch.stage.iterations == 200
+    assert "noise_std" not in scratch.data.video
     assert compose("train", ["stage=synthetic"]).stage.iterations == 3000  # the full recipe
+    assert compose("train", ["debug=fast"]).model.weights is None  # tests: a random tiny model
+
+
+def test_the_headline_table_shows_before_after_and_change() -> None:
+    history = {
+        "0": {"val/a/jf": 0.5, "val/a/j": 0.4, "val/p/vpq": 60.0, "val/p/stq": 0.5},
+        "150": {"val/a/jf": 0.625, "val/a/j": 0.6, "val/p/vpq": 58.5, "val/p/stq": 0.55},
+    }
+    lines = headline_table(history)
+    assert lines[0] == "held-out numbers, step 0 -> step 150:"
+    rows = [line.split() for line in lines[2:]]
+    assert rows == [
+        ["a", "J&F", "0.500", "0.625", "+0.125"],
+        ["p", "VPQ", "60.000", "58.500", "-1.500"],
+        ["p", "STQ", "0.500", "0.550", "+0.050"],
+    ]
+    single = headline_table({7: history["150"]})
+    assert single[0] == "held-out numbers at step 7:" and single[2].split() == ["a", "J&F", "0.625"]
+    assert headline_table({}) == [] and headline_table({"1": {"val/a/j": 0.3}}) == []
 
 
 def test_fp16_validation_on_the_cpu_fails_before_training(tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
 """Train the propagation model.
 
-    deva-train [stage=synthetic|static|video|finetune] [trainer=cpu|gpu|ddp]
+    deva-train [stage=quick|scratch|synthetic|static|video|finetune|...] [trainer=cpu|gpu|ddp]
         [trainer.devices=N] [trainer.num_nodes=K] [data.*=...] [model.weights=FILE]
         [ckpt_path=FILE] [output_dir=DIR] [debug=fast]
 
-Without arguments: the small model on synthetic videos generated on the fly, on the CPU, with
-TensorBoard logs and checkpoints under outputs/train/. See deva/configs/train.yaml for examples
+Without arguments (``stage=quick``): the embedded checkpoint fine-tuned for a few minutes on the
+CPU on generated videos of a new domain, with held-out numbers before and after, TensorBoard
+logs and checkpoints under outputs/train/. See deva/configs/train.yaml for examples
 and :mod:`deva.config.builder.training` for what is built. ``python tools/train.py`` takes the
 same arguments.
 
@@ -133,10 +134,58 @@ def _scalar(value: Any) -> Any:
     return value
 
 
+#: The headline number of each kind of validation set, in the end-of-run table (every key is
+#: in ``validation_history.json`` and TensorBoard).
+HEADLINE_KEYS = {"jf": "J&F", "vpq": "VPQ", "stq": "STQ", "owta": "OWTA"}
+
+
+def headline_table(history: Mapping[Any, Mapping[str, float]]) -> list[str]:
+    """The headline numbers (J&F, VPQ, STQ, OWTA) of each validation set at the first and the
+    last validated step of ``history`` (step -> ``{"val/<set>/<key>": value}``), as the
+    lines of a small before -> after table; one column when only one step was validated."""
+    steps = sorted(history, key=int)
+    if not steps:
+        return []
+    first, last = history[steps[0]], history[steps[-1]]
+    order = list(HEADLINE_KEYS)
+    rows = []
+    for key in sorted(last, key=lambda k: (k.split("/")[1:2], _rank(order, k))):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "val" and parts[2] in HEADLINE_KEYS:
+            rows.append((parts[1], HEADLINE_KEYS[parts[2]], first.get(key), last[key]))
+    if not rows:
+        return []
+    width = max(len("set"), *(len(name) for name, *_ in rows))
+    if len(steps) == 1:
+        lines = [f"held-out numbers at step {steps[0]}:", f"  {'set':<{width}}  metric  value"]
+        lines += [f"  {name:<{width}}  {metric:<6}  {_number(v)}" for name, metric, _, v in rows]
+        return lines
+    lines = [
+        f"held-out numbers, step {steps[0]} -> step {steps[-1]}:",
+        f"  {'set':<{width}}  metric  {'before':>7}  {'after':>7}  {'change':>7}",
+    ]
+    for name, metric, before, after in rows:
+        change = "" if before is None else f"{after - before:+.3f}"
+        lines.append(
+            f"  {name:<{width}}  {metric:<6}  {_number(before):>7}  {_number(after):>7}  "
+            f"{change:>7}"
+        )
+    return lines
+
+
+def _rank(order: list[str], key: str) -> int:
+    name = key.rsplit("/", 1)[-1]
+    return order.index(name) if name in order else len(order)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def summary_lines(result: Mapping[str, Any]) -> list[str]:
     """Human-readable lines of a :func:`train` result (for the command line): where the
-    checkpoint, the weights, the logs and the numbers are, and the validation numbers at the
-    first and the last validated step."""
+    checkpoint, the weights, the logs and the numbers are, and the headline validation
+    numbers before and after (:func:`headline_table`)."""
     lines = [f"global step: {result['global_step']}", f"output: {result['output_dir']}"]
     if result.get("last_checkpoint"):
         lines.append(f"last checkpoint: {result['last_checkpoint']}")
@@ -145,19 +194,11 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
     if result.get("tensorboard"):
         lines.append(f"TensorBoard logs: {result['tensorboard']} (tensorboard --logdir ...)")
     if result.get("validation_file"):
-        lines.append(f"validation numbers: {result['validation_file']}")
+        lines.append(f"validation numbers (every key): {result['validation_file']}")
     history = result.get("validation_history") or {}
-    steps = sorted(history)
-    if len(steps) >= 2:
-        first, last = history[steps[0]], history[steps[-1]]
-        lines.append(f"validation at step {steps[0]} -> step {steps[-1]}:")
-        for key in sorted(last):
-            before = first.get(key, float("nan"))
-            lines.append(f"  {key}: {before:.4f} -> {last[key]:.4f}")
-    else:
-        for key, value in sorted(result.get("validation", {}).items()):
-            lines.append(f"{key}: {value:.4f}")
-    return lines
+    if not history and result.get("validation"):
+        history = {result["global_step"]: result["validation"]}
+    return lines + headline_table(history)
 
 
 def _lightning_to_stdout() -> None:

@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
 
 from deva.config import ConfigError
-from deva.config.builder import autocast_dtype
+from deva.config.builder import autocast_dtype, weights_path
 from deva.config.builder.tasks import validation_tasks
 from deva.config.schema import (
     DataCommon,
@@ -219,7 +219,7 @@ def initial_model(config: TrainConfig) -> tuple[PropagationConfig, dict[str, tor
     except ValueError as error:
         raise ConfigError(f"model.preset: {error}") from None
     if weights:
-        model = PropagationModel.from_pretrained(weights)
+        model = PropagationModel.from_pretrained(weights_path(weights))
         if model.config != preset:
             log.info(
                 "architecture taken from %s: a %s model (the config asks for %s)",
