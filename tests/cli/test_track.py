@@ -61,6 +61,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
         "gdino": tiny.save_tiny_grounding_dino(root / "gdino"),
         "mask2former": tiny.save_tiny_mask2former(root / "m2f"),
         "oneformer": tiny.save_tiny_oneformer(root / "oneformer"),
+        "sam3": tiny.save_tiny_sam3(root / "sam3"),
     }
 
 
@@ -135,6 +136,11 @@ SEGMENTER_ARGS = {
         "segmenter.box_threshold=0",
         "segmenter.text_threshold=0",
     ],
+    "sam3": lambda m: [
+        f"segmenter.model={m['sam3']}",
+        "prompt=person. dog.",
+        "segmenter.score_threshold=0",
+    ],
     "mask2former": lambda m: [
         f"segmenter.model={m['mask2former']}",
         "segmenter.threshold=0",
@@ -161,7 +167,7 @@ def test_model_segmenters_end_to_end(track, clip, tiny, tmp_path, capsys, name: 
     summary = check_outputs(out, [f"{t:05d}" for t in range(T)], FPS, (H, W))
     assert summary["timings"]["segmenter_calls"] == 3  # frames 0, 2, 4
     assert summary["objects"], "the random tiny models should still produce segments"
-    if name == "grounded_sam":
+    if name in ("grounded_sam", "sam3"):
         assert {o["label"] for o in summary["objects"]} <= {"person", "dog"}
         assert all(
             o["category_id"] == ["person", "dog"].index(o["label"]) for o in summary["objects"]
@@ -190,7 +196,7 @@ def test_unknown_segmenter_lists_available(track, clip, tmp_path, capsys) -> Non
     assert code == 2
     line = error_line(err)
     assert "'yolo'" in line
-    for name in ("sam", "grounded_sam", "mask2former", "oneformer", "precomputed"):
+    for name in ("sam", "grounded_sam", "sam3", "mask2former", "oneformer", "precomputed"):
         assert name in line
 
 
@@ -206,6 +212,14 @@ def test_prompt_required_and_offline_error(track, clip, tmp_path, capsys) -> Non
     assert code == 2
     line = error_line(err)
     assert "facebook/sam-vit-base" in line and "config.json" in line
+
+
+def test_sam3_prompt_errors_are_one_line(track, clip, tiny, tmp_path, capsys) -> None:
+    base = [f"input={clip['mp4']}", "segmenter=sam3", f"segmenter.model={tiny['sam3']}"]
+    code, _, err = run(track, capsys, *base, f"output={tmp_path / 'a'}")
+    assert code == 2 and "needs a text prompt" in error_line(err)
+    code, _, err = run(track, capsys, *base, f"output={tmp_path / 'b'}", "prompt=...")
+    assert code == 2 and "names no objects" in error_line(err)
 
 
 def test_overwrite_and_resume(track, clip, tmp_path, capsys) -> None:

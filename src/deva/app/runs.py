@@ -38,6 +38,7 @@ from deva.pipelines.video_tracking import (
 )
 from deva.segmenters.grounded_sam import GroundedSamSegmenter
 from deva.segmenters.registry import PROMPTED, build_segmenter
+from deva.segmenters.sam3 import Sam3Segmenter
 from deva.types import ImageSegmenter
 
 logger = logging.getLogger(__name__)
@@ -46,9 +47,23 @@ ProgressFn = Callable[[float | None, str], None]
 
 
 def _reprompted(segmenter: Any, prompt: str) -> ImageSegmenter:
-    """A Grounding-DINO + SAM segmenter for another prompt sharing the loaded networks."""
+    """A text-prompted segmenter (Grounding-DINO + SAM, or SAM 3) for another prompt sharing
+    the loaded networks."""
 
     transform = segmenter.transform
+    if isinstance(segmenter, Sam3Segmenter):
+        return Sam3Segmenter(
+            segmenter.model,
+            segmenter.tokenizer,
+            prompt,
+            score_threshold=segmenter.score_threshold,
+            mask_threshold=segmenter.mask_threshold,
+            image_size=transform.size,
+            mean=transform.mean,
+            std=transform.std,
+            device=segmenter.device,
+            dtype=segmenter.dtype,
+        )
     return GroundedSamSegmenter(
         segmenter.detector,
         segmenter.tokenizer,

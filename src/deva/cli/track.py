@@ -1,7 +1,7 @@
 r"""Track every object of your own video with an image segmenter + the propagation model.
 
     deva-track input=VIDEO_OR_FRAME_DIR output=DIR \
-        segmenter=sam|grounded_sam|mask2former|oneformer|precomputed [prompt="a. b."] \
+        segmenter=sam|grounded_sam|sam3|mask2former|oneformer|precomputed [prompt="a. b."] \
         [mode=online|semionline|offline] [size=480] [model.weights=FILE] \
         [segmenter.model=HUB_ID_OR_DIR] [amp=bf16] [resume=true] [overwrite=true]
 

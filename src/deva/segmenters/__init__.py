@@ -1,6 +1,6 @@
 """deva.segmenters: the ImageSegmenter protocol and its adapters.
 
-Model-backed adapters (SAM, Grounding-DINO + SAM, Mask2Former, OneFormer) need the optional
+Model-backed adapters (SAM, Grounding-DINO + SAM, SAM 3, Mask2Former, OneFormer) need the optional
 ``transformers`` dependency (``pip install 'deva[models]'``); it is imported only when one is
 built, so importing this package never loads it nor downloads anything.
 """
@@ -11,6 +11,7 @@ from deva.segmenters.panoptic import Mask2FormerSegmenter, OneFormerSegmenter
 from deva.segmenters.precomputed import BurstSegmenter, PrecomputedSegmenter, VipsegSegmenter
 from deva.segmenters.registry import SEGMENTERS, check_segmenter_name
 from deva.segmenters.sam import SamAutomaticSegmenter, SamPromptDecoder
+from deva.segmenters.sam3 import Sam3Segmenter
 from deva.types import ImageSegmenter
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "ModelNotAvailableError",
     "OneFormerSegmenter",
     "PrecomputedSegmenter",
+    "Sam3Segmenter",
     "SamAutomaticSegmenter",
     "SamPromptDecoder",
     "VipsegSegmenter",

@@ -169,6 +169,8 @@ class ImageTransform:
     """Resize + normalise + pad an RGB frame into a model input.
 
     Attributes:
+        size: resize to exactly this (height, width), ignoring the aspect ratio (SAM 3); None
+            to use ``longest_edge`` / ``shortest_edge``.
         longest_edge: resize so the longer side is this (SAM); None to use ``shortest_edge``.
         shortest_edge: resize so the shorter side is this, capped by ``max_edge``.
         max_edge: cap on the longer side with ``shortest_edge``.
@@ -177,6 +179,7 @@ class ImageTransform:
         mean, std: per-channel normalisation of [0, 1] pixels.
     """
 
+    size: tuple[int, int] | None = None
     longest_edge: int | None = None
     shortest_edge: int | None = None
     max_edge: int | None = None
@@ -187,6 +190,8 @@ class ImageTransform:
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """The size (H', W') the frame is resized to (before padding)."""
+        if self.size is not None:
+            return int(self.size[0]), int(self.size[1])
         if self.longest_edge is not None:
             scale = self.longest_edge / max(height, width)
         elif self.shortest_edge is not None:

@@ -22,10 +22,11 @@ from deva.segmenters.panoptic import (
 )
 from deva.segmenters.precomputed import PrecomputedSegmenter
 from deva.segmenters.sam import SamAutomaticSegmenter
+from deva.segmenters.sam3 import DEFAULT_SAM3, Sam3Segmenter
 from deva.types import ImageSegmenter
 
-SEGMENTERS = ("sam", "grounded_sam", "mask2former", "oneformer", "precomputed")
-PROMPTED = ("grounded_sam",)
+SEGMENTERS = ("sam", "grounded_sam", "sam3", "mask2former", "oneformer", "precomputed")
+PROMPTED = ("grounded_sam", "sam3")
 
 
 class UnknownSegmenterError(ValueError):
@@ -92,6 +93,11 @@ _LOADERS: dict[str, tuple[Callable[..., ImageSegmenter], tuple[tuple[str, str], 
         GroundedSamSegmenter.from_pretrained,
         (("model", "IDEA-Research/grounding-dino-tiny"), ("sam_model", "facebook/sam-vit-base")),
         (GroundedSamSegmenter.from_pretrained, GroundedSamSegmenter),
+    ),
+    "sam3": (
+        Sam3Segmenter.from_pretrained,
+        (("model", DEFAULT_SAM3),),
+        (Sam3Segmenter.from_pretrained, Sam3Segmenter),
     ),
     "mask2former": (
         Mask2FormerSegmenter.from_pretrained,

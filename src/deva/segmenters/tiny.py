@@ -2,8 +2,9 @@
 
 Each ``save_tiny_*`` function writes a folder that the matching ``from_pretrained`` loads
 without any download: ``config.json`` + weights (+ ``preprocessor_config.json`` with a small
-input size, + a word-level BERT tokenizer where the model reads text). Their outputs are
-random; they exist to exercise the real loading and inference code quickly on a CPU.
+input size, + a word-level BERT or a byte-pair CLIP tokenizer where the model reads text).
+Their outputs are random; they exist to exercise the real loading and inference code quickly
+on a CPU.
 """
 
 from __future__ import annotations
@@ -211,4 +212,96 @@ def save_tiny_oneformer(folder: str | Path, *, seed: int = 0) -> Path:
     transformers.OneFormerForUniversalSegmentation(config).save_pretrained(str(folder))
     _save_tokenizer(folder)
     _panoptic_preprocessor(folder)
+    return folder
+
+
+def _save_clip_tokenizer(folder: Path) -> int:
+    """A byte-pair CLIP tokenizer over the letters and ``TINY_WORDS``; returns its vocab size.
+
+    Every word is built from its letters by left-to-right merges (the last letter carries
+    CLIP's end-of-word marker ``</w>``); other text falls back to single letters or unknown.
+    """
+    transformers = require_transformers()
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["<|startoftext|>", "<|endoftext|>", *letters, *(f"{c}</w>" for c in letters)]
+    merges: list[str] = []
+    for word in TINY_WORDS:
+        pieces = [*word[:-1], f"{word[-1]}</w>"]
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            rule = f"{merged} {piece}"
+            merged += piece
+            if rule not in merges:
+                merges.append(rule)
+            if merged not in vocab:
+                vocab.append(merged)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "vocab.json", {token: i for i, token in enumerate(vocab)})
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = transformers.CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token="<|endoftext|>"
+    )
+    tokenizer.save_pretrained(str(folder))
+    return len(vocab)
+
+
+def save_tiny_sam3(folder: str | Path, *, seed: int = 0) -> Path:
+    """A SAM 3 with a 112-pixel input (14-pixel patches, two ViT layers of width 32), a
+    one-layer CLIP text encoder, one-layer DETR encoder / decoder with 8 queries and a BPE
+    tokenizer."""
+    transformers = require_transformers()
+    from transformers.models.sam3 import configuration_sam3 as c
+
+    folder = Path(folder)
+    vocab_size = _save_clip_tokenizer(folder)
+    vit = c.Sam3ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=112,
+        patch_size=14,
+        window_size=4,
+        global_attn_indexes=[1],
+        pretrain_image_size=56,
+    )
+    vision = c.Sam3VisionConfig(
+        backbone_config=vit.to_dict(),
+        fpn_hidden_size=32,
+        backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
+    )
+    text = transformers.CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        projection_dim=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    small = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+    config = transformers.Sam3Config(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        geometry_encoder_config=c.Sam3GeometryEncoderConfig(num_layers=1, **small).to_dict(),
+        detr_encoder_config=c.Sam3DETREncoderConfig(num_layers=1, **small).to_dict(),
+        detr_decoder_config=c.Sam3DETRDecoderConfig(num_layers=1, num_queries=8, **small).to_dict(),
+        mask_decoder_config=c.Sam3MaskDecoderConfig(
+            hidden_size=32, num_attention_heads=2
+        ).to_dict(),
+    )
+    torch.manual_seed(seed)
+    transformers.Sam3Model(config).save_pretrained(str(folder))
+    _write_json(
+        folder / "preprocessor_config.json",
+        {
+            "image_processor_type": "Sam3ImageProcessor",
+            "size": {"height": 112, "width": 112},
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.5, 0.5, 0.5],
+        },
+    )
     return folder
