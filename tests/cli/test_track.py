@@ -62,6 +62,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
         "mask2former": tiny.save_tiny_mask2former(root / "m2f"),
         "oneformer": tiny.save_tiny_oneformer(root / "oneformer"),
         "sam3": tiny.save_tiny_sam3(root / "sam3"),
+        "owlv2": tiny.save_tiny_owlv2(root / "owlv2"),
     }
 
 
@@ -136,6 +137,12 @@ SEGMENTER_ARGS = {
         "segmenter.box_threshold=0",
         "segmenter.text_threshold=0",
     ],
+    "owlv2_sam": lambda m: [
+        f"segmenter.model={m['owlv2']}",
+        f"segmenter.sam_model={m['sam']}",
+        "prompt=person. dog.",
+        "segmenter.box_threshold=0",
+    ],
     "sam3": lambda m: [
         f"segmenter.model={m['sam3']}",
         "prompt=person. dog.",
@@ -167,7 +174,7 @@ def test_model_segmenters_end_to_end(track, clip, tiny, tmp_path, capsys, name: 
     summary = check_outputs(out, [f"{t:05d}" for t in range(T)], FPS, (H, W))
     assert summary["timings"]["segmenter_calls"] == 3  # frames 0, 2, 4
     assert summary["objects"], "the random tiny models should still produce segments"
-    if name in ("grounded_sam", "sam3"):
+    if name in ("grounded_sam", "owlv2_sam", "sam3"):
         assert {o["label"] for o in summary["objects"]} <= {"person", "dog"}
         assert all(
             o["category_id"] == ["person", "dog"].index(o["label"]) for o in summary["objects"]
@@ -196,7 +203,8 @@ def test_unknown_segmenter_lists_available(track, clip, tmp_path, capsys) -> Non
     assert code == 2
     line = error_line(err)
     assert "'yolo'" in line
-    for name in ("sam", "grounded_sam", "sam3", "mask2former", "oneformer", "precomputed"):
+    names = ("sam", "grounded_sam", "owlv2_sam", "sam3", "mask2former", "oneformer", "precomputed")
+    for name in names:
         assert name in line
 
 

@@ -36,9 +36,8 @@ from deva.pipelines.video_tracking import (
     SUMMARY_FILE,
     track_video,
 )
-from deva.segmenters.grounded_sam import GroundedSamSegmenter
+from deva.segmenters.grounded_sam import TextPrompted
 from deva.segmenters.registry import PROMPTED, build_segmenter
-from deva.segmenters.sam3 import Sam3Segmenter
 from deva.types import ImageSegmenter
 
 logger = logging.getLogger(__name__)
@@ -46,38 +45,9 @@ logger = logging.getLogger(__name__)
 ProgressFn = Callable[[float | None, str], None]
 
 
-def _reprompted(segmenter: Any, prompt: str) -> ImageSegmenter:
-    """A text-prompted segmenter (Grounding-DINO + SAM, or SAM 3) for another prompt sharing
-    the loaded networks."""
-
-    transform = segmenter.transform
-    if isinstance(segmenter, Sam3Segmenter):
-        return Sam3Segmenter(
-            segmenter.model,
-            segmenter.tokenizer,
-            prompt,
-            score_threshold=segmenter.score_threshold,
-            mask_threshold=segmenter.mask_threshold,
-            image_size=transform.size,
-            mean=transform.mean,
-            std=transform.std,
-            device=segmenter.device,
-            dtype=segmenter.dtype,
-        )
-    return GroundedSamSegmenter(
-        segmenter.detector,
-        segmenter.tokenizer,
-        segmenter.sam,
-        prompt,
-        box_threshold=segmenter.box_threshold,
-        text_threshold=segmenter.text_threshold,
-        nms_threshold=segmenter.nms_threshold,
-        detector_size=(transform.shortest_edge, transform.max_edge),
-        mean=transform.mean,
-        std=transform.std,
-        device=segmenter.device,
-        dtype=segmenter.dtype,
-    )
+def _reprompted(segmenter: TextPrompted, prompt: str) -> ImageSegmenter:
+    """A text-prompted segmenter for another prompt, sharing the loaded networks."""
+    return segmenter.with_prompt(prompt)
 
 
 def _model_name(options: Mapping[str, Any]) -> str:

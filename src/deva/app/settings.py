@@ -23,6 +23,7 @@ from deva.segmenters.registry import PROMPTED, check_segmenter_name
 SEGMENTER_LABELS: dict[str, str] = {
     "sam": "Automatic: SAM (segment everything)",
     "grounded_sam": "Text prompt: Grounding-DINO + SAM",
+    "owlv2_sam": "Text prompt: OWLv2 + SAM",
     "sam3": "Text prompt: SAM 3",
     "mask2former": "Panoptic: Mask2Former",
     "oneformer": "Panoptic: OneFormer",

@@ -1,8 +1,8 @@
 r"""Track every object of your own video with an image segmenter + the propagation model.
 
     deva-track input=VIDEO_OR_FRAME_DIR output=DIR \
-        segmenter=sam|grounded_sam|sam3|mask2former|oneformer|precomputed [prompt="a. b."] \
-        [mode=online|semionline|offline] [size=480] [model.weights=FILE] \
+        segmenter=sam|grounded_sam|owlv2_sam|sam3|mask2former|oneformer|precomputed \
+        [prompt="a. b."] [mode=online|semionline|offline] [size=480] [model.weights=FILE] \
         [segmenter.model=HUB_ID_OR_DIR] [amp=bf16] [resume=true] [overwrite=true]
 
 Writes ``DIR/masks/<frame>.png`` (palette ids, RGB-encoded beyond 255) + ``<frame>.json``

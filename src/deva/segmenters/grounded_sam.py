@@ -11,8 +11,10 @@ painted without overlap (smaller on top) with the box score as the segment score
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch
 from deva.segmenters.hf import (
     ImageTransform,
     box_nms,
+    center_boxes_to_pixels,
     load_with_tokenizer,
     normalisation,
     paint_segments,
@@ -58,7 +61,43 @@ def parse_prompt(prompt: str | None) -> list[str]:
     return phrases
 
 
-class GroundedSamSegmenter:
+class TextPrompted(ABC):
+    """What the text-prompted segmenters share: the prompt's phrases as categories (id = the
+    phrase's position, label = the phrase) and a copy for another prompt that shares every
+    loaded network (:meth:`with_prompt`). A subclass encodes the phrases in
+    :meth:`_set_prompt`."""
+
+    phrases: list[str]
+
+    @property
+    def category_names(self) -> dict[int, str]:
+        """Category id → phrase."""
+        return dict(enumerate(self.phrases))
+
+    @abstractmethod
+    def _set_prompt(self, prompt: str) -> None:
+        """Parse ``prompt`` into :attr:`phrases` and encode them for the text encoder."""
+
+    def with_prompt(self, prompt: str) -> Any:
+        """This segmenter for another prompt: the same networks and options, new phrases."""
+        other = copy.copy(self)
+        other._set_prompt(prompt)
+        return other
+
+
+def phrase_queries(tokenizer: Any, phrases: list[str], length: int) -> dict[str, torch.Tensor]:
+    """One text query per phrase (SAM 3, OWLv2): token ids and attention mask (P, ``length``),
+    padded to the text encoder's length; a longer phrase is cut, with a warning."""
+    tokens = tokenizer(
+        phrases, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+    )
+    for phrase in phrases:
+        if len(tokenizer(phrase)["input_ids"]) > length:
+            logger.warning("phrase %r is cut to the text encoder's %d tokens", phrase, length)
+    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+class GroundedSamSegmenter(TextPrompted):
     """Grounding-DINO + SAM text-prompted segmenter.
 
     Args:
@@ -99,13 +138,11 @@ class GroundedSamSegmenter:
         self.transform = ImageTransform(
             shortest_edge=int(detector_size[0]), max_edge=int(detector_size[1]), **extra
         )
+        self._set_prompt(prompt)
+
+    def _set_prompt(self, prompt: str) -> None:
         self.phrases = parse_prompt(prompt)
         self._tokens, self._spans = self._encode_prompt(self.phrases)
-
-    @property
-    def category_names(self) -> dict[int, str]:
-        """Category id → phrase."""
-        return dict(enumerate(self.phrases))
 
     def _encode_prompt(self, phrases: list[str]) -> tuple[dict[str, torch.Tensor], list[range]]:
         """Token ids ``[CLS] p1 . p2 . ... [SEP]`` and the token span of each phrase."""
@@ -190,41 +227,66 @@ class GroundedSamSegmenter:
         per_phrase = torch.stack([probs[:, list(span)].amax(dim=1) for span in self._spans], 1)
         scores, phrase = per_phrase.max(dim=1)
         keep = (scores > self.box_threshold) & (scores > self.text_threshold)
-        cx, cy, w, h = out.pred_boxes[0].float().cpu()[keep].unbind(dim=1)
-        boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
-        boxes = boxes * torch.tensor([width, height, width, height], dtype=torch.float32)
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        scores, phrase = scores[keep], phrase[keep]
-        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, scores, phrase = boxes[valid], scores[valid], phrase[valid]
-        kept = []
-        for p in phrase.unique().tolist():
-            index = torch.nonzero(phrase == p).flatten()
-            kept.append(index[box_nms(boxes[index], scores[index], self.nms_threshold)])
-        if not kept:
-            return boxes[:0], scores[:0], phrase[:0]
-        order = torch.cat(kept)
-        return boxes[order], scores[order], phrase[order]
+        boxes = center_boxes_to_pixels(
+            out.pred_boxes[0].float().cpu()[keep], (width, height), (height, width)
+        )
+        return phrase_nms(boxes, scores[keep], phrase[keep], self.nms_threshold)
 
     def __call__(self, image: np.ndarray, *, frame_name: str | None = None) -> Segmentation:
         """Segment the prompt's phrases in an RGB uint8 (H, W, 3) frame."""
-        height, width = check_image(image)
+        check_image(image)
         boxes, scores, phrase = self.detect(image)
-        if boxes.shape[0] == 0:
-            return empty_segmentation(height, width)
-        emb = self.sam.embed(image)
-        logits, _ = self.sam.decode_boxes(emb, boxes)
-        masks = (logits > 0).cpu()
-        segments = [
-            Segment(
-                id=k + 1,
-                category_id=int(p),
-                score=float(s),
-                isthing=True,
-                label=self.phrases[int(p)],
-            )
-            for k, (s, p) in enumerate(zip(scores.tolist(), phrase.tolist()))
-        ]
-        seg = paint_segments(masks, segments)
-        return to_frame_size(seg, height, width)
+        return segment_boxes(self.sam, image, boxes, scores, phrase, self.phrases)
+
+
+def phrase_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, phrase: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Drop empty boxes, then de-duplicate the boxes of each phrase by NMS at ``threshold``.
+
+    Boxes of different phrases never suppress each other (a "person" box may hold a "dog"
+    box); the result is grouped by phrase, by descending score within a phrase.
+    """
+    valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, scores, phrase = boxes[valid], scores[valid], phrase[valid]
+    kept = []
+    for p in phrase.unique().tolist():
+        index = torch.nonzero(phrase == p).flatten()
+        kept.append(index[box_nms(boxes[index], scores[index], threshold)])
+    if not kept:
+        return boxes[:0], scores[:0], phrase[:0]
+    order = torch.cat(kept)
+    return boxes[order], scores[order], phrase[order]
+
+
+def segment_boxes(
+    sam: SamPromptDecoder,
+    image: np.ndarray,
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    phrase: torch.Tensor,
+    phrases: list[str],
+) -> Segmentation:
+    """SAM's mask inside each ``xyxy`` frame-pixel box, painted without overlap (smaller on
+    top) at the frame size; a segment's category is its phrase index and its score the box's.
+
+    The box → mask half of the box-prompted segmenters (Grounding-DINO + SAM, OWLv2 + SAM).
+    """
+    height, width = image.shape[:2]
+    if boxes.shape[0] == 0:
+        return empty_segmentation(height, width)
+    emb = sam.embed(image)
+    logits, _ = sam.decode_boxes(emb, boxes)
+    masks = (logits > 0).cpu()
+    segments = [
+        Segment(
+            id=k + 1,
+            category_id=int(p),
+            score=float(s),
+            isthing=True,
+            label=phrases[int(p)],
+        )
+        for k, (s, p) in enumerate(zip(scores.tolist(), phrase.tolist()))
+    ]
+    seg = paint_segments(masks, segments)
+    return to_frame_size(seg, height, width)

@@ -177,6 +177,8 @@ class ImageTransform:
         pad_square: pad to ``longest_edge`` × ``longest_edge`` (bottom / right).
         divisor: pad height and width to a multiple of this (bottom / right).
         mean, std: per-channel normalisation of [0, 1] pixels.
+        pad_value: colour of the padding as a [0, 1] pixel value (OWLv2: 0.5 grey); None pads
+            the normalised input with 0, i.e. the mean colour.
     """
 
     size: tuple[int, int] | None = None
@@ -187,6 +189,7 @@ class ImageTransform:
     divisor: int = 1
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    pad_value: float | None = None
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """The size (H', W') the frame is resized to (before padding)."""
@@ -220,7 +223,13 @@ class ImageTransform:
         if self.divisor > 1:
             pad_h = -(-pad_h // self.divisor) * self.divisor
             pad_w = -(-pad_w // self.divisor) * self.divisor
-        tensor = F.pad(tensor, (0, pad_w - new_w, 0, pad_h - new_h))
+        if self.pad_value is None:
+            tensor = F.pad(tensor, (0, pad_w - new_w, 0, pad_h - new_h))
+        elif (pad_h, pad_w) != (new_h, new_w):
+            fill = (torch.full((3, 1, 1), float(self.pad_value)) - mean) / std
+            padded = fill.expand(3, pad_h, pad_w).clone()
+            padded[:, :new_h, :new_w] = tensor
+            tensor = padded
         return tensor.unsqueeze(0), (new_h, new_w)
 
 
@@ -273,6 +282,25 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     empty = ~rows.any(dim=1)
     boxes[empty] = 0
     return boxes
+
+
+def center_boxes_to_pixels(
+    boxes: torch.Tensor, extent: tuple[float, float], frame_size: tuple[int, int]
+) -> torch.Tensor:
+    """(N, 4) normalised ``(cx, cy, w, h)`` → (N, 4) ``xyxy`` frame pixels, clamped to the frame.
+
+    Detectors predict boxes relative to their input: ``extent`` (width, height) is the size, in
+    frame pixels, of the area the unit square covers (the frame for Grounding-DINO, the padded
+    square for OWLv2) and ``frame_size`` (height, width) the frame clamped to.
+    """
+    cx, cy, w, h = boxes.float().unbind(dim=1)
+    corners = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
+    scale = torch.tensor([extent[0], extent[1], extent[0], extent[1]], dtype=torch.float32)
+    corners = corners * scale.to(corners.device)
+    height, width = frame_size
+    corners[:, 0::2] = corners[:, 0::2].clamp(0, width)
+    corners[:, 1::2] = corners[:, 1::2].clamp(0, height)
+    return corners
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

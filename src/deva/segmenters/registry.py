@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from deva.segmenters.grounded_sam import GroundedSamSegmenter
+from deva.segmenters.owlv2_sam import DEFAULT_OWLV2, Owlv2SamSegmenter
 from deva.segmenters.panoptic import (
     DEFAULT_MASK2FORMER,
     DEFAULT_ONEFORMER,
@@ -21,12 +22,20 @@ from deva.segmenters.panoptic import (
     OneFormerSegmenter,
 )
 from deva.segmenters.precomputed import PrecomputedSegmenter
-from deva.segmenters.sam import SamAutomaticSegmenter
+from deva.segmenters.sam import DEFAULT_SAM, SamAutomaticSegmenter
 from deva.segmenters.sam3 import DEFAULT_SAM3, Sam3Segmenter
 from deva.types import ImageSegmenter
 
-SEGMENTERS = ("sam", "grounded_sam", "sam3", "mask2former", "oneformer", "precomputed")
-PROMPTED = ("grounded_sam", "sam3")
+SEGMENTERS = (
+    "sam",
+    "grounded_sam",
+    "owlv2_sam",
+    "sam3",
+    "mask2former",
+    "oneformer",
+    "precomputed",
+)
+PROMPTED = ("grounded_sam", "owlv2_sam", "sam3")
 
 
 class UnknownSegmenterError(ValueError):
@@ -93,6 +102,11 @@ _LOADERS: dict[str, tuple[Callable[..., ImageSegmenter], tuple[tuple[str, str], 
         GroundedSamSegmenter.from_pretrained,
         (("model", "IDEA-Research/grounding-dino-tiny"), ("sam_model", "facebook/sam-vit-base")),
         (GroundedSamSegmenter.from_pretrained, GroundedSamSegmenter),
+    ),
+    "owlv2_sam": (
+        Owlv2SamSegmenter.from_pretrained,
+        (("model", DEFAULT_OWLV2), ("sam_model", DEFAULT_SAM)),
+        (Owlv2SamSegmenter.from_pretrained, Owlv2SamSegmenter),
     ),
     "sam3": (
         Sam3Segmenter.from_pretrained,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deva.segmenters.grounded_sam import parse_prompt
+from deva.segmenters.grounded_sam import TextPrompted, parse_prompt, phrase_queries
 from deva.segmenters.hf import (
     ImageTransform,
     load_with_tokenizer,
@@ -42,7 +42,7 @@ SAM3_MEAN = (0.5, 0.5, 0.5)
 SAM3_STD = (0.5, 0.5, 0.5)
 
 
-class Sam3Segmenter:
+class Sam3Segmenter(TextPrompted):
     """SAM 3 text-prompted segmenter.
 
     Args:
@@ -81,24 +81,12 @@ class Sam3Segmenter:
         self.transform = ImageTransform(
             size=(int(image_size[0]), int(image_size[1])), mean=mean, std=std
         )
+        self._set_prompt(prompt)
+
+    def _set_prompt(self, prompt: str) -> None:
         self.phrases = parse_prompt(prompt)
-        self._tokens = self._encode_prompt(self.phrases)
-
-    @property
-    def category_names(self) -> dict[int, str]:
-        """Category id → phrase."""
-        return dict(enumerate(self.phrases))
-
-    def _encode_prompt(self, phrases: list[str]) -> dict[str, torch.Tensor]:
-        """Token ids and attention mask of every phrase, padded to the text encoder's length."""
         length = int(self.model.config.text_config.max_position_embeddings)
-        tokens = self.tokenizer(
-            phrases, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
-        )
-        for phrase in phrases:
-            if len(self.tokenizer(phrase)["input_ids"]) > length:
-                logger.warning("phrase %r is cut to the text encoder's %d tokens", phrase, length)
-        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+        self._tokens = phrase_queries(self.tokenizer, self.phrases, length)
 
     @classmethod
     def from_pretrained(

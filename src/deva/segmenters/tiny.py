@@ -215,15 +215,20 @@ def save_tiny_oneformer(folder: str | Path, *, seed: int = 0) -> Path:
     return folder
 
 
-def _save_clip_tokenizer(folder: Path) -> int:
+def _save_clip_tokenizer(folder: Path, *, clip_ids: bool = False) -> int:
     """A byte-pair CLIP tokenizer over the letters and ``TINY_WORDS``; returns its vocab size.
 
     Every word is built from its letters by left-to-right merges (the last letter carries
     CLIP's end-of-word marker ``</w>``); other text falls back to single letters or unknown.
+    ``clip_ids`` lays the ids out as CLIP's own vocabulary does, which OWLv2 relies on: ``!``
+    (the pad token) is id 0, the start and end tokens are the two highest ids (OWLv2 treats a
+    query starting with id 0 as padding and reads the text at its highest id). Otherwise the
+    start and end tokens are ids 0 and 1 (SAM 3's tiny text config).
     """
     transformers = require_transformers()
     letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = ["<|startoftext|>", "<|endoftext|>", *letters, *(f"{c}</w>" for c in letters)]
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    vocab = [*letters, *(f"{c}</w>" for c in letters)]
     merges: list[str] = []
     for word in TINY_WORDS:
         pieces = [*word[:-1], f"{word[-1]}</w>"]
@@ -235,11 +240,15 @@ def _save_clip_tokenizer(folder: Path) -> int:
                 merges.append(rule)
             if merged not in vocab:
                 vocab.append(merged)
+    vocab = ["!", *vocab, *specials] if clip_ids else [*specials, *vocab]
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / "vocab.json", {token: i for i, token in enumerate(vocab)})
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     tokenizer = transformers.CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token="<|endoftext|>"
+        str(folder / "vocab.json"),
+        str(folder / "merges.txt"),
+        unk_token="<|endoftext|>",
+        **({"pad_token": "!"} if clip_ids else {}),
     )
     tokenizer.save_pretrained(str(folder))
     return len(vocab)
@@ -302,6 +311,44 @@ def save_tiny_sam3(folder: str | Path, *, seed: int = 0) -> Path:
             "size": {"height": 112, "width": 112},
             "image_mean": [0.5, 0.5, 0.5],
             "image_std": [0.5, 0.5, 0.5],
+        },
+    )
+    return folder
+
+
+def save_tiny_owlv2(folder: str | Path, *, seed: int = 0) -> Path:
+    """An OWLv2 with a 64-pixel input (16-pixel patches: 16 boxes), one-layer text and vision
+    transformers of width 32 and a BPE tokenizer with CLIP's id layout."""
+    transformers = require_transformers()
+    folder = Path(folder)
+    vocab_size = _save_clip_tokenizer(folder, clip_ids=True)
+    small = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    }
+    text = transformers.Owlv2TextConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=16,
+        pad_token_id=0,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        **small,
+    )
+    vision = transformers.Owlv2VisionConfig(image_size=64, patch_size=16, **small)
+    config = transformers.Owlv2Config(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=32
+    )
+    torch.manual_seed(seed)
+    transformers.Owlv2ForObjectDetection(config).save_pretrained(str(folder))
+    _write_json(
+        folder / "preprocessor_config.json",
+        {
+            "image_processor_type": "Owlv2ImageProcessor",
+            "size": {"height": 64, "width": 64},
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
         },
     )
     return folder
