@@ -21,7 +21,9 @@ NOT_OURS = {"cudnn.benchmark"}
 def composed() -> list:
     """Each tool's config, with the training data and segmenter variants."""
     configs = [compose("train", [f"data={d}"]) for d in ("synthetic", "static", "video", "shards")]
-    configs += [compose("track", [f"segmenter={s}"]) for s in ("sam", "grounded_sam")]
+    configs += [
+        compose("track", [f"segmenter={s}"]) for s in ("sam", "grounded_sam", "sam3", "owlv2_sam")
+    ]
     configs += [
         compose(name) for name in ("evaluate", "validate", "benchmark", "make_shards", "make_real")
     ]
