@@ -68,7 +68,8 @@ def backend(tool: ModuleType, tmp_path_factory):
     """The demo back end with tiny random segmenters and the embedded checkpoint."""
     work = tmp_path_factory.mktemp("app_work")
     app, _ = tool.build(
-        ["demo=tiny", "segmenters=[sam,grounded_sam]", "size=-1", "keep_runs=3"], work
+        ["demo=tiny", "segmenters=[sam,grounded_sam,owlv2_sam,sam3]", "size=-1", "keep_runs=3"],
+        work,
     )
     return app
 
@@ -218,12 +219,15 @@ def test_track_through_gradio_client(served: str, clip: Path, tmp_path: Path, ba
     assert f"{T} frames" in report and "RANDOM" in report
 
 
-def test_text_prompt_through_gradio_client(served: str, clip: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("segmenter", ["grounded_sam", "owlv2_sam", "sam3"])
+def test_text_prompt_through_gradio_client(
+    served: str, clip: Path, tmp_path: Path, segmenter: str
+) -> None:
     from gradio_client import handle_file
 
     api = client(served, tmp_path / "downloads")
     _, archive, report = predict(
-        api, handle_file(str(clip)), "grounded_sam", "cat. dog.", "semionline", 2, -1
+        api, handle_file(str(clip)), segmenter, "cat. dog.", "semionline", 2, -1
     )
     summary = check_zip(Path(archive), tmp_path / "zip")
     assert summary["settings"]["prompt"] == "cat. dog."

@@ -25,6 +25,8 @@ def prepare_tiny_segmenters(folder: str | Path) -> dict[str, dict[str, Any]]:
         "gdino": tiny.save_tiny_grounding_dino,
         "mask2former": tiny.save_tiny_mask2former,
         "oneformer": tiny.save_tiny_oneformer,
+        "sam3": tiny.save_tiny_sam3,
+        "owlv2": tiny.save_tiny_owlv2,
     }
     paths: dict[str, str] = {}
     for key, make in makers.items():
@@ -47,6 +49,17 @@ def prepare_tiny_segmenters(folder: str | Path) -> dict[str, dict[str, Any]]:
             "sam_model": paths["sam"],
             "box_threshold": 0.0,
             "text_threshold": 0.0,
+        },
+        "sam3": {
+            "name": "sam3",
+            "model": paths["sam3"],
+            "score_threshold": 0.0,
+        },
+        "owlv2_sam": {
+            "name": "owlv2_sam",
+            "model": paths["owlv2"],
+            "sam_model": paths["sam"],
+            "box_threshold": 0.0,
         },
         "mask2former": {
             "name": "mask2former",
