@@ -31,8 +31,15 @@ def test_every_suite_reports(result: dict) -> None:
     for row in result["rows"]:
         if row["suite"] in ("propagation", "tracker"):
             assert row["fps"] > 0 and row["frames"] > 0 and row["preset"] == "tiny"
-    variants = {r["variant"] for r in result["rows"] if r["suite"] == "propagation"}
+    propagation = [r for r in result["rows"] if r["suite"] == "propagation"]
+    variants = {r["variant"] for r in propagation}
     assert {"fp32-reference", "fp32", "fp32-channels-last"} <= variants
+    for row in propagation:  # each frame's time split into the network's parts, each its own
+        parts = row["ms_by_part"]
+        assert {"encode_image", "project_key", "segment", "memory_read", "other"} <= set(parts)
+        assert all(parts[k] > 0 for k in ("encode_image", "segment", "memory_read"))
+        assert sum(parts.values()) == pytest.approx(row["ms_per_frame"])
+        assert parts["other"] >= 0
     data = [r for r in result["rows"] if r["suite"] == "data"]
     assert {(r["source"], r["workers"]) for r in data} == {
         (source, w) for source in ("static", "video", "shards") for w in (0, 1)

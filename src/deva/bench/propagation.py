@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +46,51 @@ class _Variant(NamedTuple):
             compile=self.compiled,
             plain=self.reference,
         )
+
+
+#: The network calls each propagation row splits its time into (``ms_by_part``), plus the
+#: memory read (``memory_read``) and the rest (``other``: pre/post-processing, merging).
+NETWORK_PARTS = ("encode_image", "project_key", "encode_mask", "segment")
+
+
+class _PartTimer:
+    """Seconds each variant spends in each network call and memory read, while ``on``.
+
+    The calls are wrapped once per network object (plain variants share the model itself)
+    and charged to the variant that is stepping (``current``)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.spent: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.current = ""
+        self.on = False
+        self._wrapped: set[int] = set()
+
+    def attach(self, prop: Propagator) -> None:
+        module = prop.network.module
+        if id(module) not in self._wrapped:
+            self._wrapped.add(id(module))
+            for name in NETWORK_PARTS:
+                object.__setattr__(module, name, self._wrap(getattr(module, name), name))
+        prop.memory.read = self._wrap(prop.memory.read, "memory_read")
+
+    def _wrap(self, call: Callable[..., Any], part: str) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self.on:
+                return call(*args, **kwargs)
+            start = time.perf_counter()
+            out = call(*args, **kwargs)
+            _sync(self.device)
+            self.spent[self.current][part] += time.perf_counter() - start
+            return out
+
+        return timed
+
+    def ms_by_part(self, variant: str, frames: int, total_s: float) -> dict[str, float]:
+        """Milliseconds per timed frame of each part of ``variant`` and of the rest."""
+        parts = dict(self.spent[variant])
+        parts["other"] = total_s - sum(parts.values())
+        return {k: 1000 * v / max(frames, 1) for k, v in parts.items()}
 
 
 def _propagation_variants(
@@ -100,6 +146,7 @@ def _step_interleaved(
     comparisons: dict[str, MaskComparison],
     cfg: DictConfig,
     device: torch.device,
+    parts: _PartTimer,
 ) -> dict[str, list[float]]:
     """Step every variant through the video frame by frame; the seconds per timed frame (after
     the warm-up) of each variant. Masks after the first frame go into ``comparisons``."""
@@ -108,7 +155,9 @@ def _step_interleaved(
     with torch.inference_mode():
         for t, frame in enumerate(video.frames):
             ref_mask = decisive = None
+            parts.on = t >= cfg.warmup
             for variant in _frame_order(variants, t):
+                parts.current = variant.name
                 start = time.perf_counter()
                 image, geometry = preprocess_frame(frame, -1, device=device)
                 mask = preprocess_mask(first, geometry).to(device) if t == 0 else None
@@ -135,12 +184,15 @@ def bench_propagation(
     model, source = _model(preset, device, cfg.seed, cfg.weights)
     variants = _propagation_variants(cfg, device, amp)
     props = {v.name: Propagator(model, options=v.options()) for v in variants}
+    parts = _PartTimer(device)
+    for prop in props.values():
+        parts.attach(prop)
     comparisons = {
         v.name: MaskComparison(v.name, "fp32-reference", _kind(v.dtype)) for v in variants[1:]
     }
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timings = _step_interleaved(video, variants, props, comparisons, cfg, device)
+    timings = _step_interleaved(video, variants, props, comparisons, cfg, device, parts)
     rows = []
     for v in variants:
         seconds = float(np.sum(timings[v.name]))
@@ -161,6 +213,7 @@ def bench_propagation(
                 "frames": frames,
                 "fps": frames / seconds if seconds else float("nan"),
                 "ms_per_frame": 1000 * seconds / max(frames, 1),
+                "ms_by_part": parts.ms_by_part(v.name, frames, seconds),
                 "memory_elements": props[v.name].memory.stats().total,
                 "peak_mib": _peak_mib(device),
             }

@@ -7,6 +7,21 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+#: Short names of the propagation row's parts (``ms_by_part``), in the note.
+_PART_NAMES = {
+    "encode_image": "pixel",
+    "project_key": "key",
+    "memory_read": "read",
+    "segment": "decoder",
+    "encode_mask": "mask enc.",
+    "other": "other",
+}
+
+
+def _parts(ms: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms[k]:.0f}" for k, name in _PART_NAMES.items() if k in ms)
+
+
 def _verdict(passed: bool | None) -> str:
     return "n/a" if passed is None else "pass" if passed else "FAIL"
 
@@ -21,6 +36,8 @@ def format_table(result: dict) -> str:
         suite = row["suite"]
         if suite in ("propagation", "tracker"):
             note = f"peak {row['peak_mib']:.0f} MiB" if "peak_mib" in row else ""
+            if "ms_by_part" in row:
+                note += "; ms: " + _parts(row["ms_by_part"])
             if suite == "tracker":
                 share = row.get("share", {})
                 note = f"alignment {100 * share.get('align_segmentations', 0):.0f} %"
