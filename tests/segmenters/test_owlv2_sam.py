@@ -155,13 +155,12 @@ def test_bad_prompt_and_registry(tiny) -> None:
 
 
 def test_demo_reprompt_shares_the_networks(tiny) -> None:
-    from deva.app.runs import _reprompted
     from deva.app.settings import SEGMENTER_LABELS
     from deva.segmenters import Owlv2SamSegmenter
 
     assert SEGMENTER_LABELS["owlv2_sam"] == "Text prompt: OWLv2 + SAM"
     first = load(tiny, prompt="cat.", box_threshold=0.0, nms_threshold=0.5)
-    again = _reprompted(first, "dog. ball.")
+    again = first.with_prompt("dog. ball.")
     assert isinstance(again, Owlv2SamSegmenter)
     assert again.detector is first.detector and again.sam is first.sam
     assert again.tokenizer is first.tokenizer

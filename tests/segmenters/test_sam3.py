@@ -110,11 +110,10 @@ def test_bad_prompt_and_registry(model: Path) -> None:
 
 
 def test_demo_reprompt_shares_the_network(model: Path) -> None:
-    from deva.app.runs import _reprompted
     from deva.segmenters import Sam3Segmenter
 
     first = load(model, prompt="cat.", score_threshold=0.2, mask_threshold=0.6)
-    again = _reprompted(first, "dog. ball.")
+    again = first.with_prompt("dog. ball.")
     assert isinstance(again, Sam3Segmenter) and again.model is first.model
     assert again.category_names == {0: "dog", 1: "ball"}
     assert (again.score_threshold, again.mask_threshold) == (0.2, 0.6)

@@ -36,18 +36,12 @@ from deva.pipelines.video_tracking import (
     SUMMARY_FILE,
     track_video,
 )
-from deva.segmenters.grounded_sam import TextPrompted
 from deva.segmenters.registry import PROMPTED, build_segmenter
 from deva.types import ImageSegmenter
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float | None, str], None]
-
-
-def _reprompted(segmenter: TextPrompted, prompt: str) -> ImageSegmenter:
-    """A text-prompted segmenter for another prompt, sharing the loaded networks."""
-    return segmenter.with_prompt(prompt)
 
 
 def _model_name(options: Mapping[str, Any]) -> str:
@@ -105,7 +99,7 @@ class TrackingApp:
         if name in PROMPTED:
             cached = self._segmenters.get(name)
             if cached is not None:
-                return _reprompted(cached, str(prompt))
+                return cached.with_prompt(str(prompt))
         elif name in self._segmenters:
             return self._segmenters[name]
         segmenter = build_segmenter(

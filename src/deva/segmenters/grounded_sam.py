@@ -97,6 +97,34 @@ def phrase_queries(tokenizer: Any, phrases: list[str], length: int) -> dict[str,
     return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
 
+def load_prompted_model(
+    model_class: str, source: str | Path, *, what: str, prompt: str, local_files_only: bool | None
+) -> tuple[Any, Any, dict[str, Any]]:
+    """A text-prompted model (``transformers.<model_class>``), its tokenizer and its
+    preprocessor config from a hub id or a local folder; a bad ``prompt`` fails first, before
+    anything loads."""
+    transformers = require_transformers()
+    parse_prompt(prompt)
+    model, tokenizer = load_with_tokenizer(
+        getattr(transformers, model_class).from_pretrained,
+        source,
+        what=what,
+        local_files_only=local_files_only,
+    )
+    return model, tokenizer, preprocessor_config(source)
+
+
+def phrase_segments(
+    scores: torch.Tensor, phrase: torch.Tensor, phrases: list[str]
+) -> list[Segment]:
+    """One thing segment per detection: ids 1, 2, ..., the phrase index as category and the
+    phrase as label."""
+    return [
+        Segment(id=k + 1, category_id=int(p), score=float(s), isthing=True, label=phrases[int(p)])
+        for k, (s, p) in enumerate(zip(scores.tolist(), phrase.tolist()))
+    ]
+
+
 class GroundedSamSegmenter(TextPrompted):
     """Grounding-DINO + SAM text-prompted segmenter.
 
@@ -182,15 +210,13 @@ class GroundedSamSegmenter(TextPrompted):
         **options: Any,
     ) -> GroundedSamSegmenter:
         """Load Grounding-DINO (+ tokenizer) and SAM from hub ids or local folders."""
-        transformers = require_transformers()
-        parse_prompt(prompt)  # fail on a bad prompt before loading anything
-        model, tokenizer = load_with_tokenizer(
-            transformers.GroundingDinoForObjectDetection.from_pretrained,
+        model, tokenizer, config = load_prompted_model(
+            "GroundingDinoForObjectDetection",
             detector,
             what="Grounding-DINO",
+            prompt=prompt,
             local_files_only=local_files_only,
         )
-        config = preprocessor_config(detector)
         size = config.get("size") or {}
         options.setdefault(
             "detector_size",
@@ -278,15 +304,5 @@ def segment_boxes(
     emb = sam.embed(image)
     logits, _ = sam.decode_boxes(emb, boxes)
     masks = (logits > 0).cpu()
-    segments = [
-        Segment(
-            id=k + 1,
-            category_id=int(p),
-            score=float(s),
-            isthing=True,
-            label=phrases[int(p)],
-        )
-        for k, (s, p) in enumerate(zip(scores.tolist(), phrase.tolist()))
-    ]
-    seg = paint_segments(masks, segments)
+    seg = paint_segments(masks, phrase_segments(scores, phrase, phrases))
     return to_frame_size(seg, height, width)

@@ -27,6 +27,7 @@ import torch
 
 from deva.segmenters.grounded_sam import (
     TextPrompted,
+    load_prompted_model,
     parse_prompt,
     phrase_nms,
     phrase_queries,
@@ -35,11 +36,8 @@ from deva.segmenters.grounded_sam import (
 from deva.segmenters.hf import (
     ImageTransform,
     center_boxes_to_pixels,
-    load_with_tokenizer,
     normalisation,
     pick_dtype,
-    preprocessor_config,
-    require_transformers,
     resolve_device,
 )
 from deva.segmenters.sam import DEFAULT_SAM, SamPromptDecoder
@@ -137,15 +135,13 @@ class Owlv2SamSegmenter(TextPrompted):
         The detector's input size and normalisation come from its ``preprocessor_config.json``
         (``size``, ``image_mean``, ``image_std``), else from the model config and CLIP's.
         """
-        transformers = require_transformers()
-        parse_prompt(prompt)  # fail on a bad prompt before loading anything
-        model, tokenizer = load_with_tokenizer(
-            transformers.Owlv2ForObjectDetection.from_pretrained,
+        model, tokenizer, config = load_prompted_model(
+            "Owlv2ForObjectDetection",
             detector,
             what="OWLv2",
+            prompt=prompt,
             local_files_only=local_files_only,
         )
-        config = preprocessor_config(detector)
         size = config.get("size") or {}
         if "height" in size or "width" in size:
             options.setdefault("image_size", int(size.get("height") or size["width"]))

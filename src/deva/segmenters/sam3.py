@@ -20,19 +20,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from deva.segmenters.grounded_sam import TextPrompted, parse_prompt, phrase_queries
+from deva.segmenters.grounded_sam import (
+    TextPrompted,
+    load_prompted_model,
+    parse_prompt,
+    phrase_queries,
+    phrase_segments,
+)
 from deva.segmenters.hf import (
     ImageTransform,
-    load_with_tokenizer,
     normalisation,
     paint_segments,
     pick_dtype,
-    preprocessor_config,
-    require_transformers,
     resolve_device,
     upsample_logits,
 )
-from deva.types import Segment, Segmentation, check_image, empty_segmentation
+from deva.types import Segmentation, check_image, empty_segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -104,15 +107,9 @@ class Sam3Segmenter(TextPrompted):
         The input size and normalisation come from the folder's ``preprocessor_config.json``
         (``size``, ``image_mean``, ``image_std``), else from the model config.
         """
-        transformers = require_transformers()
-        parse_prompt(prompt)  # fail on a bad prompt before loading anything
-        model, tokenizer = load_with_tokenizer(
-            transformers.Sam3Model.from_pretrained,
-            source,
-            what="SAM 3",
-            local_files_only=local_files_only,
+        model, tokenizer, config = load_prompted_model(
+            "Sam3Model", source, what="SAM 3", prompt=prompt, local_files_only=local_files_only
         )
-        config = preprocessor_config(source)
         size = config.get("size") or {}
         if "height" in size and "width" in size:
             options.setdefault("image_size", (int(size["height"]), int(size["width"])))
@@ -152,14 +149,4 @@ class Sam3Segmenter(TextPrompted):
         masks = upsample_logits(logits[keep], (height, width)).sigmoid() > self.mask_threshold
         nonempty = masks.flatten(1).any(dim=1)
         masks, scores, phrase = masks[nonempty], scores[nonempty], phrase[nonempty]
-        segments = [
-            Segment(
-                id=k + 1,
-                category_id=int(p),
-                score=float(s),
-                isthing=True,
-                label=self.phrases[int(p)],
-            )
-            for k, (s, p) in enumerate(zip(scores.tolist(), phrase.tolist()))
-        ]
-        return paint_segments(masks, segments)
+        return paint_segments(masks, phrase_segments(scores, phrase, self.phrases))
