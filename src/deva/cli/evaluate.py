@@ -29,7 +29,8 @@ from deva.cli.common import run_tool
 from deva.config import ConfigError, builder, compose
 from deva.config.schema import EvaluateConfig, parse
 from deva.errors import one_line
-from deva.inference.propagator import Propagator
+from deva.inference.backend import PropagationBackend
+from deva.inference.backends import check_backend, make_backend
 from deva.io import davis
 from deva.io.frames import list_frame_files
 from deva.io.outputs import OutputFolder, check_folder
@@ -129,15 +130,18 @@ def run_vos(config: EvaluateConfig) -> int:
     device = options.torch_device()
     model = builder.model(config.model).to(device)
     memory = builder.memory_config(config.memory)
-    propagator = Propagator(model, memory, mem_every=config.mem_every, options=options)
+    propagator = make_backend(
+        check_backend(config.propagator), model, memory, mem_every=config.mem_every, options=options
+    )
     log.info(
-        "%s: %d videos from %s -> %s on %s (size %s, weights %s)",
+        "%s: %d videos from %s -> %s on %s (size %s, propagator %s, weights %s)",
         config.benchmark,
         len(videos),
         config.data.root,
         config.output,
         device,
         config.size,
+        config.propagator,
         config.model.weights or "RANDOM",
     )
     out = OutputFolder(
@@ -154,7 +158,10 @@ def run_vos(config: EvaluateConfig) -> int:
 
 
 def _propagate_videos(
-    out: OutputFolder, propagator: Propagator, videos: list[VOSVideo], config: EvaluateConfig
+    out: OutputFolder,
+    propagator: PropagationBackend,
+    videos: list[VOSVideo],
+    config: EvaluateConfig,
 ) -> int:
     frames = 0
     for video in tqdm(videos, desc="videos", unit="video", position=0):

@@ -16,14 +16,13 @@ import dataclasses
 import sys
 import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from tqdm import tqdm
 
 from deva.cli.common import run_tool
 from deva.config import compose, quote_paths
 from deva.config.schema import MakeRealConfig, parse
-from deva.data.debian import DebPackage, download_package, read_package
+from deva.data.debian import fetch_packages
 from deva.data.real_imagery import SPLITS, build_real_imagery
 from deva.data.synthetic import SyntheticVideoConfig
 from deva.errors import one_line
@@ -36,21 +35,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``key=value`` arguments, build the folder, return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_tool("make_real: error:", lambda: _run(argv))
-
-
-def _packages(names: Sequence[str], debs: dict[str, str], folder: Path) -> list[DebPackage]:
-    found = []
-    for name in names:
-        if name in debs:
-            path = Path(debs[name])
-        else:
-            print(f"downloading {name} with apt-get …")
-            path = download_package(name, folder)
-        package = read_package(path)
-        if package.name != name:
-            raise ValueError(f"{path} is package {package.name}, not {name}")
-        found.append(package)
-    return found
 
 
 def _run(argv: list[str]) -> None:
@@ -71,8 +55,8 @@ def _run(argv: list[str]) -> None:
     inputs = list(args.debs.values())
     check_folder(args.output, overwrite=args.overwrite, inputs=inputs)
     with tempfile.TemporaryDirectory(prefix="deva-debs-") as folder:
-        cutouts = _packages(args.cutouts, args.debs, Path(folder))
-        backgrounds = _packages(args.backgrounds, args.debs, Path(folder))
+        cutouts = fetch_packages(args.cutouts, args.debs, folder, print)
+        backgrounds = fetch_packages(args.backgrounds, args.debs, folder, print)
         out = OutputFolder(args.output, tool="make_real", overwrite=args.overwrite, inputs=inputs)
         record = {
             "settings": dataclasses.asdict(args),

@@ -71,6 +71,7 @@ class TrackingFields:
     size: int
     mem_every: int
     memory: MemorySection  # type: ignore[valid-type]
+    propagator: str
 
 
 # ---- tools ---------------------------------------------------------------------------------
@@ -304,6 +305,16 @@ class MakeRealConfig:
     min_background_side: int
     videos: dict[str, int]
     video: dict[str, Any]
+    overwrite: bool
+
+
+@dataclass
+class MakeClipsConfig:
+    """``deva-make-clips`` / ``tools/make_clips.py`` (``make_clips.yaml``)."""
+
+    output: str | None
+    clips: list[str]
+    debs: dict[str, str]
     overwrite: bool
 
 

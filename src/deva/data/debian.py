@@ -8,11 +8,14 @@ bzip2 or none), so no ``dpkg`` is needed to read a package that was copied from 
 from __future__ import annotations
 
 import io
+import logging
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 AR_MAGIC = b"!<arch>\n"
 
@@ -107,3 +110,25 @@ def package_files(package: DebPackage) -> Iterator[tuple[str, bytes]]:
             handle = archive.extractfile(member)
             if handle is not None:
                 yield member.name.removeprefix("./"), handle.read()
+
+
+def fetch_packages(
+    names: Sequence[str],
+    debs: Mapping[str, str],
+    folder: str | Path,
+    announce: Callable[[str], None] = logger.info,
+) -> list[DebPackage]:
+    """The packages ``names``: the ``.deb`` given in ``debs`` (offline), the others fetched
+    with ``apt-get download`` into ``folder``; a file of another package is an error."""
+    found = []
+    for name in names:
+        if name in debs:
+            path = Path(debs[name])
+        else:
+            announce(f"downloading {name} with apt-get …")
+            path = download_package(name, folder)
+        package = read_package(path)
+        if package.name != name:
+            raise ValueError(f"{path} is package {package.name}, not {name}")
+        found.append(package)
+    return found

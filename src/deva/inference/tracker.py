@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 from deva.inference.backend import PropagationBackend, PropagationResult
+from deva.inference.backends import make_backend
 from deva.inference.consensus import in_clip_consensus
 from deva.inference.merging import merge_with_consensus
 from deva.inference.objects import ObjectRegistry
@@ -73,7 +74,6 @@ from deva.inference.preprocess import (
     resize_mask,
     resize_segmentation,
 )
-from deva.inference.propagator import Propagator
 from deva.inference.spill import DEFAULT_BUDGET_MIB, SpillList, compact_ids
 from deva.inference.tracker_config import TrackerConfig, TrackingMode
 from deva.modeling.propagation import PropagationModel
@@ -141,7 +141,8 @@ class _Frame:
 class DecoupledTracker:
     """Decoupled video segmentation with an image segmenter and a propagation model.
 
-    ``propagation`` is our :class:`~deva.modeling.propagation.PropagationModel` (run by a
+    ``propagation`` is our :class:`~deva.modeling.propagation.PropagationModel` (run by the
+    backend ``config.propagator`` names, by default a
     :class:`~deva.inference.propagator.Propagator` with ``options``) or any
     :class:`~deva.inference.backend.PropagationBackend`; the tracker talks to it only through
     that protocol. The tracker owns all its state: the backend (memory and the object
@@ -170,8 +171,8 @@ class DecoupledTracker:
         self.config = config or TrackerConfig()
         if isinstance(propagation, PropagationModel):
             c = self.config
-            backend: PropagationBackend = Propagator(
-                propagation, c.memory, mem_every=c.mem_every, options=options
+            backend: PropagationBackend = make_backend(
+                c.propagator, propagation, c.memory, mem_every=c.mem_every, options=options
             )
         elif options is not None:
             raise ValueError("options configure our propagation network; a backend has its own")

@@ -57,6 +57,8 @@ class TrackerConfig:
             BURST) puts all segments in one group.
         incremental: incremental mode (automatic segmentation): an unassociated object whose
             propagated mask is non-empty has its miss counter reset instead of increased.
+        propagator: the propagation backend built for a model (:mod:`deva.inference.backends`:
+            ``deva``, or the ``hold`` baseline).
     """
 
     mode: TrackingMode = TrackingMode.SEMI_ONLINE
@@ -70,8 +72,12 @@ class TrackerConfig:
     num_key_candidates: int = 10
     panoptic: bool = False
     incremental: bool = False
+    propagator: str = "deva"
 
     def __post_init__(self) -> None:
+        from deva.inference.backends import check_backend  # the backends import the network
+
+        check_backend(self.propagator)
         object.__setattr__(self, "mode", TrackingMode.parse(self.mode))
         for name in ("detect_every", "clip_size", "mem_every", "num_key_candidates"):
             value = getattr(self, name)

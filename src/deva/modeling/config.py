@@ -51,8 +51,9 @@ class PropagationConfig:
     def preset(cls, name: str) -> PropagationConfig:
         """A named size: ``published`` (ResNet-50, 69 M parameters), ``small`` (half-width
         ResNet-18 trunks, 128-wide features, 3.2 M parameters: trains on a CPU and fits in the
-        repository), ``mobile`` (an ImageNet MobileNetV2 pixel trunk to stride 16, a light
-        ResNet-18 mask trunk, the small model's memory and decoder) or ``tiny`` (tests)."""
+        repository), ``mobile`` (an ImageNet MobileNetV2 pixel trunk to stride 16, a
+        quarter-width ResNet-18 mask trunk, half of small's value and decoder widths, 1.2 M
+        parameters) or ``tiny`` (tests)."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
         return PRESETS[name]
@@ -73,8 +74,17 @@ _SMALL = PropagationConfig(
 PRESETS: dict[str, PropagationConfig] = {
     "published": PropagationConfig(),
     "small": _SMALL,
-    # small with an ImageNet MobileNetV2 pixel trunk (its stem is 32 wide, as small's)
-    "mobile": replace(_SMALL, pixel_trunk="mobilenetv2"),
+    # an ImageNet MobileNetV2 pixel trunk and half of small's widths after it: the decoder
+    # at strides 16 -> 4 took over half of small's frame (docs/benchmarks.md)
+    "mobile": replace(
+        _SMALL,
+        pixel_trunk="mobilenetv2",
+        mask_trunk_width=8,
+        pixel_dim=64,
+        value_dim=64,
+        sensory_dim=32,
+        decoder_dim=32,
+    ),
     "tiny": PropagationConfig(
         pixel_trunk="resnet18",
         pixel_trunk_width=8,

@@ -20,12 +20,12 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from deva.inference.backend import PropagationBackend
 from deva.inference.preprocess import (
     preprocess_frame,
     preprocess_mask,
     probabilities_to_ids,
 )
-from deva.inference.propagator import Propagator
 from deva.io.frames import list_frame_files, read_frame
 from deva.io.masks import read_mask_png
 
@@ -126,7 +126,7 @@ def _load_mask(source: np.ndarray | Path) -> np.ndarray:
 
 
 def segment_frames(
-    propagator: Propagator,
+    propagator: PropagationBackend,
     frames: Iterable[tuple[str, np.ndarray]],
     given: Mapping[str, np.ndarray | Path],
     *,
@@ -165,7 +165,7 @@ def segment_frames(
 
 
 def segment_video(
-    propagator: Propagator, video: VOSVideo, *, shorter_side: int = 480
+    propagator: PropagationBackend, video: VOSVideo, *, shorter_side: int = 480
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Propagate a benchmark video's given masks; see :func:`segment_frames`."""
     files = list_frame_files(_require_dir(video.frames_dir, "frames folder"))

@@ -119,6 +119,7 @@ def tracker_config(section: TrackingFields, *, panoptic: bool | None = None) -> 
             memory=memory_config(section.memory),
             panoptic=panoptic,
             incremental=section.incremental,
+            propagator=section.propagator,
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None

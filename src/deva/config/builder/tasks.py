@@ -33,7 +33,8 @@ def validation_tasks(
 
     - ``synthetic`` (J&F): ``num_videos``, ``seed`` and SyntheticVideoConfig fields;
     - ``generic`` / ``davis`` (J&F): ``root`` (and ``split``, ``resolution`` for DAVIS);
-      these three also take ``size`` (or ``shorter_side``), ``mem_every``, ``top_k``;
+      these three also take ``size`` (or ``shorter_side``), ``mem_every``, ``top_k`` and
+      ``propagator`` (``hold``: the copy-the-first-mask baseline, whatever the weights);
     - ``vipseg`` (VPQ / STQ), ``burst`` (OWTA), ``synthetic_panoptic`` (VPQ / STQ): see
       :func:`build_tracking_task` — ``images``, ``gt``,
       ``detections``, ``max_videos``, ``max_frames`` and the tracker settings ``mode``,
@@ -51,7 +52,9 @@ def validation_tasks(
         if "size" in spec:
             spec["shorter_side"] = spec.pop("size")
         settings = {
-            key: spec.pop(key) for key in ("shorter_side", "mem_every", "top_k") if key in spec
+            key: spec.pop(key)
+            for key in ("shorter_side", "mem_every", "top_k", "propagator")
+            if key in spec
         }
         if kind == "synthetic":
             videos: Sequence[Any] = SyntheticVideos(**spec)

@@ -17,9 +17,10 @@ import torch
 from torchmetrics import Metric
 
 from deva.data.synthetic import SyntheticVideoConfig, generate_video, video_name, video_seed
+from deva.inference.backend import PropagationBackend
+from deva.inference.backends import DEFAULT_BACKEND, check_backend, make_backend
 from deva.inference.memory import MemoryConfig
 from deva.inference.options import InferenceOptions
-from deva.inference.propagator import Propagator
 from deva.io.masks import read_index_png
 from deva.metrics import JAndF
 from deva.modeling.propagation import PropagationModel
@@ -72,6 +73,8 @@ class VOSTask(PredictionTask):
         shorter_side: processing size (-1: original size).
         mem_every, top_k: propagator settings (inference defaults 5 and 30).
         options: how the propagator's network runs (precision, layout; None: defaults).
+        propagator: the backend (:mod:`deva.inference.backends`); ``hold`` scores the
+            copy-the-first-mask baseline.
     """
 
     def __init__(
@@ -83,9 +86,11 @@ class VOSTask(PredictionTask):
         mem_every: int = 5,
         top_k: int = 30,
         options: InferenceOptions | None = None,
+        propagator: str = DEFAULT_BACKEND,
     ) -> None:
         self.name = name
         self.videos = videos
+        self.propagator = check_backend(propagator)
         self.shorter_side = shorter_side
         self.mem_every = mem_every
         self.top_k = top_k
@@ -98,9 +103,9 @@ class VOSTask(PredictionTask):
 
         return JAndF()
 
-    def _propagator(self, model: PropagationModel) -> Propagator:
-
-        return Propagator(
+    def _propagator(self, model: PropagationModel) -> PropagationBackend:
+        return make_backend(
+            self.propagator,
             model,
             MemoryConfig(top_k=self.top_k),
             mem_every=self.mem_every,
@@ -131,7 +136,10 @@ class VOSTask(PredictionTask):
 
 
 def propagate_arrays(
-    propagator: Propagator, frames: np.ndarray, first_mask: np.ndarray, shorter_side: int = 480
+    propagator: PropagationBackend,
+    frames: np.ndarray,
+    first_mask: np.ndarray,
+    shorter_side: int = 480,
 ) -> np.ndarray:
     """Propagate ``first_mask`` (H, W) through frames (T, H, W, 3) uint8; (T, H, W) id maps."""
     named = ((str(t), frame) for t, frame in enumerate(frames))
