@@ -54,7 +54,8 @@ def test_trunk_has_the_layout_of_the_imagenet_file() -> None:
 def test_mobile_model_runs_saves_and_loads(tmp_path: Path) -> None:
     model = mobile()
     features = model.pixel_encoder(torch.randn(1, 3, 64, 96))
-    assert features.key_source.shape == (1, 128, 4, 6) and features.f8.shape[1] == 32
+    assert features.key_source.shape == (1, model.config.pixel_dim, 4, 6) == (1, 64, 4, 6)
+    assert features.f8.shape[1] == 32
     path = save_weights(model, tmp_path / "mobile.pth", half=True)
     assert path.stat().st_size < 20e6
     again = PropagationModel.from_pretrained(path)
