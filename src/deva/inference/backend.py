@@ -49,6 +49,37 @@ class PropagationResult:
         return probabilities_to_ids(self.prob, self.object_ids)
 
 
+def given_masks(
+    mask: torch.Tensor | np.ndarray | None, objects: list[int] | None, device: torch.device
+) -> tuple[list[int], torch.Tensor | None]:
+    """The masks given to ``commit`` as object ids and (N, H, W) float probabilities on
+    ``device``: an (H, W) id map (objects = its non-zero ids unless ``objects`` says which) or
+    (N, H, W) probabilities for ``objects``. Malformed input is a one-line ``ValueError``."""
+    if mask is None:
+        if objects:
+            raise ValueError("objects were given without a mask")
+        return [], None
+    mask = torch.as_tensor(mask, device=device)
+    if mask.is_floating_point():
+        if mask.ndim != 3 or objects is None or len(objects) != mask.shape[0]:
+            raise ValueError(
+                "probability masks must be (N, H, W) with N object ids in `objects`; got "
+                f"shape {tuple(mask.shape)} and objects={objects}"
+            )
+        ids, prob = [int(o) for o in objects], mask.float()
+    else:
+        if mask.ndim != 2:
+            raise ValueError(f"an id mask must be (H, W), got shape {tuple(mask.shape)}")
+        present = [int(v) for v in torch.unique(mask).tolist() if v != 0]
+        ids = present if objects is None else [int(o) for o in objects]
+        prob = torch.stack([(mask == o).float() for o in ids]) if ids else None
+    if prob is None:
+        return [], None
+    if len(set(ids)) != len(ids) or any(o <= 0 for o in ids):
+        raise ValueError(f"object ids must be distinct positive integers, got {ids}")
+    return ids, prob
+
+
 @runtime_checkable
 class PropagationBackend(Protocol):
     """Temporal propagation as the tracker uses it (see the module docstring)."""

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deva.inference.backend import PropagationResult
+from deva.inference.backend import PropagationResult, given_masks
 from deva.inference.objects import ObjectRegistry
 from deva.types import Segmentation
 
@@ -165,32 +165,14 @@ class HoldBackend:
         keep_empty: bool,
     ) -> tuple[list[int], torch.Tensor | None]:
         """The given masks as object ids and an (H, W) id map (0 where none is given)."""
-        if mask is None:
-            if objects:
-                raise ValueError("objects were given without a mask")
+        ids, prob = given_masks(mask, objects, self._device)
+        if prob is None:
             return [], None
-        mask = torch.as_tensor(mask, device=self._device)
-        if mask.is_floating_point():
-            if mask.ndim != 3 or objects is None or len(objects) != mask.shape[0]:
-                raise ValueError(
-                    "probability masks must be (N, H, W) with N object ids in `objects`; got "
-                    f"shape {tuple(mask.shape)} and objects={objects}"
-                )
-            ids = [int(o) for o in objects]
-            best, index = mask.max(dim=0)
-            table = torch.tensor([0, *ids], device=self._device)
-            ids_map = torch.where(best > 0.5, table[index + 1], 0)
-        else:
-            if mask.ndim != 2:
-                raise ValueError(f"an id mask must be (H, W), got shape {tuple(mask.shape)}")
-            ids_map = mask.long()
-            present = [int(v) for v in torch.unique(ids_map).tolist() if v != 0]
-            ids = present if objects is None else [int(o) for o in objects]
-            ids_map = torch.where(torch.isin(ids_map, torch.tensor(ids or [0])), ids_map, 0)
-        if tuple(ids_map.shape) != size:
-            raise ValueError(f"mask size {tuple(ids_map.shape)} != image size {size}")
-        if len(set(ids)) != len(ids) or any(o <= 0 for o in ids):
-            raise ValueError(f"object ids must be distinct positive integers, got {ids}")
+        if tuple(prob.shape[-2:]) != size:
+            raise ValueError(f"mask size {tuple(prob.shape[-2:])} != image size {size}")
+        best, index = prob.max(dim=0)
+        table = torch.tensor([0, *ids], device=self._device)
+        ids_map = torch.where(best > 0.5, table[index + 1], 0)
         present = set(torch.unique(ids_map).tolist())
         ids = [o for o in ids if keep_empty or o in self._held_ids or o in present]
         return ids, ids_map

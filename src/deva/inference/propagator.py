@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from deva.inference import alignment
-from deva.inference.backend import PropagationResult
+from deva.inference.backend import PropagationResult, given_masks
 from deva.inference.memory import InferenceMemory, MemoryConfig
 from deva.inference.network import FrameFeatures, InferenceNetwork
 from deva.inference.objects import ObjectRegistry
@@ -239,31 +239,12 @@ class Propagator:
         *,
         keep_empty: bool = False,
     ) -> tuple[list[int], torch.Tensor | None]:
-        if mask is None:
-            if objects:
-                raise ValueError("objects were given without a mask")
-            return [], None
-        mask = torch.as_tensor(mask, device=self.device)
-        size = features.size
-        if mask.is_floating_point():
-            if mask.ndim != 3 or objects is None or len(objects) != mask.shape[0]:
-                raise ValueError(
-                    "probability masks must be (N, H, W) with N object ids in `objects`; got "
-                    f"shape {tuple(mask.shape)} and objects={objects}"
-                )
-            ids, prob = [int(o) for o in objects], mask.float()
-        else:
-            if mask.ndim != 2:
-                raise ValueError(f"an id mask must be (H, W), got shape {tuple(mask.shape)}")
-            present = [int(v) for v in torch.unique(mask).tolist() if v != 0]
-            ids = present if objects is None else [int(o) for o in objects]
-            prob = torch.stack([(mask == o).float() for o in ids]) if ids else None
-        if prob is not None and tuple(prob.shape[-2:]) != size:
-            raise ValueError(f"mask size {tuple(prob.shape[-2:])} != image size {size}")
+        ids, prob = given_masks(mask, objects, self.device)
         if prob is None:
             return [], None
-        if len(set(ids)) != len(ids) or any(o <= 0 for o in ids):
-            raise ValueError(f"object ids must be distinct positive integers, got {ids}")
+        size = features.size
+        if tuple(prob.shape[-2:]) != size:
+            raise ValueError(f"mask size {tuple(prob.shape[-2:])} != image size {size}")
         existing = set(self.object_ids)
         nonempty = [
             i for i, o in enumerate(ids) if keep_empty or o in existing or bool(prob[i].any())
