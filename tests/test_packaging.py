@@ -32,7 +32,7 @@ CALLS = [
     ("deva-track", [], 2, "error: input=VIDEO_OR_FRAME_DIR is required"),
     ("deva-evaluate", [], 2, "error: data.root is required"),
     ("deva-score", [], 2, "score.py: error: metric must be one of jf|vpq|stq|owta"),
-    ("deva-demo", [], 2, "error: weights file not found: checkpoints/deva-small-synthetic.pth"),
+    ("deva-demo", [], 2, "error: weights file not found: checkpoints/deva-mobile-real.pth"),
     ("deva-app", ["demo=tiny", "workdir=app"], 2, "error: embedded checkpoint not found"),
     ("deva-benchmark", ["suite=nope"], 2, "error: suite must be among"),
     ("deva-make-synthetic", ["bad"], 2, "error: arguments must be key=value, got 'bad'"),

@@ -183,8 +183,8 @@ def test_requests_are_checked(backend, clip: Path) -> None:
 
 def test_page_warns_about_random_models(backend) -> None:
     notes = " ".join(backend.notices())
-    assert "RANDOM" in notes and "deva-small-synthetic.pth" in notes
-    assert backend.settings.model_weights.endswith("deva-small-synthetic.pth")
+    assert "RANDOM" in notes and "deva-mobile-real.pth" in notes
+    assert backend.settings.model_weights.endswith("deva-mobile-real.pth")
 
 
 def test_track_through_gradio_client(served: str, clip: Path, tmp_path: Path, backend) -> None:

@@ -7,7 +7,7 @@ Open the printed URL. ``segmenter=NAME`` is the one selected when the page opens
 ``segmenter.KEY=VALUE`` sets its options (``deva/configs/segmenter/<name>.yaml``, as in
 ``deva-track``); the other offered segmenters (``segmenters=[...]``) use their config
 files. ``demo=tiny`` needs no download: the embedded propagation checkpoint
-(``checkpoints/deva-small-synthetic.pth``) and tiny RANDOM image models, so the masks are
+(``checkpoints/deva-mobile-real.pth``) and tiny RANDOM image models, so the masks are
 random shapes (the page says so); that checkpoint lives in the repository, so run from it
 (or a source checkout) or give ``model.weights=FILE``. Needs ``pip install 'deva[app]'``
 (Gradio); see ``deva.app``. ``python tools/app.py`` takes the same arguments.
@@ -31,7 +31,7 @@ from deva.config.schema import AppConfig, parse
 from deva.segmenters import check_segmenter_name
 
 log = logging.getLogger("app")
-EMBEDDED = repository_path("checkpoints/deva-small-synthetic.pth")
+EMBEDDED = repository_path("checkpoints/deva-mobile-real.pth")
 DEMOS = ("tiny",)
 
 
@@ -67,10 +67,10 @@ def _offered(config: AppConfig, workdir: Path) -> tuple[dict[str, dict], str, st
                 f"embedded checkpoint not found: {EMBEDDED} (run from the repository or "
                 "give model.weights=FILE)"
             )
-        preset, weights = "small", str(EMBEDDED)
+        preset, weights = "mobile", str(EMBEDDED)
         notes.append(
-            "Propagation: the embedded small checkpoint `deva-small-synthetic.pth`, "
-            "trained on synthetic videos only."
+            "Propagation: the embedded mobile checkpoint `deva-mobile-real.pth` (1.2 M "
+            "parameters), trained here on real photo cut-outs and synthetic videos."
         )
     tiny = prepare_tiny_segmenters(workdir / "tiny_models")
     return {n: tiny[n] for n in names if n in tiny}, preset, weights, notes

@@ -155,6 +155,7 @@ class DemoConfig(RuntimeFields):
     width: int
     size: int
     fps: float
+    clip: str | None = None
 
 
 @dataclass
