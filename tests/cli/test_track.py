@@ -193,7 +193,25 @@ def test_precomputed_semionline_from_frame_folder(track, clip, tmp_path, capsys)
     )  # fmt: skip
     assert code == 0, err
     summary = check_outputs(out, [f"{t:05d}" for t in range(T)], 7.5, (H, W))
-    assert summary["objects"]
+    assert summary["objects"] and summary["propagator"] == "deva"
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_hold_propagator_end_to_end(track, clip, tmp_path, capsys, mode: str) -> None:
+    out = tmp_path / mode
+    code, stdout, err = run(
+        track, capsys, f"input={clip['mp4']}", f"output={out}", "segmenter=precomputed",
+        f"detections={clip['dets']}", f"mode={mode}", "propagator=hold",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "propagator hold, no propagation network" in stdout
+    summary = check_outputs(out, [f"{t:05d}" for t in range(T)], FPS, (H, W))
+    assert summary["propagator"] == "hold" and summary["objects"]
+    code, _, err = run(
+        track, capsys, f"input={clip['mp4']}", f"output={tmp_path / 'bad'}",
+        "segmenter=precomputed", f"detections={clip['dets']}", "propagator=sam9",
+    )  # fmt: skip
+    assert code == 2 and "unknown propagator 'sam9'" in err
 
 
 def test_unknown_segmenter_lists_available(track, clip, tmp_path, capsys) -> None:

@@ -144,16 +144,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-EMBEDDED = repository_path("checkpoints/deva-small-synthetic.pth")
+EMBEDDED = {
+    "small": repository_path("checkpoints/deva-small-synthetic.pth"),
+    "mobile": repository_path("checkpoints/deva-mobile-real.pth"),
+}
 
 
 def _model(
     preset: str, device: torch.device, seed: int, weights: str | None = None
 ) -> tuple[PropagationModel, str]:
     """The network and where its weights came from (``auto``: the embedded trained
-    checkpoint for ``small`` when present, else random)."""
+    checkpoint of ``small`` or ``mobile`` when present, else random)."""
     if weights == "auto":
-        weights = str(EMBEDDED) if preset == "small" and EMBEDDED.is_file() else None
+        embedded = EMBEDDED.get(preset)
+        weights = str(embedded) if embedded is not None and embedded.is_file() else None
     if weights:
         section = ModelSection(preset=preset, weights=weights)
         return builder.model(section).to(device).eval(), Path(weights).name

@@ -3,7 +3,11 @@ r"""Track every object of your own video with an image segmenter + the propagati
     deva-track input=VIDEO_OR_FRAME_DIR output=DIR \
         segmenter=sam|grounded_sam|owlv2_sam|sam3|mask2former|oneformer|precomputed \
         [prompt="a. b."] [mode=online|semionline|offline] [size=480] [model.weights=FILE] \
-        [segmenter.model=HUB_ID_OR_DIR] [amp=bf16] [resume=true] [overwrite=true]
+        [segmenter.model=HUB_ID_OR_DIR] [propagator=deva|hold] [amp=bf16] [resume=true] \
+        [overwrite=true]
+
+``propagator=hold`` (each object keeps its last merged mask, no propagation network) is the
+baseline to compare a propagation model with; ``summary.json`` names the backend.
 
 Writes ``DIR/masks/<frame>.png`` (palette ids, RGB-encoded beyond 255) + ``<frame>.json``
 (``[{id, label, category_id, score, isthing, area, box}]``), ``DIR/coco_rle.json`` (whole
@@ -27,8 +31,12 @@ from omegaconf import DictConfig
 from deva.cli.common import run_tool
 from deva.config import ConfigError, builder, compose
 from deva.config.schema import TrackConfig, parse
+from deva.inference.backend import PropagationBackend
+from deva.inference.backends import make_backend, needs_model
+from deva.inference.options import InferenceOptions
 from deva.io.outputs import check_folder
 from deva.io.video import VideoFrames
+from deva.modeling.propagation import PropagationModel
 from deva.pipelines.inputs import check_detections
 from deva.pipelines.video_tracking import track_video
 from deva.segmenters.precomputed import PrecomputedSegmenter
@@ -92,18 +100,29 @@ def run(cfg: DictConfig | TrackConfig) -> int:
         )
     what = f"{name} prompt {config.prompt!r}" if config.prompt and name in PROMPTED else name
     model_id = config.detections if name == "precomputed" else config.segmenter.get("model")
+    if needs_model(tracker.propagator):
+        propagation = f"weights {config.model.weights or 'RANDOM'}"
+    else:
+        propagation = f"propagator {tracker.propagator}, no propagation network"
     print(
         f"tracking {config.input} with {what} ({model_id}) ({tracker.mode.value}, detect every "
         f"{tracker.detect_every}, clip {tracker.clip_length}) on {device} -> {config.output} "
-        f"(weights {config.model.weights or 'RANDOM'}){' [resume]' if config.resume else ''}"
+        f"({propagation}){' [resume]' if config.resume else ''}"
     )
-    model = builder.model(config.model).to(device)
+    if needs_model(tracker.propagator):
+        model: PropagationModel | PropagationBackend = builder.model(config.model).to(device)
+        model_options: InferenceOptions | None = options
+    else:
+        model = make_backend(
+            tracker.propagator, None, tracker.memory, mem_every=tracker.mem_every, options=options
+        )
+        model_options = None
     start = time.perf_counter()
     report = track_video(
         model,
         segmenter,
         tracker,
-        options=options,
+        options=model_options,
         source=config.input,
         output=config.output,
         overlay=config.overlay,

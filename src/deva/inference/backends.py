@@ -58,6 +58,15 @@ def needs_model(name: str) -> bool:
     return check_backend(name) == "deva"
 
 
+def backend_name(backend: PropagationBackend) -> str:
+    """The registry name of ``backend`` (``deva``, ``hold``), else its class name."""
+    if isinstance(backend, Propagator):
+        return "deva"
+    if isinstance(backend, HoldBackend):
+        return "hold"
+    return type(backend).__name__
+
+
 def make_backend(
     name: str,
     model: PropagationModel | InferenceNetwork | None,

@@ -61,7 +61,7 @@ import numpy as np
 import torch
 
 from deva.inference.backend import PropagationBackend, PropagationResult
-from deva.inference.backends import make_backend
+from deva.inference.backends import backend_name, make_backend
 from deva.inference.consensus import in_clip_consensus
 from deva.inference.merging import merge_with_consensus
 from deva.inference.objects import ObjectRegistry
@@ -174,10 +174,12 @@ class DecoupledTracker:
             backend: PropagationBackend = make_backend(
                 c.propagator, propagation, c.memory, mem_every=c.mem_every, options=options
             )
+            self.propagator_name = c.propagator
         elif options is not None:
             raise ValueError("options configure our propagation network; a backend has its own")
         else:
             backend = propagation
+            self.propagator_name = backend_name(backend)
         self._propagator = backend
         self.key_frame_score = key_frame_score
         self._timer = timer or (lambda name: contextlib.nullcontext())

@@ -423,6 +423,7 @@ def _finish(
         "fps": rate,
         "size": list(writer.size) if writer.size else None,
         "mode": run.tracker.config.mode.value,
+        "propagator": run.tracker.propagator_name,
         "timings": {
             "total_s": round(elapsed, 3),
             "frames_per_s": round(run.done / elapsed, 3) if elapsed > 0 else None,
