@@ -334,8 +334,14 @@ def test_the_real_stages_train_from_the_folder(built, tmp_path: Path) -> None:
     assert "pixel_encoder.features.0.0.weight" in state  # the mobile preset's MobileNetV2
 
 
-def test_the_real_stage_needs_its_folder(capsys) -> None:
-    assert train_cli.main(["stage=real", "stage.iterations=1", "logger=none"]) == 2
+def test_the_real_stage_needs_its_folder(capsys, tmp_path: Path) -> None:
+    argv = ["stage=real", "stage.iterations=1", "logger=none", f"output_dir={tmp_path / 'o'}"]
+    assert train_cli.main([*argv, "data.real_root=null"]) == 2
     err = capsys.readouterr().err.strip()
     assert "stage=real trains on real cut-outs: give data.real_root=DIR" in err
     assert "\n" not in err
+    missing = tmp_path / "nowhere"
+    assert train_cli.main([*argv, f"data.real_root={missing}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"data.real_root={missing} is not a folder: make it with" in err
+    assert "\n" not in err and not (tmp_path / "o").exists()

@@ -406,6 +406,11 @@ def datamodule(
                 "stage=real trains on real cut-outs: give data.real_root=DIR, a folder "
                 "made by tools/make_real.py output=DIR"
             )
+        if data.real_root and not Path(data.real_root).is_dir():
+            raise ConfigError(
+                f"data.real_root={data.real_root} is not a folder: make it with "
+                f"python tools/make_real.py output={data.real_root}"
+            )
         dataset = SyntheticClipDataset(
             length=data.samples_per_epoch,
             num_frames=stage.num_frames,
