@@ -32,7 +32,8 @@ from deva.config.schema import DemoConfig, parse
 from deva.data.synthetic import SyntheticVideoConfig, generate_video
 from deva.inference.propagator import Propagator
 from deva.io.atomic import atomic_path
-from deva.io.masks import read_index_png
+from deva.io.frames import list_frame_files, read_frame
+from deva.io.masks import read_mask_png
 from deva.io.outputs import OutputFolder, check_folder
 from deva.io.video import Mp4Writer, overlay_mask
 from deva.metrics import jf_sequence, jf_summary
@@ -70,19 +71,18 @@ def real_clip(path: Path) -> DemoVideo:
     """``ROOT/NAME`` of a DAVIS-layout root: the frames of ``JPEGImages/NAME`` and the masks
     of ``Annotations/NAME`` (by frame name); the first frame must be annotated."""
     root, name = path.parent, path.name
-    images = sorted((root / "JPEGImages" / name).glob("*.jpg"))
-    if not images:
-        raise FileNotFoundError(f"clip: no frames in {root / 'JPEGImages' / name}/*.jpg")
+    try:
+        images = list_frame_files(root / "JPEGImages" / name)
+    except (FileNotFoundError, ValueError):
+        raise FileNotFoundError(f"clip: no frames in {root / 'JPEGImages' / name}") from None
     annotations = root / "Annotations" / name
+    given = {p.stem: p for p in annotations.glob("*.png")}
     masks = [
-        read_index_png(annotations / f"{image.stem}.png")
-        if (annotations / f"{image.stem}.png").is_file()
-        else None
-        for image in images
+        read_mask_png(given[i.stem]).astype(np.int64) if i.stem in given else None for i in images
     ]
     if masks[0] is None or not masks[0].any():
         raise ValueError(f"clip: the first frame needs a mask with objects: {annotations}")
-    frames = [np.array(Image.open(image).convert("RGB")) for image in images]
+    frames = [read_frame(image) for image in images]
     for image, frame, mask in zip(images, frames, masks, strict=True):
         if mask is not None and mask.shape != frame.shape[:2]:
             raise ValueError(f"clip: mask of {image.name} is {mask.shape}, frame {frame.shape[:2]}")
@@ -90,7 +90,7 @@ def real_clip(path: Path) -> DemoVideo:
     annotated = sum(m is not None for m in masks)
     return DemoVideo(
         frames,
-        [None if m is None else m.astype(np.int64) for m in masks],
+        masks,
         f"{len(frames)} frames of {path} ({annotated} annotated), {objects} objects",
     )
 

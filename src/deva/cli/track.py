@@ -100,7 +100,8 @@ def run(cfg: DictConfig | TrackConfig) -> int:
         )
     what = f"{name} prompt {config.prompt!r}" if config.prompt and name in PROMPTED else name
     model_id = config.detections if name == "precomputed" else config.segmenter.get("model")
-    if needs_model(tracker.propagator):
+    network = needs_model(tracker.propagator)
+    if network:
         propagation = f"weights {config.model.weights or 'RANDOM'}"
     else:
         propagation = f"propagator {tracker.propagator}, no propagation network"
@@ -109,7 +110,7 @@ def run(cfg: DictConfig | TrackConfig) -> int:
         f"{tracker.detect_every}, clip {tracker.clip_length}) on {device} -> {config.output} "
         f"({propagation}){' [resume]' if config.resume else ''}"
     )
-    if needs_model(tracker.propagator):
+    if network:
         model: PropagationModel | PropagationBackend = builder.model(config.model).to(device)
         model_options: InferenceOptions | None = options
     else:
