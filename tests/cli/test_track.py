@@ -63,6 +63,9 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
         "oneformer": tiny.save_tiny_oneformer(root / "oneformer"),
         "sam3": tiny.save_tiny_sam3(root / "sam3"),
         "owlv2": tiny.save_tiny_owlv2(root / "owlv2"),
+        "sam2_video": tiny.save_tiny_sam2_video(root / "sam2_video"),
+        "sam3_video": tiny.save_tiny_sam3_tracker_video(root / "sam3_video"),
+        "edgetam_video": tiny.save_tiny_edgetam_video(root / "edgetam_video"),
     }
 
 
@@ -212,6 +215,33 @@ def test_hold_propagator_end_to_end(track, clip, tmp_path, capsys, mode: str) ->
         "segmenter=precomputed", f"detections={clip['dets']}", "propagator=sam9",
     )  # fmt: skip
     assert code == 2 and "unknown propagator 'sam9'" in err
+
+
+@pytest.mark.parametrize(
+    ("propagator", "mode"), [("sam2", "semionline"), ("sam3", "online"), ("edgetam", "offline")]
+)
+def test_sam_family_propagators_end_to_end(
+    track, clip, tiny, tmp_path, capsys, propagator: str, mode: str
+) -> None:
+    """SAM 2 / SAM 3's tracker / EdgeTAM propagate under the unchanged tracker: valid outputs
+    (no overlaps, ids match the JSON, RLE equals the PNGs) and the backend in summary.json."""
+    out = tmp_path / propagator
+    folder = tiny[f"{propagator}_video"]
+    code, stdout, err = run(
+        track, capsys, f"input={clip['mp4']}", f"output={out}", "segmenter=precomputed",
+        f"detections={clip['dets']}", f"mode={mode}", f"propagator={propagator}",
+        f"propagator_model={folder}",
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"propagator {propagator}, model {folder}" in stdout
+    summary = check_outputs(out, [f"{t:05d}" for t in range(T)], FPS, (H, W))
+    assert summary["propagator"] == propagator and summary["objects"]
+    code, _, err = run(
+        track, capsys, f"input={clip['mp4']}", f"output={tmp_path / 'missing'}",
+        "segmenter=precomputed", f"detections={clip['dets']}", f"propagator={propagator}",
+        f"propagator_model={tmp_path / 'no_such_model'}",
+    )  # fmt: skip
+    assert code == 2 and "model folder not found" in error_line(err)
 
 
 def test_unknown_segmenter_lists_available(track, clip, tmp_path, capsys) -> None:

@@ -198,3 +198,25 @@ def test_bf16_on_the_cpu_matches_fp32_masks(synthetic: Path, tmp_path: Path) -> 
         same += int((a == b).sum())
         total += a.size
     assert total > 0 and same / total > 0.99
+
+
+def test_generic_with_the_sam2_propagator(synthetic: Path, tmp_path: Path) -> None:
+    """``propagator=sam2`` writes the same layout from a local SAM 2 folder, without building
+    our network (no random-weights warning)."""
+    pytest.importorskip("transformers")
+    from deva.segmenters.tiny import save_tiny_sam2_video
+
+    folder = save_tiny_sam2_video(tmp_path / "sam2")
+    out = tmp_path / "out"
+    result = _evaluate(
+        "benchmark=generic", f"data.root={synthetic}", f"output={out}", "size=64",
+        "propagator=sam2", f"propagator_model={folder}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "RANDOMLY INITIALISED" not in result.stderr
+    assert "done: 12 frames of 2 videos" in result.stdout
+    for video in sorted((synthetic / "JPEGImages").iterdir()):
+        first_gt = read_index_png(sorted((synthetic / "Annotations" / video.name).glob("*.png"))[0])
+        written = sorted((out / video.name).glob("*.png"))
+        assert len(written) == 6
+        assert (read_index_png(written[0]) == first_gt).mean() > 0.9

@@ -30,7 +30,7 @@ from deva.config import ConfigError, builder, compose
 from deva.config.schema import EvaluateConfig, parse
 from deva.errors import one_line
 from deva.inference.backend import PropagationBackend
-from deva.inference.backends import check_backend, make_backend
+from deva.inference.backends import check_backend, make_backend, needs_model
 from deva.io import davis
 from deva.io.frames import list_frame_files
 from deva.io.outputs import OutputFolder, check_folder
@@ -91,9 +91,11 @@ def run_tracking(config: EvaluateConfig) -> int:
         f"{config.benchmark}: tracking {data.images} with detections {data.detections} "
         f"({tracker.mode.value}, detect every {tracker.detect_every}, clip "
         f"{tracker.clip_length}, max missed {tracker.max_missed}) on {device} -> "
-        f"{config.output} (weights {config.model.weights or 'RANDOM'})"
+        f"{config.output} ({builder.propagation_summary(config.model, tracker)})"
     )
-    model = builder.model(config.model).to(device)
+    model, options = builder.propagation(
+        config.model, tracker, options, local_files_only=builder.offline_models(None)
+    )
     start = time.perf_counter()
     out = OutputFolder(config.output, tool="evaluate", overwrite=config.overwrite, inputs=inputs)
     frames = _recorded(
@@ -128,10 +130,16 @@ def run_vos(config: EvaluateConfig) -> int:
     check_folder(_output(config), overwrite=config.overwrite, inputs=[config.data.root])
     options = builder.inference_options(config)
     device = options.torch_device()
-    model = builder.model(config.model).to(device)
+    model = builder.model(config.model).to(device) if needs_model(config.propagator) else None
     memory = builder.memory_config(config.memory)
     propagator = make_backend(
-        check_backend(config.propagator), model, memory, mem_every=config.mem_every, options=options
+        check_backend(config.propagator),
+        model,
+        memory,
+        mem_every=config.mem_every,
+        options=options,
+        source=config.propagator_model,
+        local_files_only=builder.offline_models(None),
     )
     log.info(
         "%s: %d videos from %s -> %s on %s (size %s, propagator %s, weights %s)",

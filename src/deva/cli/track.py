@@ -31,12 +31,8 @@ from omegaconf import DictConfig
 from deva.cli.common import run_tool
 from deva.config import ConfigError, builder, compose
 from deva.config.schema import TrackConfig, parse
-from deva.inference.backend import PropagationBackend
-from deva.inference.backends import make_backend, needs_model
-from deva.inference.options import InferenceOptions
 from deva.io.outputs import check_folder
 from deva.io.video import VideoFrames
-from deva.modeling.propagation import PropagationModel
 from deva.pipelines.inputs import check_detections
 from deva.pipelines.video_tracking import track_video
 from deva.segmenters.precomputed import PrecomputedSegmenter
@@ -100,24 +96,18 @@ def run(cfg: DictConfig | TrackConfig) -> int:
         )
     what = f"{name} prompt {config.prompt!r}" if config.prompt and name in PROMPTED else name
     model_id = config.detections if name == "precomputed" else config.segmenter.get("model")
-    network = needs_model(tracker.propagator)
-    if network:
-        propagation = f"weights {config.model.weights or 'RANDOM'}"
-    else:
-        propagation = f"propagator {tracker.propagator}, no propagation network"
     print(
         f"tracking {config.input} with {what} ({model_id}) ({tracker.mode.value}, detect every "
         f"{tracker.detect_every}, clip {tracker.clip_length}) on {device} -> {config.output} "
-        f"({propagation}){' [resume]' if config.resume else ''}"
+        f"({builder.propagation_summary(config.model, tracker)})"
+        f"{' [resume]' if config.resume else ''}"
     )
-    if network:
-        model: PropagationModel | PropagationBackend = builder.model(config.model).to(device)
-        model_options: InferenceOptions | None = options
-    else:
-        model = make_backend(
-            tracker.propagator, None, tracker.memory, mem_every=tracker.mem_every, options=options
-        )
-        model_options = None
+    model, model_options = builder.propagation(
+        config.model,
+        tracker,
+        options,
+        local_files_only=builder.offline_models(config.offline_models),
+    )
     start = time.perf_counter()
     report = track_video(
         model,

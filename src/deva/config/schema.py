@@ -72,6 +72,7 @@ class TrackingFields:
     mem_every: int
     memory: MemorySection  # type: ignore[valid-type]
     propagator: str
+    propagator_model: str | None
 
 
 # ---- tools ---------------------------------------------------------------------------------

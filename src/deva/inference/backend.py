@@ -33,6 +33,7 @@ import torch
 
 from deva.inference.objects import ObjectRegistry
 from deva.inference.preprocess import probabilities_to_ids
+from deva.modeling.propagation import aggregate_probabilities
 from deva.types import Segmentation
 
 
@@ -78,6 +79,32 @@ def given_masks(
     if len(set(ids)) != len(ids) or any(o <= 0 for o in ids):
         raise ValueError(f"object ids must be distinct positive integers, got {ids}")
     return ids, prob
+
+
+def merge_given(
+    predicted: torch.Tensor | None,
+    given: torch.Tensor | None,
+    given_ids: list[int],
+    ids: list[int],
+    size: tuple[int, int],
+    *,
+    like: torch.Tensor,
+) -> torch.Tensor:
+    """A committed frame's (N + 1, H, W) probabilities for ``ids`` (registry order, objects
+    that were predicted first): given masks (N_g, H, W) of ``given_ids`` win where they are
+    foreground over the ``predicted`` (N_p + 1, H, W) probabilities, and the objects are
+    soft-aggregated again. ``like`` gives the dtype and device when there is no object."""
+    if not ids:
+        return like.new_ones(1, *size)
+    if given is None:
+        return predicted
+    combined = given.new_zeros(len(ids), *size)
+    if predicted is not None:
+        combined[: predicted.shape[0] - 1] = predicted[1:].to(combined.dtype)
+        combined[:, given.sum(dim=0) > 0.5] = 0
+    for i, obj in enumerate(given_ids):
+        combined[ids.index(obj)] = given[i]
+    return torch.softmax(aggregate_probabilities(combined, dim=0), dim=0)
 
 
 @runtime_checkable

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from deva.inference import alignment
-from deva.inference.backend import PropagationResult, given_masks
+from deva.inference.backend import PropagationResult, given_masks, merge_given
 from deva.inference.memory import InferenceMemory, MemoryConfig
 from deva.inference.network import FrameFeatures, InferenceNetwork
 from deva.inference.objects import ObjectRegistry
 from deva.inference.options import InferenceOptions
 from deva.inference.preprocess import pad_to_multiple, unpad
-from deva.modeling.propagation import PropagationModel, aggregate_probabilities
+from deva.modeling.propagation import PropagationModel
 from deva.types import Segmentation
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,14 @@ class Propagator:
         wanted = set(existing) | set(given_ids)
         ids = [o for o in self.objects.ids if o in wanted]  # the registry's channel order
         with self.network.autocast():
-            prob = self._merge(predicted if existing else None, given, given_ids, ids, features)
+            prob = merge_given(
+                predicted if existing else None,
+                given,
+                given_ids,
+                ids,
+                tuple(features.image.shape[-2:]),
+                like=features.image,
+            )
             is_memory_frame = (
                 bool(given_ids) or self._frame - self._last_memory_frame >= self.mem_every
             ) and not pending.end
@@ -283,28 +290,6 @@ class Propagator:
             self.memory.set_sensory(existing, sensory)
         _, prob = network.aggregate(logits)
         return prob[0]
-
-    @staticmethod
-    def _merge(
-        predicted: torch.Tensor | None,
-        given: torch.Tensor | None,
-        given_ids: list[int],
-        ids: list[int],
-        features: FrameFeatures,
-    ) -> torch.Tensor:
-        """Combine prediction and given masks into (N + 1, H', W') probabilities."""
-        h, w = features.image.shape[-2:]
-        if not ids:
-            return features.image.new_ones(1, h, w)
-        if given is None:
-            return predicted
-        combined = given.new_zeros(len(ids), h, w)
-        if predicted is not None:
-            combined[: predicted.shape[0] - 1] = predicted[1:].to(combined.dtype)
-            combined[:, given.sum(dim=0) > 0.5] = 0
-        for i, obj in enumerate(given_ids):
-            combined[ids.index(obj)] = given[i]
-        return torch.softmax(aggregate_probabilities(combined, dim=0), dim=0)
 
     def _write_memory(self, features: FrameFeatures, prob: torch.Tensor, ids: list[int]) -> None:
         key = features.key

@@ -172,7 +172,12 @@ class DecoupledTracker:
         if isinstance(propagation, PropagationModel):
             c = self.config
             backend: PropagationBackend = make_backend(
-                c.propagator, propagation, c.memory, mem_every=c.mem_every, options=options
+                c.propagator,
+                propagation,
+                c.memory,
+                mem_every=c.mem_every,
+                options=options,
+                source=c.propagator_model,
             )
             self.propagator_name = c.propagator
         elif options is not None:

@@ -58,7 +58,9 @@ class TrackerConfig:
         incremental: incremental mode (automatic segmentation): an unassociated object whose
             propagated mask is non-empty has its miss counter reset instead of increased.
         propagator: the propagation backend built for a model (:mod:`deva.inference.backends`:
-            ``deva``, or the ``hold`` baseline).
+            ``deva``, the ``hold`` baseline, or ``sam2`` / ``sam3`` / ``edgetam``).
+        propagator_model: the SAM-family backend's model: a hub id or a ``save_pretrained``
+            folder (None: the family's default hub id).
     """
 
     mode: TrackingMode = TrackingMode.SEMI_ONLINE
@@ -73,6 +75,7 @@ class TrackerConfig:
     panoptic: bool = False
     incremental: bool = False
     propagator: str = "deva"
+    propagator_model: str | None = None
 
     def __post_init__(self) -> None:
         from deva.inference.backends import check_backend  # the backends import the network

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from deva.segmenters.hf import require_transformers
+from deva.segmenters.hf import IMAGENET_MEAN, IMAGENET_STD, require_transformers
 
 TINY_WORDS = (
     "person",
@@ -352,3 +352,153 @@ def save_tiny_owlv2(folder: str | Path, *, seed: int = 0) -> Path:
         },
     )
     return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Promptable video models (propagation backends, deva.inference.sam_video)
+
+#: input size of the tiny video models; their memory tokens are 8×8 (stride 16)
+TINY_VIDEO_SIZE = 128
+# The memory encoder's output width is fixed at 64 and the tracker's hidden width must exceed it.
+_VIDEO_HIDDEN = 128
+
+
+def _video_memory_settings() -> dict:
+    """Memory attention, encoder and fuser keys shared by the tiny video configs."""
+    d = _VIDEO_HIDDEN
+    return {
+        "image_size": TINY_VIDEO_SIZE,
+        "memory_attention_hidden_size": d,
+        "memory_attention_num_layers": 1,
+        "memory_attention_feed_forward_hidden_size": 64,
+        "memory_attention_mlp_hidden_size": 64,
+        "memory_attention_rope_feat_sizes": [8, 8],
+        "memory_encoder_hidden_size": d,
+        "memory_encoder_output_channels": 64,
+        "mask_downsampler_embed_dim": d,
+        "memory_fuser_embed_dim": d,
+        "memory_fuser_intermediate_dim": 64,
+        "memory_fuser_num_layers": 1,
+    }
+
+
+def _video_heads(prefix: str) -> dict:
+    """Prompt encoder and mask decoder configs (``prefix``: the transformers model family)."""
+    transformers = require_transformers()
+    d = _VIDEO_HIDDEN
+    prompt = getattr(transformers, f"{prefix}PromptEncoderConfig")
+    decoder = getattr(transformers, f"{prefix}MaskDecoderConfig")
+    return {
+        "prompt_encoder_config": prompt(
+            hidden_size=d, image_size=TINY_VIDEO_SIZE, patch_size=16, mask_input_channels=4
+        ).to_dict(),
+        "mask_decoder_config": decoder(
+            hidden_size=d, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32
+        ).to_dict(),
+    }
+
+
+def _tiny_hiera_vision() -> dict:
+    """A four-stage Hiera trunk (16 → 128 channels) with an FPN of width 128, 128-pixel input."""
+    transformers = require_transformers()
+    hiera = transformers.Sam2HieraDetConfig(
+        hidden_size=16,
+        num_attention_heads=1,
+        image_size=[TINY_VIDEO_SIZE, TINY_VIDEO_SIZE],
+        blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[16, 32, 64, 128],
+        num_attention_heads_per_stage=[1, 1, 1, 1],
+        window_size_per_stage=[4, 4, 4, 2],
+        global_attention_blocks=[3],  # never a stage's first block
+        window_positional_embedding_background_size=[4, 4],
+    )
+    return transformers.Sam2VisionConfig(
+        backbone_config=hiera.to_dict(),
+        backbone_channel_list=[128, 64, 32, 16],
+        backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
+        fpn_hidden_size=_VIDEO_HIDDEN,
+    ).to_dict()
+
+
+def _save_video_model(
+    folder: str | Path, model_class: str, config: object, normalisation: float | None, seed: int
+) -> Path:
+    """Save a random ``model_class(config)`` with its input normalisation (ImageNet's when
+    ``normalisation`` is None, else that value as every mean and std)."""
+    transformers = require_transformers()
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_class)(config)
+    with torch.no_grad():  # objects always present, so that masks are decoded, not blanked
+        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(5.0)
+    model.save_pretrained(str(folder))
+    _write_json(
+        folder / "preprocessor_config.json",
+        {
+            "image_mean": [normalisation] * 3 if normalisation else list(IMAGENET_MEAN),
+            "image_std": [normalisation] * 3 if normalisation else list(IMAGENET_STD),
+        },
+    )
+    return folder
+
+
+def save_tiny_sam2_video(folder: str | Path, *, seed: int = 0) -> Path:
+    """A SAM 2 video model (``Sam2VideoModel``) with a tiny Hiera trunk at 128 pixels."""
+    transformers = require_transformers()
+    config = transformers.Sam2VideoConfig(
+        vision_config=_tiny_hiera_vision(),
+        **_video_heads("Sam2Video"),
+        **_video_memory_settings(),
+    )
+    return _save_video_model(folder, "Sam2VideoModel", config, None, seed)
+
+
+def save_tiny_edgetam_video(folder: str | Path, *, seed: int = 0) -> Path:
+    """An EdgeTAM video model (``EdgeTamVideoModel``: SAM 2 with a perceiver that compresses
+    each memory frame) at 128 pixels. The published EdgeTAM's trunk is a timm RepViT; this
+    one uses the tiny Hiera trunk, which builds without timm."""
+    transformers = require_transformers()
+    config = transformers.EdgeTamVideoConfig(
+        vision_config=_tiny_hiera_vision(),
+        **_video_heads("EdgeTamVideo"),
+        **_video_memory_settings(),
+        perceiver_resampler_num_latents=16,
+        perceiver_resampler_num_latents_2d=16,
+        perceiver_resampler_mlp_intermediate_size=64,
+        perceiver_resampler_num_layers=1,
+        memory_attention_rope_k_sizes=[4, 4],
+    )
+    return _save_video_model(folder, "EdgeTamVideoModel", config, None, seed)
+
+
+def save_tiny_sam3_tracker_video(folder: str | Path, *, seed: int = 0) -> Path:
+    """SAM 3's tracker (``Sam3TrackerVideoModel``: SAM 2's memory design on SAM 3's ViT) at
+    112 pixels (14-pixel patches), normalised with mean = std = 0.5 like SAM 3."""
+    transformers = require_transformers()
+    from transformers.models.sam3 import configuration_sam3 as c
+
+    vit = c.Sam3ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=112,
+        patch_size=14,
+        window_size=4,
+        global_attn_indexes=[1],
+        pretrain_image_size=56,
+    )
+    vision = c.Sam3VisionConfig(
+        backbone_config=vit.to_dict(),
+        fpn_hidden_size=_VIDEO_HIDDEN,
+        backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
+    )
+    settings = _video_memory_settings()
+    settings["image_size"] = 112
+    heads = _video_heads("Sam3TrackerVideo")
+    heads["prompt_encoder_config"]["image_size"] = 112
+    heads["prompt_encoder_config"]["patch_size"] = 14
+    config = transformers.Sam3TrackerVideoConfig(
+        vision_config=vision.to_dict(), **heads, **settings
+    )
+    return _save_video_model(folder, "Sam3TrackerVideoModel", config, 0.5, seed)

@@ -19,8 +19,11 @@ import torch
 from deva.config import ConfigError, repository_path
 from deva.config.schema import ModelSection, RuntimeFields, TrackingFields
 from deva.inference import options as runtime
+from deva.inference.backend import PropagationBackend
+from deva.inference.backends import make_backend, needs_model
 from deva.inference.memory import MemoryConfig
 from deva.inference.options import InferenceOptions
+from deva.inference.sam_video import FAMILIES
 from deva.inference.tracker_config import TrackerConfig, TrackingMode
 from deva.modeling.config import PropagationConfig
 from deva.modeling.propagation import PropagationModel
@@ -53,6 +56,41 @@ def model(section: ModelSection) -> PropagationModel:
         section.preset,
     )
     return PropagationModel(config)
+
+
+def propagation(
+    section: ModelSection,
+    tracker: TrackerConfig,
+    options: InferenceOptions,
+    *,
+    local_files_only: bool | None = None,
+) -> tuple[PropagationModel | PropagationBackend, InferenceOptions | None]:
+    """What the tracker propagates with, and the options that go with it: our network (from
+    ``section``, on the options' device) for ``propagator=deva``, else the ready backend
+    ``tracker.propagator`` names (its model from ``tracker.propagator_model``), which runs
+    with its own options (None)."""
+    if needs_model(tracker.propagator):
+        return model(section).to(options.torch_device()), options
+    backend = make_backend(
+        tracker.propagator,
+        None,
+        tracker.memory,
+        mem_every=tracker.mem_every,
+        options=options,
+        source=tracker.propagator_model,
+        local_files_only=local_files_only,
+    )
+    return backend, None
+
+
+def propagation_summary(section: ModelSection, tracker: TrackerConfig) -> str:
+    """How frames are propagated, for a tool's start-up line."""
+    if needs_model(tracker.propagator):
+        return f"weights {section.weights or 'RANDOM'}"
+    if tracker.propagator in FAMILIES:
+        source = tracker.propagator_model or FAMILIES[tracker.propagator].default_source
+        return f"propagator {tracker.propagator}, model {source}"
+    return f"propagator {tracker.propagator}, no propagation network"
 
 
 def inference_options(section: RuntimeFields) -> InferenceOptions:
@@ -120,6 +158,7 @@ def tracker_config(section: TrackingFields, *, panoptic: bool | None = None) -> 
             panoptic=panoptic,
             incremental=section.incremental,
             propagator=section.propagator,
+            propagator_model=section.propagator_model,
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None

@@ -34,7 +34,8 @@ def validation_tasks(
     - ``synthetic`` (J&F): ``num_videos``, ``seed`` and SyntheticVideoConfig fields;
     - ``generic`` / ``davis`` (J&F): ``root`` (and ``split``, ``resolution`` for DAVIS);
       these three also take ``size`` (or ``shorter_side``), ``mem_every``, ``top_k`` and
-      ``propagator`` (``hold``: the copy-the-first-mask baseline, whatever the weights);
+      ``propagator`` (``hold``: the copy-the-first-mask baseline, whatever the weights;
+      ``sam2`` / ``sam3`` / ``edgetam``: a SAM-family model) and ``propagator_model``;
     - ``vipseg`` (VPQ / STQ), ``burst`` (OWTA), ``synthetic_panoptic`` (VPQ / STQ): see
       :func:`build_tracking_task` — ``images``, ``gt``,
       ``detections``, ``max_videos``, ``max_frames`` and the tracker settings ``mode``,
@@ -53,7 +54,7 @@ def validation_tasks(
             spec["shorter_side"] = spec.pop("size")
         settings = {
             key: spec.pop(key)
-            for key in ("shorter_side", "mem_every", "top_k", "propagator")
+            for key in ("shorter_side", "mem_every", "top_k", "propagator", "propagator_model")
             if key in spec
         }
         if kind == "synthetic":

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from torchmetrics import Metric
 
+from deva.inference.backend import PropagationBackend
+from deva.inference.backends import make_backend, needs_model
 from deva.inference.options import InferenceOptions
 from deva.inference.tracker import DecoupledTracker, TrackedFrame
 from deva.inference.tracker_config import TrackerConfig
@@ -68,6 +70,7 @@ class TrackingTask(PredictionTask):
         self.max_frames = max_frames
         self.preview_frames = preview_frames
         self.preview: np.ndarray | None = None
+        self._backend: PropagationBackend | None = None  # a model-free backend, built once
 
     # -- what subclasses provide ---------------------------------------------------------
     @abstractmethod
@@ -91,9 +94,28 @@ class TrackingTask(PredictionTask):
         """(H, W) ground-truth ids of frame ``position`` of video ``index`` (for pictures)."""
 
     # -- the shared loop -----------------------------------------------------------------
+    def _propagation(self, model: PropagationModel) -> PropagationModel | PropagationBackend:
+        """The trained ``model``, or the set's own backend when ``propagator`` is not ``deva``
+        (built on first use, then reset for each video)."""
+        c = self.config
+        if needs_model(c.propagator):
+            return model
+        if self._backend is None:
+            self._backend = make_backend(
+                c.propagator,
+                None,
+                c.memory,
+                mem_every=c.mem_every,
+                options=self.options,
+                source=c.propagator_model,
+            )
+        return self._backend
+
     def process(self, model: PropagationModel, index: int, metric: Metric) -> None:
         """Track video ``index`` with the current weights and score it."""
-        tracker = DecoupledTracker(model, self.segmenter(index), self.config, options=self.options)
+        propagation = self._propagation(model)
+        options = self.options if propagation is model else None  # a backend has its own
+        tracker = DecoupledTracker(propagation, self.segmenter(index), self.config, options=options)
         count = self.num_frames(index)
         shown = _spread(count, self.preview_frames) if index == 0 else []
         kept: list[TrackedFrame] = []

@@ -18,7 +18,7 @@ from torchmetrics import Metric
 
 from deva.data.synthetic import SyntheticVideoConfig, generate_video, video_name, video_seed
 from deva.inference.backend import PropagationBackend
-from deva.inference.backends import DEFAULT_BACKEND, check_backend, make_backend
+from deva.inference.backends import DEFAULT_BACKEND, check_backend, make_backend, needs_model
 from deva.inference.memory import MemoryConfig
 from deva.inference.options import InferenceOptions
 from deva.io.masks import read_index_png
@@ -74,7 +74,8 @@ class VOSTask(PredictionTask):
         mem_every, top_k: propagator settings (inference defaults 5 and 30).
         options: how the propagator's network runs (precision, layout; None: defaults).
         propagator: the backend (:mod:`deva.inference.backends`); ``hold`` scores the
-            copy-the-first-mask baseline.
+            copy-the-first-mask baseline, ``sam2`` / ``sam3`` / ``edgetam`` a SAM-family model.
+        propagator_model: that model's hub id or folder (None: the family's default).
     """
 
     def __init__(
@@ -87,10 +88,13 @@ class VOSTask(PredictionTask):
         top_k: int = 30,
         options: InferenceOptions | None = None,
         propagator: str = DEFAULT_BACKEND,
+        propagator_model: str | None = None,
     ) -> None:
         self.name = name
         self.videos = videos
         self.propagator = check_backend(propagator)
+        self.propagator_model = propagator_model
+        self._backend: PropagationBackend | None = None  # a model-free backend, built once
         self.shorter_side = shorter_side
         self.mem_every = mem_every
         self.top_k = top_k
@@ -104,13 +108,21 @@ class VOSTask(PredictionTask):
         return JAndF()
 
     def _propagator(self, model: PropagationModel) -> PropagationBackend:
-        return make_backend(
+        """A backend over the trained ``model``; one that needs no such model is built once
+        (each video resets it)."""
+        if self._backend is not None:
+            return self._backend
+        backend = make_backend(
             self.propagator,
-            model,
+            model if needs_model(self.propagator) else None,
             MemoryConfig(top_k=self.top_k),
             mem_every=self.mem_every,
             options=self.options,
+            source=self.propagator_model,
         )
+        if not needs_model(self.propagator):
+            self._backend = backend
+        return backend
 
     def process(self, model: PropagationModel, index: int, metric: Metric) -> None:
         video = self.videos[index]
