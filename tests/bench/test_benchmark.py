@@ -129,3 +129,25 @@ def test_options() -> None:
     assert not _compile_variants(parse_options(["compile=false"]), torch.device("cuda"))
     with pytest.raises(ConfigError, match="compile"):
         parse_options(["compile=maybe"])
+
+
+def test_backends_suite_times_every_backend(tmp_path: Path) -> None:
+    """SAM-family backends from local folders are timed beside ours; EdgeTAM without a folder
+    is reported as skipped (its published encoder needs timm), not timed on another design."""
+    pytest.importorskip("transformers")
+    from deva.segmenters.tiny import save_tiny_sam2_video
+
+    folder = save_tiny_sam2_video(tmp_path / "sam2")
+    cfg = parse_options(
+        ["suite=backends", "quick=true", "backends=[deva,hold,sam2,edgetam]",
+         f"+backend_models.sam2={folder}"]
+    )  # fmt: skip
+    rows = {row["backend"]: row for row in run_suites(cfg, progress=lambda _: None)["rows"]}
+    assert set(rows) == {"deva", "hold", "sam2", "edgetam"}
+    for name in ("deva", "hold", "sam2"):
+        assert rows[name]["fps"] > 0 and rows[name]["frame"] == "64x112"
+    assert rows["sam2"]["model"] == str(folder) and rows["sam2"]["parameters"] > 1e6
+    assert "fps" not in rows["edgetam"] and "timm" in rows["edgetam"]["model"]
+    assert "| backends | sam2 |" in format_table({"rows": list(rows.values()), "checks": []})
+    with pytest.raises(ConfigError, match="backends must be among"):
+        parse_options(["backends=[sam9]"])

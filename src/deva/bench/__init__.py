@@ -3,7 +3,8 @@
 One module per suite; :func:`deva.bench.run.run_suites` runs the requested ones,
 :func:`deva.bench.report.format_table` turns the result into a Markdown table.
 
-Suites (``suite=propagation|tracker|consensus|memory|training|data|all``, ``tasks=`` is an alias):
+Suites (``suite=propagation|backends|tracker|consensus|memory|training|data|all``, ``tasks=``
+is an alias):
 
 - **propagation**: a generated 16:9 video at ``size`` (shorter side) is propagated from its
   first-frame masks by several *variants*, stepped interleaved frame by frame in one process
@@ -15,6 +16,8 @@ Suites (``suite=propagation|tracker|consensus|memory|training|data|all``, ``task
   (weights cast once); with ``compile`` (default on a GPU) also ``fp32-compiled`` and
   ``<amp>-compiled`` (``torch.compile``; warm-up frames absorb the compilation). Every
   variant's masks are compared with ``fp32-reference``.
+- **backends**: the same first-frame propagation by each propagation backend
+  (``propagator=deva|hold|sam2|sam3|edgetam``), interleaved; see :mod:`deva.bench.backends`.
 - **tracker**: the semi-online tracker over a stream whose segmenter returns ``segments``
   drifting Voronoi segments per frame (or, ``tracker_detections=video``, the generated
   video's own simulated detections: its objects and stuff regions with noise); variants

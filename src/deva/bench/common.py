@@ -20,11 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from deva.config import ConfigError, builder, compose, repository_path
 from deva.config.schema import BenchmarkConfig, ModelSection, parse
 from deva.data.synthetic import SyntheticVideo, SyntheticVideoConfig, generate_video
+from deva.inference.backends import BACKENDS
 from deva.modeling.config import PropagationConfig
 from deva.modeling.inference_model import check_autocast, cpu_supports_bf16
 from deva.modeling.propagation import PropagationModel
 
-SUITES = ("propagation", "tracker", "consensus", "memory", "training", "data")
+SUITES = ("propagation", "backends", "tracker", "consensus", "memory", "training", "data")
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FP32_MAX_DIFFER_PCT = 0.01
 MIN_IOU = 0.99
@@ -79,6 +80,11 @@ def parse_options(argv: list[str]) -> DictConfig:
         raise ConfigError(f"data_workers must be worker counts >= 0, got {list(cfg.data_workers)}")
     if isinstance(cfg.train_presets, str):
         cfg.train_presets = [cfg.train_presets]
+    if isinstance(cfg.backends, str):
+        cfg.backends = [cfg.backends]
+    bad_backends = sorted(set(cfg.backends) - set(BACKENDS))
+    if bad_backends:
+        raise ConfigError(f"backends must be among {list(BACKENDS)}, got {bad_backends}")
     if cfg.tracker_detections not in ("partition", "video"):
         raise ConfigError(
             f"tracker_detections must be partition or video, got {cfg.tracker_detections!r}"

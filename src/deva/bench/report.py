@@ -45,6 +45,13 @@ def format_table(result: dict) -> str:
                 f"| {suite} | {row['preset']} ({row['weights']}) | {row['variant']} | "
                 f"{row['frame']} | {row['fps']:.2f} | {row['ms_per_frame']:.0f} | {note} |"
             )
+        elif suite == "backends":
+            timed = "fps" in row
+            lines.append(
+                f"| backends | {row['backend']} | {row['model']} | {row['frame']} | "
+                + (f"{row['fps']:.2f} | {row['ms_per_frame']:.0f} | " if timed else "- | - | ")
+                + (f"{row['parameters'] / 1e6:.1f} M parameters |" if timed else "|")
+            )
         elif suite == "consensus":
             lines.append(
                 f"| consensus | - | - | {row['frame']} | - | {row['ms_median']:.1f} | "

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from deva.bench.backends import bench_backends
 from deva.bench.common import _amp_dtype, _width, machine_description
 from deva.bench.consensus import bench_consensus
 from deva.bench.data import bench_data
@@ -45,6 +46,9 @@ def run_suites(cfg: DictConfig, *, progress: Callable[[str], None] | None = None
             r, c = bench_propagation(preset, cfg, device, amp)
             rows += r
             checks += c
+    if "backends" in cfg.suite:
+        say(f"backends: {list(cfg.backends)} at {cfg.size}x{_width(int(cfg.size))}")
+        rows += bench_backends(cfg, device)
     if "tracker" in cfg.suite:
         for preset in cfg.presets:
             detections = (

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -31,11 +32,13 @@ from deva.config.schema import EvaluateConfig, parse
 from deva.errors import one_line
 from deva.inference.backend import PropagationBackend
 from deva.inference.backends import check_backend, make_backend, needs_model
+from deva.inference.options import InferenceOptions
 from deva.io import davis
 from deva.io.frames import list_frame_files
 from deva.io.outputs import OutputFolder, check_folder
 from deva.pipelines.dataset_tracking import track_dataset
 from deva.pipelines.inputs import check_frame_sizes
+from deva.pipelines.sharding import Processes, VideoParts, launch
 from deva.pipelines.vos import (
     VOSVideo,
     davis_videos,
@@ -64,18 +67,21 @@ def _videos(config: EvaluateConfig) -> list[VOSVideo]:
 def run(cfg: DictConfig | EvaluateConfig) -> int:
     """Dispatch on ``benchmark``; returns the number of frames written."""
     config = parse(EvaluateConfig, cfg)
+    if config.benchmark not in VOS_BENCHMARKS + TRACKING_BENCHMARKS:
+        raise ConfigError(
+            f"unknown benchmark {config.benchmark!r}; expected one of "
+            f"{VOS_BENCHMARKS + TRACKING_BENCHMARKS}"
+        )
+    t = config.trainer
+    processes = launch(t.devices, t.num_nodes, t.accelerator)
     if config.benchmark in VOS_BENCHMARKS:
-        return run_vos(config)
-    if config.benchmark in TRACKING_BENCHMARKS:
-        return run_tracking(config)
-    raise ConfigError(
-        f"unknown benchmark {config.benchmark!r}; expected one of "
-        f"{VOS_BENCHMARKS + TRACKING_BENCHMARKS}"
-    )
+        return run_vos(config, processes)
+    return run_tracking(config, processes)
 
 
-def run_tracking(config: EvaluateConfig) -> int:
+def run_tracking(config: EvaluateConfig, processes: Processes | None = None) -> int:
     """Decoupled tracking from precomputed detections; the benchmark's output format."""
+    processes = processes or Processes()
     data = config.data
     for key in ("images", "detections"):
         if getattr(data, key) is None:
@@ -83,24 +89,27 @@ def run_tracking(config: EvaluateConfig) -> int:
         if not Path(getattr(data, key)).exists():
             raise FileNotFoundError(f"data.{key} not found: {getattr(data, key)}")
     inputs = [data.images, data.detections, data.gt]
-    check_folder(_output(config), overwrite=config.overwrite, inputs=inputs)
+    check_folder(_output(config), overwrite=config.overwrite, resume=config.resume, inputs=inputs)
     tracker = builder.tracker_config(config)
-    options = builder.inference_options(config)
+    options = _options(config, processes)
     device = options.torch_device()
-    print(
+    _say(
+        processes,
         f"{config.benchmark}: tracking {data.images} with detections {data.detections} "
         f"({tracker.mode.value}, detect every {tracker.detect_every}, clip "
-        f"{tracker.clip_length}, max missed {tracker.max_missed}) on {device} -> "
-        f"{config.output} ({builder.propagation_summary(config.model, tracker)})"
+        f"{tracker.clip_length}, max missed {tracker.max_missed}) on {device}"
+        f"{_world(processes)} -> {config.output} "
+        f"({builder.propagation_summary(config.model, tracker)})",
     )
     model, options = builder.propagation(
         config.model, tracker, options, local_files_only=builder.offline_models(None)
     )
     start = time.perf_counter()
-    out = OutputFolder(config.output, tool="evaluate", overwrite=config.overwrite, inputs=inputs)
+    out = _output_folder(config, processes, inputs)
     frames = _recorded(
         out,
         config,
+        processes,
         lambda: track_dataset(
             config.benchmark,
             model,
@@ -112,23 +121,28 @@ def run_tracking(config: EvaluateConfig) -> int:
             gt=data.gt,
             split=data.split,
             extra_detections=config.extra_detections,
+            progress=processes.main,
+            processes=processes,
         ),
     )
     elapsed = time.perf_counter() - start
-    print(
+    _say(
+        processes,
         f"done: {frames} frames tracked, {config.benchmark} output in {out.root} in "
-        f"{elapsed:.1f} s ({frames / max(elapsed, 1e-9):.2f} frames/s)"
+        f"{elapsed:.1f} s ({frames / max(elapsed, 1e-9):.2f} frames/s)",
     )
     return frames
 
 
-def run_vos(config: EvaluateConfig) -> int:
+def run_vos(config: EvaluateConfig, processes: Processes | None = None) -> int:
     """Semi-supervised VOS: propagate the given masks; index PNGs per frame."""
+    processes = processes or Processes()
     videos = _videos(config)
     for video in videos:  # one frame size per video, before any work
         check_frame_sizes(list_frame_files(video.frames_dir))
-    check_folder(_output(config), overwrite=config.overwrite, inputs=[config.data.root])
-    options = builder.inference_options(config)
+    inputs = [config.data.root]
+    check_folder(_output(config), overwrite=config.overwrite, resume=config.resume, inputs=inputs)
+    options = _options(config, processes)
     device = options.torch_device()
     model = builder.model(config.model).to(device) if needs_model(config.propagator) else None
     memory = builder.memory_config(config.memory)
@@ -141,26 +155,32 @@ def run_vos(config: EvaluateConfig) -> int:
         source=config.propagator_model,
         local_files_only=builder.offline_models(None),
     )
-    log.info(
-        "%s: %d videos from %s -> %s on %s (size %s, propagator %s, weights %s)",
-        config.benchmark,
-        len(videos),
-        config.data.root,
-        config.output,
-        device,
-        config.size,
-        config.propagator,
-        config.model.weights or "RANDOM",
-    )
-    out = OutputFolder(
-        config.output, tool="evaluate", overwrite=config.overwrite, inputs=[config.data.root]
-    )
+    if processes.main:
+        log.info(
+            "%s: %d videos from %s -> %s on %s%s (size %s, propagator %s, weights %s)",
+            config.benchmark,
+            len(videos),
+            config.data.root,
+            config.output,
+            device,
+            _world(processes),
+            config.size,
+            config.propagator,
+            config.model.weights or "RANDOM",
+        )
+    out = _output_folder(config, processes, inputs)
     start = time.perf_counter()
-    frames = _recorded(out, config, lambda: _propagate_videos(out, propagator, videos, config))
+    frames = _recorded(
+        out,
+        config,
+        processes,
+        lambda: _propagate_videos(out, propagator, videos, config, processes),
+    )
     elapsed = time.perf_counter() - start
-    print(
+    _say(
+        processes,
         f"done: {frames} frames of {len(videos)} videos written to {out.root} in "
-        f"{elapsed:.1f} s ({frames / max(elapsed, 1e-9):.2f} frames/s)"
+        f"{elapsed:.1f} s ({frames / max(elapsed, 1e-9):.2f} frames/s)",
     )
     return frames
 
@@ -170,20 +190,74 @@ def _propagate_videos(
     propagator: PropagationBackend,
     videos: list[VOSVideo],
     config: EvaluateConfig,
+    processes: Processes,
 ) -> int:
-    frames = 0
-    for video in tqdm(videos, desc="videos", unit="video", position=0):
+    """This process's share of the videos (those an earlier run finished are skipped); the
+    frames of the whole output."""
+    parts = VideoParts(out)
+    finished = sum(parts.done(v.name) for v in videos)
+    if finished and processes.main:
+        log.info("skipping %d video(s) finished by the earlier run", finished)
+    lengths = [len(list_frame_files(v.frames_dir)) for v in videos]
+    todo = [i for i in processes.mine(lengths) if not parts.done(videos[i].name)]
+    bars = not processes.main
+    for index in tqdm(todo, desc="videos", unit="video", position=0, disable=bars):
+        video, frames = videos[index], 0
         for name, ids in tqdm(
             segment_video(propagator, video, shorter_side=config.size),
             desc=video.name,
             unit="frame",
             leave=False,
             position=1,
+            disable=bars,
         ):
             out.path(f"{video.name}/{name}.png")
             davis.write_prediction(out.root, video.name, name, ids)
             frames += 1
-    return frames
+        parts.write(video.name, {"frames": frames})
+    processes.barrier()
+    total = sum(int(parts.read(v.name)["frames"]) for v in videos)
+    if processes.main:
+        parts.clear([v.name for v in videos])
+    processes.barrier()
+    return total
+
+
+def _options(config: EvaluateConfig, processes: Processes) -> InferenceOptions:
+    """The runtime options, on this process's own device when there are several."""
+    options = builder.inference_options(config)
+    if processes.device is not None:
+        options = dataclasses.replace(options, device=str(processes.device))
+    return options
+
+
+def _output_folder(
+    config: EvaluateConfig, processes: Processes, inputs: list[str | None]
+) -> OutputFolder:
+    """The output folder: the first process prepares it (``overwrite`` clears it), then the
+    others open it as it is."""
+    out = None
+    if processes.main:
+        out = OutputFolder(
+            _output(config),
+            tool="evaluate",
+            overwrite=config.overwrite,
+            resume=config.resume,
+            inputs=inputs,
+        )
+    processes.barrier()
+    if out is None:
+        out = OutputFolder(_output(config), tool="evaluate", resume=True, inputs=inputs)
+    return out
+
+
+def _say(processes: Processes, line: str) -> None:
+    if processes.main:
+        print(line)
+
+
+def _world(processes: Processes) -> str:
+    return f" (process {processes.rank + 1} of {processes.world})" if processes.world > 1 else ""
 
 
 def _output(config: EvaluateConfig) -> str:
@@ -192,26 +266,38 @@ def _output(config: EvaluateConfig) -> str:
     return config.output
 
 
-def _recorded(out: OutputFolder, config: EvaluateConfig, work: Callable[[], int]) -> int:
-    """``work()`` with its state recorded in ``run.json`` (running, done, failed, interrupted)."""
+def _recorded(
+    out: OutputFolder, config: EvaluateConfig, processes: Processes, work: Callable[[], int]
+) -> int:
+    """``work()`` with its state recorded in ``run.json`` by the first process (running, done,
+    failed, interrupted; the file list of every process at the end)."""
     record = {"settings": dataclasses.asdict(config), "state": "running"}
-    out.write_run(record)
+    if processes.main:
+        out.write_run(record)
     try:
         frames = work()
     except KeyboardInterrupt:
-        out.write_run({**record, "state": "interrupted"}, final=True)
+        _final(out, processes, {**record, "state": "interrupted"})
         raise
     except BaseException as error:
-        out.write_run({**record, "state": f"failed: {one_line(error)}"}, final=True)
+        _final(out, processes, {**record, "state": f"failed: {one_line(error)}"})
         raise
-    out.write_run({**record, "state": "done", "frames": frames}, final=True)
+    _final(out, processes, {**record, "state": "done", "frames": frames})
     return frames
+
+
+def _final(out: OutputFolder, processes: Processes, record: dict) -> None:
+    if processes.main:
+        out.refresh()  # the files the other processes recorded too
+        out.write_run(record, final=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Compose ``evaluate.yaml`` with ``argv`` and run it; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return run_tool("error:", lambda: run(compose("evaluate", argv)))
+    return run_tool(
+        "error:", lambda: run(compose("evaluate", argv)), silent=lambda: rank_zero_only.rank != 0
+    )
 
 
 if __name__ == "__main__":

@@ -110,6 +110,15 @@ class EvaluateData:
 
 
 @dataclass
+class ProcessesSection:
+    """The processes a dataset's videos are split over (:mod:`deva.pipelines.sharding`)."""
+
+    devices: int
+    num_nodes: int
+    accelerator: str
+
+
+@dataclass
 class EvaluateConfig(TrackingFields, RuntimeFields):
     """``deva-evaluate`` / ``tools/evaluate.py`` (``evaluate.yaml``)."""
 
@@ -118,6 +127,8 @@ class EvaluateConfig(TrackingFields, RuntimeFields):
     data: EvaluateData
     output: str | None
     overwrite: bool
+    resume: bool
+    trainer: ProcessesSection
     use_all_masks: bool
     extra_detections: str
 
@@ -240,6 +251,10 @@ class BenchmarkConfig:
     train_batch: int
     train_objects: int
     train_steps: int
+    backends: Any  # a backend name or a list
+    backend_preset: str
+    backend_frames: int
+    backend_models: dict[str, Any]
     quick_settings: dict[str, Any]
 
 

@@ -272,15 +272,16 @@ def prediction_sequence(
 
 def write_burst(
     path: str | Path,
-    sequences: Sequence[BurstSequence],
+    sequences: Sequence[BurstSequence | Mapping[str, Any]],
     *,
     split: str | None,
     categories: Any = None,
 ) -> Path:
-    """Write sequences as a BURST json file."""
+    """Write sequences (parsed, or already in their json form) as a BURST json file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = {"split": split, "sequences": [s.to_json() for s in sequences]}
+    entries = [s.to_json() if isinstance(s, BurstSequence) else dict(s) for s in sequences]
+    data: dict[str, Any] = {"split": split, "sequences": entries}
     if categories is not None:
         data["categories"] = categories
     atomic.write_text(path, json.dumps(data))

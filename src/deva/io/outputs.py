@@ -95,6 +95,24 @@ class OutputFolder:
             return target
         return cls(target, tool=tool, overwrite=overwrite)
 
+    def discard(self, relatives: Iterable[str | Path]) -> None:
+        """Delete files this run recorded and forget them (records that only served the run
+        itself); folders left empty go too."""
+        gone = {Path(r).as_posix() for r in relatives}
+        self._files = (self._files | set(_recorded(self.root))) - gone
+        atomic.write_text(
+            self.root / MANIFEST_FILE, "".join(f"{key}\n" for key in sorted(self._files))
+        )
+        for key in sorted(gone):
+            path = self.root / key
+            path.unlink(missing_ok=True)
+            if path.parent != self.root and path.parent.is_dir() and not any(path.parent.iterdir()):
+                path.parent.rmdir()
+
+    def refresh(self) -> None:
+        """Add the files other processes writing into the same folder recorded."""
+        self._files |= set(_recorded(self.root))
+
     @property
     def files(self) -> list[str]:
         """The files recorded so far (relative paths, sorted)."""

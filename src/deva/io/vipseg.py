@@ -227,10 +227,18 @@ class PredictionWriter:
             }
         )
 
+    def take(self, video_id: str) -> dict[str, Any]:
+        """The ``pred.json`` entry of one video, forgotten here (for :func:`write_pred_json`)."""
+        return {"video_id": video_id, "annotations": self._videos.pop(video_id, [])}
+
     def close(self) -> Path:
         """Write ``pred.json`` and return its path."""
-        path = Path(self.out_dir) / PRED_JSON
-        path.parent.mkdir(parents=True, exist_ok=True)
-        annotations = [{"video_id": v, "annotations": a} for v, a in self._videos.items()]
-        atomic.write_text(path, json.dumps({"annotations": annotations}))
-        return path
+        return write_pred_json(self.out_dir, [self.take(v) for v in list(self._videos)])
+
+
+def write_pred_json(out_dir: str | Path, entries: Sequence[Mapping[str, Any]]) -> Path:
+    """``<out_dir>/pred.json`` from per-video entries (``video_id``, ``annotations``)."""
+    path = Path(out_dir) / PRED_JSON
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, json.dumps({"annotations": [dict(e) for e in entries]}))
+    return path

@@ -26,6 +26,7 @@ from deva.inference.tracker_config import TrackerConfig
 from deva.io.outputs import OutputFolder
 from deva.modeling.propagation import PropagationModel
 from deva.pipelines.inputs import DetectionSource, VideoSource, check_frame_sizes, find_videos
+from deva.pipelines.sharding import Processes, VideoParts
 from deva.pipelines.video_tracking import EmptyResultError
 from deva.pipelines.writers import BurstWriter, GenericWriter, VipsegWriter, burst_ground_truth
 from deva.types import ImageSegmenter, Segmentation
@@ -80,12 +81,18 @@ def track_dataset(
     split: str | None = None,
     extra_detections: str = "error",
     progress: bool = True,
+    processes: Processes | None = None,
 ) -> int:
     """Track every video under ``images`` with its detections; write ``benchmark``'s format.
 
     Every video's frames and detections are checked first (one frame size per video,
     detections only for frames the video has: ``extra_detections``); a dataset that tracked
     no object although its detections held segments is an :class:`EmptyResultError`.
+
+    With several ``processes`` (:func:`deva.pipelines.sharding.launch`) each tracks its share
+    of the videos (:func:`~deva.pipelines.sharding.assign`) and the first merges the
+    dataset-wide files; the output equals one process's. Videos an earlier run of a resumed
+    ``output`` finished are skipped.
 
     Args:
         benchmark: output format (``detections``, ``vipseg`` or ``burst``).
@@ -95,9 +102,10 @@ def track_dataset(
         gt: BURST only: a ground-truth json; its sequences select the videos
             (``<images>/<dataset>/<seq_name>/``) and its annotated frames the output frames.
         split: BURST only: the ``split`` written into the json.
+        processes: this process's place among those the videos are split over (None: one).
 
     Returns:
-        The number of frames tracked.
+        The number of frames of the dataset's output (all processes, earlier runs included).
     """
     benchmark = Benchmark(benchmark) if not isinstance(benchmark, Benchmark) else benchmark
     videos, single = find_videos(images)
@@ -127,10 +135,29 @@ def track_dataset(
         config.mode.value,
         output.root,
     )
-    count = _track_videos(videos, source, writer, model, config, options, progress)
-    written = writer.close()
-    logger.info("wrote %s", ", ".join(str(p) for p in written))
-    return count
+    processes = processes or Processes()
+    parts = VideoParts(output)
+    finished = [v.name for v in videos if parts.done(v.name)]
+    if finished and processes.main:
+        logger.info("skipping %d video(s) finished by the earlier run", len(finished))
+    todo = [
+        i for i in processes.mine([len(v.files) for v in videos]) if not parts.done(videos[i].name)
+    ]
+    _track_videos(videos, todo, source, writer, parts, model, config, options, progress)
+    processes.barrier()  # every video has its record
+    records = [parts.read(v.name) for v in videos]
+    objects, segments = (sum(int(r[key]) for r in records) for key in ("objects", "segments"))
+    if not objects and segments:
+        raise EmptyResultError(
+            f"tracked 0 objects in {len(videos)} video(s) although the detections held "
+            f"{segments} segment(s); check the detections (names, sizes) and max_objects"
+        )
+    if processes.main:
+        written = writer.merge(records)
+        parts.clear([v.name for v in videos])
+        logger.info("wrote %s", ", ".join(str(p) for p in written))
+    processes.barrier()  # the merged files exist before any process returns
+    return sum(int(r["frames"]) for r in records)
 
 
 def _ground_truth_videos(
@@ -159,35 +186,35 @@ def _writer(
 
 def _track_videos(
     videos: list[VideoSource],
+    todo: list[int],
     source: DetectionSource,
     writer: Any,
+    parts: VideoParts,
     model: PropagationModel | PropagationBackend,
     config: TrackerConfig,
     options: InferenceOptions | None,
     progress: bool,
-) -> int:
-    """Track the videos one after another into ``writer``; the number of frames."""
-    tracker = DecoupledTracker(model, source.segmenter(videos[0].name), config, options=options)
-    count = objects = segments = 0
-    for video in tqdm(videos, desc="videos", unit="video", disable=not progress):
+) -> None:
+    """Track videos ``todo`` one after another into ``writer``, recording each when it ends
+    (with its objects tracked and segments detected)."""
+    if not todo:
+        return
+    first = videos[todo[0]].name
+    tracker = DecoupledTracker(model, source.segmenter(first), config, options=options)
+    for index in tqdm(todo, desc="videos", unit="video", disable=not progress):
+        video = videos[index]
         segmenter = _Counting(source.segmenter(video.name))
         tracker.segmenter = segmenter
-        writer.start(video)
+        writer.start(video, index)
         file_names = {path.stem: path.name for path in video.files}
+        frames = 0
         for result in track_frames(
             tracker, video.frames(), total=len(video.files), desc=video.name, progress=progress
         ):
             writer.add(result, file_names[result.name])
-            count += 1
-        writer.end()
-        objects += tracker.registry.next_id - 1
-        segments += segmenter.segments
-    if not objects and segments:
-        raise EmptyResultError(
-            f"tracked 0 objects in {len(videos)} video(s) although the detections held "
-            f"{segments} segment(s); check the detections (names, sizes) and max_objects"
-        )
-    return count
+            frames += 1
+        record = {"frames": frames, "objects": tracker.registry.next_id - 1}
+        parts.write(video.name, {**writer.end(), **record, "segments": segmenter.segments})
 
 
 class _Counting:

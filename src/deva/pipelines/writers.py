@@ -1,7 +1,11 @@
 """Writers of the decoupled tracker's results in the benchmarks' prediction formats.
 
-A writer sees one video at a time: ``start(video)``, ``add(frame, file_name)`` per output
-frame, ``end()``; ``close()`` writes what is kept for the end and returns the paths written.
+A writer sees one video at a time: ``start(video, index)`` (``index``: the video's place in
+the dataset), ``add(frame, file_name)`` per output frame, ``end()``, which returns the
+video's *record* (plain JSON data: its share of a file written for the whole dataset).
+``merge(records)`` writes the dataset-wide files from every video's record, in dataset
+order, and returns the paths written; so videos may be tracked by different processes, or
+in an earlier run that a restart resumes (:mod:`deva.pipelines.sharding`).
 
 - :class:`GenericWriter`: ``<root>/<video>/<frame>.png`` (palette, or RGB ids above 255) +
   ``<frame>.json`` with ``[{id, category_id, score, isthing}]``;
@@ -30,7 +34,7 @@ from deva.io.burst import (
 )
 from deva.io.detections import write_frame_segmentation
 from deva.io.outputs import OutputFolder
-from deva.io.vipseg import PRED_JSON, PRED_PNG_DIR, PredictionWriter
+from deva.io.vipseg import PRED_JSON, PRED_PNG_DIR, PredictionWriter, write_pred_json
 from deva.pipelines.inputs import VideoSource
 from deva.types import Segment
 
@@ -41,7 +45,7 @@ class GenericWriter:
     def __init__(self, out: OutputFolder) -> None:
         self.out = out
 
-    def start(self, video: VideoSource) -> None:
+    def start(self, video: VideoSource, index: int = 0) -> None:
         self.video = video.name
 
     def add(self, frame: TrackedFrame, file_name: str) -> None:
@@ -49,10 +53,10 @@ class GenericWriter:
             self.out.path(f"{self.video}/{frame.name}{suffix}")
         write_frame_segmentation(self.out.root / self.video, frame.name, frame.segmentation)
 
-    def end(self) -> None:
-        pass
+    def end(self) -> dict[str, Any]:
+        return {}
 
-    def close(self) -> list[Path]:
+    def merge(self, records: list[dict[str, Any]]) -> list[Path]:
         return [self.out.root]
 
 
@@ -108,7 +112,7 @@ class VipsegWriter:
         self.out = out
         self.root = out.root
 
-    def start(self, video: VideoSource) -> None:
+    def start(self, video: VideoSource, index: int = 0) -> None:
         self.video = PurePosixPath(video.name).name
         self.ids = PanopticIds()
 
@@ -118,12 +122,14 @@ class VipsegWriter:
         self.out.path(f"{PRED_PNG_DIR}/{self.video}/{png}")
         self.writer.add_frame(self.video, png, ids, infos, image_id=frame.name)
 
-    def end(self) -> None:
-        pass
+    def end(self) -> dict[str, Any]:
+        """The video's ``pred.json`` entry."""
+        return {"entry": self.writer.take(self.video)}
 
-    def close(self) -> list[Path]:
+    def merge(self, records: list[dict[str, Any]]) -> list[Path]:
         self.out.path(PRED_JSON)
-        return [self.writer.close(), self.root / PRED_PNG_DIR]
+        path = write_pred_json(self.root, [r["entry"] for r in records])
+        return [path, self.root / PRED_PNG_DIR]
 
 
 class BurstWriter:
@@ -135,12 +141,12 @@ class BurstWriter:
         self.split = split
         self.sequences: list[BurstSequence] = []
 
-    def start(self, video: VideoSource) -> None:
+    def start(self, video: VideoSource, index: int = 0) -> None:
         parts = PurePosixPath(video.name).parts
         template = self.gt.get(video.name) if self.gt else None
         self.annotated = set(template.annotated_image_paths) if template else None
         self.template = template or BurstSequence(
-            id=len(self.sequences) + 1,
+            id=index + 1,
             dataset=parts[0] if len(parts) > 1 else "",
             seq_name="/".join(parts[1:]) if len(parts) > 1 else parts[-1],
             width=None,
@@ -169,13 +175,14 @@ class BurstWriter:
         self.paths.append(file_name)
         self.frames.append(tracks)
 
-    def end(self) -> None:
-        self.sequences.append(
-            prediction_sequence(self.template, self.frames, image_paths=self.paths)
-        )
+    def end(self) -> dict[str, Any]:
+        """The video's predicted sequence, as written in the json."""
+        sequence = prediction_sequence(self.template, self.frames, image_paths=self.paths)
+        self.sequences.append(sequence)
+        return {"sequence": sequence.to_json()}
 
-    def close(self) -> list[Path]:
-        return [write_burst(self.path, self.sequences, split=self.split)]
+    def merge(self, records: list[dict[str, Any]]) -> list[Path]:
+        return [write_burst(self.path, [r["sequence"] for r in records], split=self.split)]
 
 
 def burst_ground_truth(path: str | Path) -> dict[str, BurstSequence]:
