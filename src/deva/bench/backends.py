@@ -38,13 +38,15 @@ def _backend(name: str, cfg: DictConfig, device: torch.device) -> tuple[Any, str
         return HoldBackend(device), "no network"
     if name not in FAMILIES:
         raise ValueError(f"backends: unknown backend {name!r}")
+    try:
+        import transformers
+    except ImportError:
+        return None, "skipped: transformers is not installed (bash install.sh models)"
     source = (cfg.backend_models or {}).get(name)
     if source:
         return load_sam_video(name, source, device=device), str(source)
     if name not in _PUBLISHED_CONFIGS:
         return None, "skipped: its published image encoder is a timm model; give backend_models"
-    import transformers
-
     family = FAMILIES[name]
     config = getattr(transformers, _PUBLISHED_CONFIGS[name])()
     model = getattr(transformers, family.model_class)(config).to(device).eval()
