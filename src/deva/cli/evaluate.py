@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -29,7 +28,6 @@ from tqdm import tqdm
 from deva.cli.common import run_tool
 from deva.config import ConfigError, builder, compose
 from deva.config.schema import EvaluateConfig, parse
-from deva.errors import one_line
 from deva.inference.backend import PropagationBackend
 from deva.inference.backends import check_backend, make_backend, needs_model
 from deva.inference.options import InferenceOptions
@@ -38,7 +36,7 @@ from deva.io.frames import list_frame_files
 from deva.io.outputs import OutputFolder, check_folder
 from deva.pipelines.dataset_tracking import track_dataset
 from deva.pipelines.inputs import check_frame_sizes
-from deva.pipelines.sharding import Processes, VideoParts, launch
+from deva.pipelines.sharding import Processes, VideoParts, launch, open_output, recorded_run
 from deva.pipelines.vos import (
     VOSVideo,
     davis_videos,
@@ -73,10 +71,10 @@ def run(cfg: DictConfig | EvaluateConfig) -> int:
             f"{VOS_BENCHMARKS + TRACKING_BENCHMARKS}"
         )
     t = config.trainer
-    processes = launch(t.devices, t.num_nodes, t.accelerator)
-    if config.benchmark in VOS_BENCHMARKS:
-        return run_vos(config, processes)
-    return run_tracking(config, processes)
+    with launch(t.devices, t.num_nodes, t.accelerator) as processes:
+        if config.benchmark in VOS_BENCHMARKS:
+            return run_vos(config, processes)
+        return run_tracking(config, processes)
 
 
 def run_tracking(config: EvaluateConfig, processes: Processes | None = None) -> int:
@@ -90,6 +88,7 @@ def run_tracking(config: EvaluateConfig, processes: Processes | None = None) -> 
             raise FileNotFoundError(f"data.{key} not found: {getattr(data, key)}")
     inputs = [data.images, data.detections, data.gt]
     check_folder(_output(config), overwrite=config.overwrite, resume=config.resume, inputs=inputs)
+    processes.barrier()  # every process has checked the folder before the first writes into it
     tracker = builder.tracker_config(config)
     options = _options(config, processes)
     device = options.torch_device()
@@ -105,10 +104,17 @@ def run_tracking(config: EvaluateConfig, processes: Processes | None = None) -> 
         config.model, tracker, options, local_files_only=builder.offline_models(None)
     )
     start = time.perf_counter()
-    out = _output_folder(config, processes, inputs)
-    frames = _recorded(
+    out = open_output(
+        _output(config),
+        "evaluate",
+        processes,
+        overwrite=config.overwrite,
+        resume=config.resume,
+        inputs=inputs,
+    )
+    frames = recorded_run(
         out,
-        config,
+        dataclasses.asdict(config),
         processes,
         lambda: track_dataset(
             config.benchmark,
@@ -142,6 +148,7 @@ def run_vos(config: EvaluateConfig, processes: Processes | None = None) -> int:
         check_frame_sizes(list_frame_files(video.frames_dir))
     inputs = [config.data.root]
     check_folder(_output(config), overwrite=config.overwrite, resume=config.resume, inputs=inputs)
+    processes.barrier()
     options = _options(config, processes)
     device = options.torch_device()
     model = builder.model(config.model).to(device) if needs_model(config.propagator) else None
@@ -168,11 +175,18 @@ def run_vos(config: EvaluateConfig, processes: Processes | None = None) -> int:
             config.propagator,
             config.model.weights or "RANDOM",
         )
-    out = _output_folder(config, processes, inputs)
+    out = open_output(
+        _output(config),
+        "evaluate",
+        processes,
+        overwrite=config.overwrite,
+        resume=config.resume,
+        inputs=inputs,
+    )
     start = time.perf_counter()
-    frames = _recorded(
+    frames = recorded_run(
         out,
-        config,
+        dataclasses.asdict(config),
         processes,
         lambda: _propagate_videos(out, propagator, videos, config, processes),
     )
@@ -231,26 +245,6 @@ def _options(config: EvaluateConfig, processes: Processes) -> InferenceOptions:
     return options
 
 
-def _output_folder(
-    config: EvaluateConfig, processes: Processes, inputs: list[str | None]
-) -> OutputFolder:
-    """The output folder: the first process prepares it (``overwrite`` clears it), then the
-    others open it as it is."""
-    out = None
-    if processes.main:
-        out = OutputFolder(
-            _output(config),
-            tool="evaluate",
-            overwrite=config.overwrite,
-            resume=config.resume,
-            inputs=inputs,
-        )
-    processes.barrier()
-    if out is None:
-        out = OutputFolder(_output(config), tool="evaluate", resume=True, inputs=inputs)
-    return out
-
-
 def _say(processes: Processes, line: str) -> None:
     if processes.main:
         print(line)
@@ -264,32 +258,6 @@ def _output(config: EvaluateConfig) -> str:
     if config.output is None:
         raise ConfigError("output=DIR is required")
     return config.output
-
-
-def _recorded(
-    out: OutputFolder, config: EvaluateConfig, processes: Processes, work: Callable[[], int]
-) -> int:
-    """``work()`` with its state recorded in ``run.json`` by the first process (running, done,
-    failed, interrupted; the file list of every process at the end)."""
-    record = {"settings": dataclasses.asdict(config), "state": "running"}
-    if processes.main:
-        out.write_run(record)
-    try:
-        frames = work()
-    except KeyboardInterrupt:
-        _final(out, processes, {**record, "state": "interrupted"})
-        raise
-    except BaseException as error:
-        _final(out, processes, {**record, "state": f"failed: {one_line(error)}"})
-        raise
-    _final(out, processes, {**record, "state": "done", "frames": frames})
-    return frames
-
-
-def _final(out: OutputFolder, processes: Processes, record: dict) -> None:
-    if processes.main:
-        out.refresh()  # the files the other processes recorded too
-        out.write_run(record, final=True)
 
 
 def main(argv: list[str] | None = None) -> int:

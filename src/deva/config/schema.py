@@ -75,6 +75,15 @@ class TrackingFields:
     propagator_model: str | None
 
 
+@dataclass
+class ProcessesSection:
+    """The processes a dataset's videos are split over (:mod:`deva.pipelines.sharding`)."""
+
+    devices: int
+    num_nodes: int
+    accelerator: str
+
+
 # ---- tools ---------------------------------------------------------------------------------
 @dataclass
 class TrackConfig(TrackingFields, RuntimeFields):
@@ -94,6 +103,7 @@ class TrackConfig(TrackingFields, RuntimeFields):
     progress: bool
     overlay: bool
     fps: float | None
+    trainer: ProcessesSection
 
 
 @dataclass
@@ -107,15 +117,6 @@ class EvaluateData:
     split: str
     resolution: str
     meta: str | None
-
-
-@dataclass
-class ProcessesSection:
-    """The processes a dataset's videos are split over (:mod:`deva.pipelines.sharding`)."""
-
-    devices: int
-    num_nodes: int
-    accelerator: str
 
 
 @dataclass
@@ -256,6 +257,21 @@ class BenchmarkConfig:
     backend_frames: int
     backend_models: dict[str, Any]
     quick_settings: dict[str, Any]
+
+
+@dataclass
+class DetectConfig(RuntimeFields):
+    """``deva-detect`` / ``tools/detect.py`` (``detect.yaml``)."""
+
+    segmenter: dict[str, Any]
+    input: str | None
+    output: str | None
+    overwrite: bool
+    resume: bool
+    prompt: str | None
+    offline_models: bool | None
+    progress: bool
+    trainer: ProcessesSection
 
 
 @dataclass

@@ -214,7 +214,7 @@ class DetectionSource:
                 directory = self.path
             if not directory.is_dir():
                 raise FileNotFoundError(f"no detections folder for video {video!r}: {directory}")
-            return [p.stem for p in directory.glob("*.json")]
+            return [p.stem for p in directory.glob("*.json") if p.with_suffix(".png").is_file()]
         data = self._json()
         if self.layout == "vipseg":
             wanted = PurePosixPath(video).name

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import torch
 
+from deva.errors import one_line
 from deva.io.outputs import OutputFolder
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,17 @@ class Processes:
         if self.fabric is not None:
             self.fabric.barrier()
 
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Leave the process group (its threads must not outlive the interpreter)."""
+        if self.fabric is not None and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
     def mine(self, lengths: list[int]) -> list[int]:
         """The indices of the videos this process tracks (see :func:`assign`)."""
         return [i for i, rank in enumerate(assign(lengths, self.world)) if rank == self.rank]
@@ -114,3 +128,49 @@ def launch(devices: int, num_nodes: int = 1, accelerator: str = "auto") -> Proce
     fabric.launch()
     log.info("process %d of %d on %s", fabric.global_rank, fabric.world_size, fabric.device)
     return Processes(fabric.global_rank, fabric.world_size, fabric.device, fabric)
+
+
+def open_output(
+    root: str | Path,
+    tool: str,
+    processes: Processes,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    inputs: Iterable[str | Path | None] = (),
+) -> OutputFolder:
+    """The output folder every process writes into: the first prepares it (``overwrite``
+    clears the previous run's files), then the others open it as it is."""
+    out = None
+    if processes.main:
+        out = OutputFolder(root, tool=tool, overwrite=overwrite, resume=resume, inputs=inputs)
+    processes.barrier()
+    if out is None:
+        out = OutputFolder(root, tool=tool, resume=True, inputs=inputs)
+    return out
+
+
+def recorded_run(
+    out: OutputFolder, settings: dict[str, Any], processes: Processes, work: Callable[[], int]
+) -> int:
+    """``work()`` with its state recorded in ``run.json`` by the first process (running,
+    done, failed, interrupted; at the end the files every process recorded)."""
+    record = {"settings": settings, "state": "running"}
+    if processes.main:
+        out.write_run(record)
+
+    def final(state: dict[str, Any]) -> None:
+        if processes.main:
+            out.refresh()
+            out.write_run({**record, **state}, final=True)
+
+    try:
+        result = work()
+    except KeyboardInterrupt:
+        final({"state": "interrupted"})
+        raise
+    except BaseException as error:
+        final({"state": f"failed: {one_line(error)}"})
+        raise
+    final({"state": "done", "frames": result})
+    return result

@@ -99,8 +99,11 @@ class PrecomputedSegmenter(_PrecomputedBase):
         return str(self.directory)
 
     def frame_names(self) -> list[str]:
-        """Names of the frames that have detections here (their ``.json`` files)."""
-        return sorted(p.stem for p in self.directory.glob("*.json"))
+        """Names of the frames that have detections here: a ``.json`` with its ``.png`` (so a
+        tool's own records next to them, such as ``run.json``, are not frames)."""
+        return sorted(
+            p.stem for p in self.directory.glob("*.json") if p.with_suffix(".png").is_file()
+        )
 
     def _load(self, frame_name: str) -> Segmentation | None:
         for key in _name_keys(frame_name):
