@@ -86,3 +86,14 @@ def uncompressed_rle(mask: np.ndarray) -> dict:
             value, count = pixel, 1
     runs.append(count)
     return {"counts": runs, "size": list(np.asarray(mask).shape)}
+
+
+def output_files(root: Path) -> dict[str, bytes]:
+    """Every file of an output folder but the run's own records (``run.json``,
+    ``manifest.txt``: their order depends on which process wrote what), by relative path."""
+    skip = {"run.json", "manifest.txt"}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }

@@ -12,7 +12,7 @@ import pytest
 
 from deva.data.synthetic import SyntheticVideoConfig, generate_video, write_synthetic_dataset
 from deva.io.video import write_mp4
-from tests.helpers import EMBEDDED, REPO
+from tests.helpers import EMBEDDED, REPO, output_files
 
 pytest.importorskip("transformers")
 
@@ -57,15 +57,6 @@ def segmenter(inputs: dict[str, Path], threshold: float = 0) -> list[str]:
     ]
 
 
-def files(root: Path) -> dict[str, bytes]:
-    skip = {"run.json", "manifest.txt"}
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name not in skip
-    }
-
-
 def test_two_processes_equal_one_and_feed_evaluate(inputs, tmp_path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     args = [f"input={inputs['videos']}", *segmenter(inputs)]
@@ -75,8 +66,8 @@ def test_two_processes_equal_one_and_feed_evaluate(inputs, tmp_path) -> None:
     many = ["trainer.devices=2", "trainer.accelerator=cpu"]
     result = tool("detect", *args, f"output={two}", *many, threads=1)
     assert result.returncode == 0, result.stderr
-    assert files(one) == files(two)
-    names = sorted(files(one))
+    assert output_files(one) == output_files(two)
+    names = sorted(output_files(one))
     assert len(names) == 30 and names[0] == "video_000/00000.json"
     assert not (two / ".parts").exists()
     tracked = tmp_path / "tracked"

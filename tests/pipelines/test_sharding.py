@@ -22,7 +22,7 @@ from deva.data.synthetic import (
 )
 from deva.data.synthetic_benchmarks import write_burst_layout, write_vipseg_layout
 from deva.pipelines.sharding import assign
-from tests.helpers import EMBEDDED, REPO
+from tests.helpers import EMBEDDED, REPO, output_files
 
 TOOL = REPO / "tools" / "evaluate.py"
 VIDEO = SyntheticVideoConfig(num_frames=6, height=64, width=96, num_objects=3)
@@ -39,16 +39,6 @@ def evaluate(*args: str) -> subprocess.CompletedProcess:
     )
     assert result.returncode == 0, result.stderr
     return result
-
-
-def files(root: Path) -> dict[str, bytes]:
-    """Every output file but the run's own records (their order depends on the processes)."""
-    skip = {"run.json", "manifest.txt"}
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name not in skip
-    }
 
 
 def test_assign_gives_each_video_to_one_process_balanced_by_frames() -> None:
@@ -95,11 +85,13 @@ def test_two_processes_equal_one(datasets, tmp_path, name: str, key: str) -> Non
         *_args(name, datasets[key], two), "trainer.devices=2", "trainer.accelerator=cpu"
     )
     assert "process 1 of 2" in result.stdout + result.stderr
-    assert files(one) == files(two)
+    assert output_files(one) == output_files(two)
     run = json.loads((two / "run.json").read_text())
     assert run["state"] == "done" and run["frames"] == 18
     recorded = set(run["files"])
-    assert {p for p in files(two)} <= recorded  # the second process's files are in the record
+    assert {
+        p for p in output_files(two)
+    } <= recorded  # the second process's files are in the record
     merged = {"vipseg": "pred.json", "burst": "burst_predictions.json"}.get(name)
     if merged:
         data = json.loads((two / merged).read_text())
@@ -134,4 +126,4 @@ def test_killed_run_resumes_skipping_finished_videos(tmp_path) -> None:
     )
     assert f"skipping {len(finished)} video(s) finished by the earlier run" in result.stdout
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
-    assert files(out) == files(whole) and not (out / ".parts").exists()
+    assert output_files(out) == output_files(whole) and not (out / ".parts").exists()

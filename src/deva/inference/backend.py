@@ -25,6 +25,8 @@ memory network) implements it; a backend must:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,6 +37,8 @@ from deva.inference.objects import ObjectRegistry
 from deva.inference.preprocess import probabilities_to_ids
 from deva.modeling.propagation import aggregate_probabilities
 from deva.types import Segmentation
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,6 +83,31 @@ def given_masks(
     if len(set(ids)) != len(ids) or any(o <= 0 for o in ids):
         raise ValueError(f"object ids must be distinct positive integers, got {ids}")
     return ids, prob
+
+
+def committed_masks(
+    mask: torch.Tensor | np.ndarray | None,
+    objects: list[int] | None,
+    device: torch.device,
+    size: tuple[int, int],
+    existing: Iterable[int],
+    *,
+    keep_empty: bool = False,
+) -> tuple[list[int], torch.Tensor | None]:
+    """The masks given to ``commit`` (see :func:`given_masks`) at the frame ``size``, without
+    the *new* objects (not in ``existing``) whose mask is empty unless ``keep_empty``."""
+    ids, prob = given_masks(mask, objects, device)
+    if prob is None:
+        return [], None
+    if tuple(prob.shape[-2:]) != tuple(size):
+        raise ValueError(f"mask size {tuple(prob.shape[-2:])} != image size {tuple(size)}")
+    known = set(existing)
+    keep = [i for i, o in enumerate(ids) if keep_empty or o in known or bool(prob[i].any())]
+    if len(keep) < len(ids):
+        log.debug("ignoring new objects with empty masks: %s", [o for o in ids if o not in known])
+    if not keep:
+        return [], None
+    return [ids[i] for i in keep], prob[keep]
 
 
 def merge_given(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from deva.inference import alignment
-from deva.inference.backend import PropagationResult, given_masks, merge_given
+from deva.inference.backend import PropagationResult, committed_masks, merge_given
 from deva.inference.memory import InferenceMemory, MemoryConfig
 from deva.inference.network import FrameFeatures, InferenceNetwork
 from deva.inference.objects import ObjectRegistry
@@ -246,23 +246,10 @@ class Propagator:
         *,
         keep_empty: bool = False,
     ) -> tuple[list[int], torch.Tensor | None]:
-        ids, prob = given_masks(mask, objects, self.device)
+        ids, prob = committed_masks(
+            mask, objects, self.device, features.size, self.object_ids, keep_empty=keep_empty
+        )
         if prob is None:
-            return [], None
-        size = features.size
-        if tuple(prob.shape[-2:]) != size:
-            raise ValueError(f"mask size {tuple(prob.shape[-2:])} != image size {size}")
-        existing = set(self.object_ids)
-        nonempty = [
-            i for i, o in enumerate(ids) if keep_empty or o in existing or bool(prob[i].any())
-        ]
-        if len(nonempty) < len(ids):
-            log.debug(
-                "ignoring new objects with empty masks: %s",
-                [o for i, o in enumerate(ids) if i not in nonempty],
-            )
-            ids, prob = [ids[i] for i in nonempty], prob[nonempty]
-        if not ids:
             return [], None
         return ids, pad_to_multiple(prob, 16)[0]
 

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from deva.inference.alignment import one_hot_segments
-from deva.inference.backend import PropagationResult, given_masks, merge_given
+from deva.inference.backend import PropagationResult, committed_masks, merge_given
 from deva.inference.objects import ObjectRegistry
 from deva.inference.preprocess import IMAGENET_MEAN, IMAGENET_STD, probabilities_to_ids
 from deva.modeling.propagation import aggregate_probabilities
@@ -239,16 +239,9 @@ class SamVideoBackend:
         if pending is None:
             raise RuntimeError("commit() without a pending predict()")
         size = pending.features.size
-        given_ids, given = given_masks(mask, objects, self._device)
-        if given is not None:
-            if tuple(given.shape[-2:]) != size:
-                raise ValueError(f"mask size {tuple(given.shape[-2:])} != image size {size}")
-            keep = [
-                i
-                for i, o in enumerate(given_ids)
-                if keep_empty or o in self._memory or bool(given[i].any())
-            ]
-            given_ids, given = [given_ids[i] for i in keep], given[keep] if keep else None
+        given_ids, given = committed_masks(
+            mask, objects, self._device, size, self._memory, keep_empty=keep_empty
+        )
         for obj in given_ids:
             if obj not in self.objects:
                 self.objects.add(obj)

@@ -254,15 +254,11 @@ def _save_clip_tokenizer(folder: Path, *, clip_ids: bool = False) -> int:
     return len(vocab)
 
 
-def save_tiny_sam3(folder: str | Path, *, seed: int = 0) -> Path:
-    """A SAM 3 with a 112-pixel input (14-pixel patches, two ViT layers of width 32), a
-    one-layer CLIP text encoder, one-layer DETR encoder / decoder with 8 queries and a BPE
-    tokenizer."""
-    transformers = require_transformers()
+def _tiny_sam3_vision(fpn_width: int) -> object:
+    """SAM 3's ViT at 112 pixels (14-pixel patches, two layers of width 32) with an FPN."""
+    require_transformers()
     from transformers.models.sam3 import configuration_sam3 as c
 
-    folder = Path(folder)
-    vocab_size = _save_clip_tokenizer(folder)
     vit = c.Sam3ViTConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -274,11 +270,23 @@ def save_tiny_sam3(folder: str | Path, *, seed: int = 0) -> Path:
         global_attn_indexes=[1],
         pretrain_image_size=56,
     )
-    vision = c.Sam3VisionConfig(
+    return c.Sam3VisionConfig(
         backbone_config=vit.to_dict(),
-        fpn_hidden_size=32,
+        fpn_hidden_size=fpn_width,
         backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
     )
+
+
+def save_tiny_sam3(folder: str | Path, *, seed: int = 0) -> Path:
+    """A SAM 3 with a 112-pixel input (14-pixel patches, two ViT layers of width 32), a
+    one-layer CLIP text encoder, one-layer DETR encoder / decoder with 8 queries and a BPE
+    tokenizer."""
+    transformers = require_transformers()
+    from transformers.models.sam3 import configuration_sam3 as c
+
+    folder = Path(folder)
+    vocab_size = _save_clip_tokenizer(folder)
+    vision = _tiny_sam3_vision(fpn_width=32)
     text = transformers.CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=32,
@@ -475,24 +483,8 @@ def save_tiny_sam3_tracker_video(folder: str | Path, *, seed: int = 0) -> Path:
     """SAM 3's tracker (``Sam3TrackerVideoModel``: SAM 2's memory design on SAM 3's ViT) at
     112 pixels (14-pixel patches), normalised with mean = std = 0.5 like SAM 3."""
     transformers = require_transformers()
-    from transformers.models.sam3 import configuration_sam3 as c
 
-    vit = c.Sam3ViTConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=112,
-        patch_size=14,
-        window_size=4,
-        global_attn_indexes=[1],
-        pretrain_image_size=56,
-    )
-    vision = c.Sam3VisionConfig(
-        backbone_config=vit.to_dict(),
-        fpn_hidden_size=_VIDEO_HIDDEN,
-        backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
-    )
+    vision = _tiny_sam3_vision(fpn_width=_VIDEO_HIDDEN)
     settings = _video_memory_settings()
     settings["image_size"] = 112
     heads = _video_heads("Sam3TrackerVideo")
