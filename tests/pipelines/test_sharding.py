@@ -5,6 +5,7 @@ every video on exactly one process, outputs equal to one process's (the merged V
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,3 +128,21 @@ def test_killed_run_resumes_skipping_finished_videos(tmp_path) -> None:
     assert f"skipping {len(finished)} video(s) finished by the earlier run" in result.stdout
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert output_files(out) == output_files(whole) and not (out / ".parts").exists()
+
+
+def test_a_failing_process_stops_them_all(datasets, tmp_path) -> None:
+    """A frame that cannot be decoded, on whichever process: every process stops (no wait
+    for the failed one), with one line naming the frame, exit 2."""
+    root = tmp_path / "set"
+    shutil.copytree(datasets["vos"]["root"], root)
+    frame = sorted((root / "JPEGImages" / "video_002").glob("*.jpg"))[3]
+    frame.write_bytes(frame.read_bytes()[:400])  # the header reads, the pixels do not
+    result = subprocess.run(
+        [sys.executable, str(TOOL), f"model.weights={EMBEDDED}", "benchmark=generic",
+         f"data.root={root}", f"output={tmp_path / 'out'}", "trainer.devices=2",
+         "trainer.accelerator=cpu"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert frame.name in lines[0]

@@ -94,8 +94,7 @@ def run(cfg: DictConfig | DetectConfig) -> int:
         config.output, overwrite=config.overwrite, resume=config.resume, inputs=[config.input]
     )
     t = config.trainer
-    with launch(t.devices, t.num_nodes, t.accelerator) as processes:
-        return _run(config, videos, processes)
+    return _run(config, videos, launch(t.devices, t.num_nodes, t.accelerator))
 
 
 def _run(config: DetectConfig, videos: list[_Video], processes: Processes) -> int:
@@ -155,21 +154,21 @@ def _detect(
         log.info("skipping %d video(s) finished by the earlier run", finished)
     todo = [i for i in processes.mine([v.length for v in videos]) if not parts.done(videos[i].name)]
     bars = not (progress and processes.main)
-    for index in tqdm(todo, desc="videos", unit="video", position=0, disable=bars):
-        video = videos[index]
-        frames = segments = 0
-        for name, rgb in tqdm(
-            video.frames(), desc=video.name, unit="frame", leave=False, position=1, disable=bars
-        ):
-            segmentation = segmenter(rgb, frame_name=name)
-            prefix = f"{video.folder}/{name}" if video.folder else name
-            out.path(f"{prefix}.png")
-            out.path(f"{prefix}.json")
-            write_frame_segmentation(out.root / video.folder, name, segmentation)
-            frames += 1
-            segments += len(segmentation.segments)
-        parts.write(video.name, {"frames": frames, "segments": segments})
-    processes.barrier()
+    with processes.share():
+        for index in tqdm(todo, desc="videos", unit="video", position=0, disable=bars):
+            video = videos[index]
+            frames = segments = 0
+            for name, rgb in tqdm(
+                video.frames(), desc=video.name, unit="frame", leave=False, position=1, disable=bars
+            ):
+                segmentation = segmenter(rgb, frame_name=name)
+                prefix = f"{video.folder}/{name}" if video.folder else name
+                out.path(f"{prefix}.png")
+                out.path(f"{prefix}.json")
+                write_frame_segmentation(out.root / video.folder, name, segmentation)
+                frames += 1
+                segments += len(segmentation.segments)
+            parts.write(video.name, {"frames": frames, "segments": segments})
     records = [parts.read(v.name) for v in videos]
     totals.update(
         frames=sum(int(r["frames"]) for r in records),

@@ -71,10 +71,10 @@ def run(cfg: DictConfig | EvaluateConfig) -> int:
             f"{VOS_BENCHMARKS + TRACKING_BENCHMARKS}"
         )
     t = config.trainer
-    with launch(t.devices, t.num_nodes, t.accelerator) as processes:
-        if config.benchmark in VOS_BENCHMARKS:
-            return run_vos(config, processes)
-        return run_tracking(config, processes)
+    processes = launch(t.devices, t.num_nodes, t.accelerator)
+    if config.benchmark in VOS_BENCHMARKS:
+        return run_vos(config, processes)
+    return run_tracking(config, processes)
 
 
 def run_tracking(config: EvaluateConfig, processes: Processes | None = None) -> int:
@@ -215,21 +215,21 @@ def _propagate_videos(
     lengths = [len(list_frame_files(v.frames_dir)) for v in videos]
     todo = [i for i in processes.mine(lengths) if not parts.done(videos[i].name)]
     bars = not processes.main
-    for index in tqdm(todo, desc="videos", unit="video", position=0, disable=bars):
-        video, frames = videos[index], 0
-        for name, ids in tqdm(
-            segment_video(propagator, video, shorter_side=config.size),
-            desc=video.name,
-            unit="frame",
-            leave=False,
-            position=1,
-            disable=bars,
-        ):
-            out.path(f"{video.name}/{name}.png")
-            davis.write_prediction(out.root, video.name, name, ids)
-            frames += 1
-        parts.write(video.name, {"frames": frames})
-    processes.barrier()
+    with processes.share():
+        for index in tqdm(todo, desc="videos", unit="video", position=0, disable=bars):
+            video, frames = videos[index], 0
+            for name, ids in tqdm(
+                segment_video(propagator, video, shorter_side=config.size),
+                desc=video.name,
+                unit="frame",
+                leave=False,
+                position=1,
+                disable=bars,
+            ):
+                out.path(f"{video.name}/{name}.png")
+                davis.write_prediction(out.root, video.name, name, ids)
+                frames += 1
+            parts.write(video.name, {"frames": frames})
     total = sum(int(parts.read(v.name)["frames"]) for v in videos)
     if processes.main:
         parts.clear([v.name for v in videos])

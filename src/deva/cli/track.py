@@ -172,8 +172,8 @@ def run_folder(config: TrackConfig, videos: list[FolderVideo]) -> int:
                 hint="extra_detections=warn to go on",
             )
     t = config.trainer
-    with launch(t.devices, t.num_nodes, t.accelerator) as processes:
-        return _run_folder(config, videos, processes, detections)
+    processes = launch(t.devices, t.num_nodes, t.accelerator)
+    return _run_folder(config, videos, processes, detections)
 
 
 def _run_folder(

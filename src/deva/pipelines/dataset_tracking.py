@@ -143,8 +143,8 @@ def track_dataset(
     todo = [
         i for i in processes.mine([len(v.files) for v in videos]) if not parts.done(videos[i].name)
     ]
-    _track_videos(videos, todo, source, writer, parts, model, config, options, progress)
-    processes.barrier()  # every video has its record
+    with processes.share():  # then every video has its record
+        _track_videos(videos, todo, source, writer, parts, model, config, options, progress)
     records = [parts.read(v.name) for v in videos]
     objects, segments = (sum(int(r[key]) for r in records) for key in ("objects", "segments"))
     if not objects and segments:

@@ -15,9 +15,10 @@ records that let a restart skip the videos already finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,10 @@ from deva.io.outputs import OutputFolder
 log = logging.getLogger(__name__)
 
 PARTS_DIR = ".parts"
+
+
+class ProcessFailed(ValueError):
+    """Another process of the run failed (one line: which, and its error)."""
 
 
 def assign(lengths: list[int], world: int) -> list[int]:
@@ -96,16 +101,28 @@ class Processes:
         if self.fabric is not None:
             self.fabric.barrier()
 
-    def __enter__(self) -> Processes:
-        return self
+    @contextlib.contextmanager
+    def share(self) -> Iterator[None]:
+        """This process's share of the work. At its end every process waits for the others,
+        and when one failed all stop: its own error propagates, the others raise
+        :class:`ProcessFailed` with its one-line message (rather than wait for it forever)."""
+        try:
+            yield
+        except BaseException as error:
+            self._agree(f"{type(error).__name__}: {one_line(error)}")
+            raise
+        failures = self._agree(None)
+        if failures:
+            rank, message = failures[0]
+            raise ProcessFailed(f"process {rank + 1} of {self.world} failed: {message}")
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Leave the process group (its threads must not outlive the interpreter)."""
-        if self.fabric is not None and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    def _agree(self, failure: str | None) -> list[tuple[int, str]]:
+        """Every process's failure (rank, message), gathered on all."""
+        if self.fabric is None:
+            return [] if failure is None else [(0, failure)]
+        gathered: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(gathered, failure)
+        return [(rank, m) for rank, m in enumerate(gathered) if m is not None]
 
     def mine(self, lengths: list[int]) -> list[int]:
         """The indices of the videos this process tracks (see :func:`assign`)."""

@@ -124,25 +124,25 @@ def track_videos(
     mine = processes.mine([v.length() for v in videos])
     todo = [i for i in mine if not (resume and videos[i].name in done)]
     bars = not (progress and processes.main)
-    for index in tqdm(todo, desc="videos", unit="video", disable=bars or len(todo) < 2):
-        video = videos[index]
-        target = root / video.name
-        again = resume and _state(target) is not None
-        track_video(
-            model,
-            segmenter_for(video),
-            config,
-            options=options,
-            source=video.source,
-            output=target,
-            progress=not bars,
-            resume=again,
-            overwrite=overwrite and not again,
-            inputs=inputs_for(video),
-            settings={**dict(settings or {}), "video": video.name},
-            **video_options,
-        )
-    processes.barrier()
+    with processes.share():
+        for index in tqdm(todo, desc="videos", unit="video", disable=bars or len(todo) < 2):
+            video = videos[index]
+            target = root / video.name
+            again = resume and _state(target) is not None
+            track_video(
+                model,
+                segmenter_for(video),
+                config,
+                options=options,
+                source=video.source,
+                output=target,
+                progress=not bars,
+                resume=again,
+                overwrite=overwrite and not again,
+                inputs=inputs_for(video),
+                settings={**dict(settings or {}), "video": video.name},
+                **video_options,
+            )
     index = {"videos": [_entry(root, v) for v in videos]}
     if processes.main:
         atomic.write_text(root / INDEX_FILE, json.dumps(index, indent=1))
