@@ -128,6 +128,10 @@ def test_killed_run_resumes_skipping_finished_videos(tmp_path) -> None:
     assert f"skipping {len(finished)} video(s) finished by the earlier run" in result.stdout
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert output_files(out) == output_files(whole) and not (out / ".parts").exists()
+    again = evaluate(*_args("vipseg", paths, out), "resume=true")  # a complete run: no work
+    assert "is complete (24 frames): nothing to resume" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert output_files(out) == output_files(whole)
 
 
 def test_a_failing_process_stops_them_all(datasets, tmp_path) -> None:

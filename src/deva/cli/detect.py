@@ -129,8 +129,9 @@ def _run(config: DetectConfig, videos: list[_Video], processes: Processes) -> in
         dataclasses.asdict(config),
         processes,
         lambda: _detect(out, segmenter, videos, processes, config.progress, totals),
+        resume=config.resume,
     )
-    if processes.main:
+    if processes.main and totals:
         elapsed = time.perf_counter() - start
         print(
             f"done: {totals['segments']} segments in {frames} frames of {len(videos)} video(s) "
@@ -174,9 +175,9 @@ def _detect(
         frames=sum(int(r["frames"]) for r in records),
         segments=sum(int(r["segments"]) for r in records),
     )
+    processes.barrier()  # every process has read the records before the first deletes them
     if processes.main:
         parts.clear([v.name for v in videos])
-    processes.barrier()
     if totals["frames"] and not totals["segments"]:
         raise EmptyResultError(
             f"{totals['frames']} frames but not one segment detected; check the segmenter's "

@@ -130,6 +130,7 @@ def run_tracking(config: EvaluateConfig, processes: Processes | None = None) -> 
             progress=processes.main,
             processes=processes,
         ),
+        resume=config.resume,
     )
     elapsed = time.perf_counter() - start
     _say(
@@ -189,6 +190,7 @@ def run_vos(config: EvaluateConfig, processes: Processes | None = None) -> int:
         dataclasses.asdict(config),
         processes,
         lambda: _propagate_videos(out, propagator, videos, config, processes),
+        resume=config.resume,
     )
     elapsed = time.perf_counter() - start
     _say(
@@ -231,9 +233,9 @@ def _propagate_videos(
                 frames += 1
             parts.write(video.name, {"frames": frames})
     total = sum(int(parts.read(v.name)["frames"]) for v in videos)
+    processes.barrier()  # every process has read the records before the first deletes them
     if processes.main:
         parts.clear([v.name for v in videos])
-    processes.barrier()
     return total
 
 

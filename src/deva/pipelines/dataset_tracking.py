@@ -146,6 +146,7 @@ def track_dataset(
     with processes.share():  # then every video has its record
         _track_videos(videos, todo, source, writer, parts, model, config, options, progress)
     records = [parts.read(v.name) for v in videos]
+    processes.barrier()  # every process has read the records before the first deletes them
     objects, segments = (sum(int(r[key]) for r in records) for key in ("objects", "segments"))
     if not objects and segments:
         raise EmptyResultError(
@@ -156,7 +157,6 @@ def track_dataset(
         written = writer.merge(records)
         parts.clear([v.name for v in videos])
         logger.info("wrote %s", ", ".join(str(p) for p in written))
-    processes.barrier()  # the merged files exist before any process returns
     return sum(int(r["frames"]) for r in records)
 
 

@@ -168,10 +168,22 @@ def open_output(
 
 
 def recorded_run(
-    out: OutputFolder, settings: dict[str, Any], processes: Processes, work: Callable[[], int]
+    out: OutputFolder,
+    settings: dict[str, Any],
+    processes: Processes,
+    work: Callable[[], int],
+    *,
+    resume: bool = False,
 ) -> int:
     """``work()`` with its state recorded in ``run.json`` by the first process (running,
-    done, failed, interrupted; at the end the files every process recorded)."""
+    done, failed, interrupted; at the end the files every process recorded). Resuming a run
+    that is done does nothing and returns its frame count."""
+    previous = out.previous or {}
+    if resume and previous.get("state") == "done":
+        frames = int(previous.get("frames", 0))
+        if processes.main:
+            log.info("the run in %s is complete (%d frames): nothing to resume", out.root, frames)
+        return frames
     record = {"settings": settings, "state": "running"}
     if processes.main:
         out.write_run(record)

@@ -146,7 +146,6 @@ def track_videos(
     index = {"videos": [_entry(root, v) for v in videos]}
     if processes.main:
         atomic.write_text(root / INDEX_FILE, json.dumps(index, indent=1))
-    processes.barrier()
     return index
 
 
