@@ -20,7 +20,6 @@ same arguments.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -43,8 +42,6 @@ from deva.pipelines.inputs import check_frame_sizes, find_videos
 from deva.pipelines.sharding import Processes, VideoParts, launch, open_output, recorded_run
 from deva.pipelines.video_tracking import EmptyResultError
 from deva.types import ImageSegmenter
-
-log = logging.getLogger("detect")
 
 
 @dataclass(frozen=True)
@@ -107,11 +104,10 @@ def _run(config: DetectConfig, videos: list[_Video], processes: Processes) -> in
         amp=config.amp,
         local_files_only=builder.offline_models(config.offline_models),
     )
-    where = f" (process {processes.rank + 1} of {processes.world})" if processes.world > 1 else ""
     if processes.main:
         print(
             f"detecting with {name} ({config.segmenter.get('model')}) in {len(videos)} video(s) "
-            f"of {config.input} on {device}{where} -> {config.output}"
+            f"of {config.input} on {device}{processes.label} -> {config.output}"
             f"{' [resume]' if config.resume else ''}"
         )
     out = open_output(
@@ -150,10 +146,8 @@ def _detect(
 ) -> int:
     """This process's share of the videos (finished ones skipped); frames of the output."""
     parts = VideoParts(out)
-    finished = sum(parts.done(v.name) for v in videos)
-    if finished and processes.main:
-        log.info("skipping %d video(s) finished by the earlier run", finished)
-    todo = [i for i in processes.mine([v.length for v in videos]) if not parts.done(videos[i].name)]
+    names = [v.name for v in videos]
+    todo = parts.pending(names, [v.length for v in videos], processes)
     bars = not (progress and processes.main)
     with processes.share():
         for index in tqdm(todo, desc="videos", unit="video", position=0, disable=bars):
@@ -170,14 +164,13 @@ def _detect(
                 frames += 1
                 segments += len(segmentation.segments)
             parts.write(video.name, {"frames": frames, "segments": segments})
-    records = [parts.read(v.name) for v in videos]
+    records = parts.collect(names, processes)
     totals.update(
         frames=sum(int(r["frames"]) for r in records),
         segments=sum(int(r["segments"]) for r in records),
     )
-    processes.barrier()  # every process has read the records before the first deletes them
     if processes.main:
-        parts.clear([v.name for v in videos])
+        parts.clear(names)
     if totals["frames"] and not totals["segments"]:
         raise EmptyResultError(
             f"{totals['frames']} frames but not one segment detected; check the segmenter's "

@@ -97,7 +97,7 @@ def run_tracking(config: EvaluateConfig, processes: Processes | None = None) -> 
         f"{config.benchmark}: tracking {data.images} with detections {data.detections} "
         f"({tracker.mode.value}, detect every {tracker.detect_every}, clip "
         f"{tracker.clip_length}, max missed {tracker.max_missed}) on {device}"
-        f"{_world(processes)} -> {config.output} "
+        f"{processes.label} -> {config.output} "
         f"({builder.propagation_summary(config.model, tracker)})",
     )
     model, options = builder.propagation(
@@ -171,7 +171,7 @@ def run_vos(config: EvaluateConfig, processes: Processes | None = None) -> int:
             config.data.root,
             config.output,
             device,
-            _world(processes),
+            processes.label,
             config.size,
             config.propagator,
             config.model.weights or "RANDOM",
@@ -211,11 +211,8 @@ def _propagate_videos(
     """This process's share of the videos (those an earlier run finished are skipped); the
     frames of the whole output."""
     parts = VideoParts(out)
-    finished = sum(parts.done(v.name) for v in videos)
-    if finished and processes.main:
-        log.info("skipping %d video(s) finished by the earlier run", finished)
-    lengths = [len(list_frame_files(v.frames_dir)) for v in videos]
-    todo = [i for i in processes.mine(lengths) if not parts.done(videos[i].name)]
+    names = [v.name for v in videos]
+    todo = parts.pending(names, [len(list_frame_files(v.frames_dir)) for v in videos], processes)
     bars = not processes.main
     with processes.share():
         for index in tqdm(todo, desc="videos", unit="video", position=0, disable=bars):
@@ -232,10 +229,9 @@ def _propagate_videos(
                 davis.write_prediction(out.root, video.name, name, ids)
                 frames += 1
             parts.write(video.name, {"frames": frames})
-    total = sum(int(parts.read(v.name)["frames"]) for v in videos)
-    processes.barrier()  # every process has read the records before the first deletes them
+    total = sum(int(r["frames"]) for r in parts.collect(names, processes))
     if processes.main:
-        parts.clear([v.name for v in videos])
+        parts.clear(names)
     return total
 
 
@@ -250,10 +246,6 @@ def _options(config: EvaluateConfig, processes: Processes) -> InferenceOptions:
 def _say(processes: Processes, line: str) -> None:
     if processes.main:
         print(line)
-
-
-def _world(processes: Processes) -> str:
-    return f" (process {processes.rank + 1} of {processes.world})" if processes.world > 1 else ""
 
 
 def _output(config: EvaluateConfig) -> str:

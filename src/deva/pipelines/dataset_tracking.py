@@ -137,16 +137,11 @@ def track_dataset(
     )
     processes = processes or Processes()
     parts = VideoParts(output)
-    finished = [v.name for v in videos if parts.done(v.name)]
-    if finished and processes.main:
-        logger.info("skipping %d video(s) finished by the earlier run", len(finished))
-    todo = [
-        i for i in processes.mine([len(v.files) for v in videos]) if not parts.done(videos[i].name)
-    ]
+    names = [v.name for v in videos]
+    todo = parts.pending(names, [len(v.files) for v in videos], processes)
     with processes.share():  # then every video has its record
         _track_videos(videos, todo, source, writer, parts, model, config, options, progress)
-    records = [parts.read(v.name) for v in videos]
-    processes.barrier()  # every process has read the records before the first deletes them
+    records = parts.collect(names, processes)
     objects, segments = (sum(int(r[key]) for r in records) for key in ("objects", "segments"))
     if not objects and segments:
         raise EmptyResultError(
@@ -155,7 +150,7 @@ def track_dataset(
         )
     if processes.main:
         written = writer.merge(records)
-        parts.clear([v.name for v in videos])
+        parts.clear(names)
         logger.info("wrote %s", ", ".join(str(p) for p in written))
     return sum(int(r["frames"]) for r in records)
 

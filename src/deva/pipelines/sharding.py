@@ -76,6 +76,21 @@ class VideoParts:
         """The record of a finished video."""
         return json.loads((self.out.root / self._relative(video)).read_text())
 
+    def pending(self, videos: list[str], lengths: list[int], processes: Processes) -> list[int]:
+        """The indices of this process's share of ``videos`` not finished yet (the first
+        process logs how many an earlier run finished)."""
+        finished = sum(self.done(v) for v in videos)
+        if finished and processes.main:
+            log.info("skipping %d video(s) finished by the earlier run", finished)
+        return [i for i in processes.mine(lengths) if not self.done(videos[i])]
+
+    def collect(self, videos: list[str], processes: Processes) -> list[dict[str, Any]]:
+        """Every video's record, read by every process once all have done their share; after
+        it the first process may :meth:`clear` them."""
+        records = [self.read(v) for v in videos]
+        processes.barrier()  # every process has read the records before the first deletes them
+        return records
+
     def clear(self, videos: list[str]) -> None:
         """Delete the records once the dataset's output is complete (the first process, after
         every process is done): the output folder then holds the benchmark's layout only."""
@@ -90,6 +105,11 @@ class Processes:
     world: int = 1
     device: torch.device | None = None  # None: as configured (one process)
     fabric: Any = None
+
+    @property
+    def label(self) -> str:
+        """`` (process k of N)`` when there are several processes, else empty."""
+        return f" (process {self.rank + 1} of {self.world})" if self.world > 1 else ""
 
     @property
     def main(self) -> bool:
